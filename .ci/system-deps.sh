@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# System packages the tests use as real peers: liblo-tools (oscsend/oscdump), sox, and for the
+# live-audio work jackd2 + libportaudio2. Installs only what is missing; needs root or sudo.
+set -euo pipefail
+need=()
+command -v oscsend >/dev/null || need+=(liblo-tools)
+command -v sox >/dev/null || need+=(sox)
+command -v jackd >/dev/null || need+=(jackd2)
+ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null; then
+  echo "missing system packages: ${need[*]} (no apt-get here: install them with your package manager)" >&2
+  exit 1
+fi
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "installing system packages: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

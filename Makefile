@@ -1,0 +1,34 @@
+# The README's two commands: `make serve` (run the daemon) and `make test` (run the tests).
+# Both set up .venv first. torch is installed on its own, pinned, before anything else, so
+# that nothing later can pull a different (multi-GB CUDA) build onto a CPU machine.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH ?= torch==2.13.0
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup serve test system-deps bench
+
+$(VENV)/.installed: pyproject.toml requirements/no-deps.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --no-deps -r requirements/no-deps.txt
+	touch $@
+
+setup: $(VENV)/.installed
+
+serve: setup
+	$(VENV)/bin/genbridge serve $(ARGS)
+
+system-deps:
+	bash .ci/system-deps.sh
+
+test: setup system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) bench/trigger_reply.py
+	$(PY) bench/oneshot.py

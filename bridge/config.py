@@ -1,0 +1,225 @@
+"""Configuration: one TOML file, every option with a default, errors that name the key.
+
+Why dataclasses and a hand-rolled checker rather than a schema library: the config is small,
+and a musician editing it on stage needs "instruments.kick.pool: expected an integer >= 0,
+got 'four'" - one line naming the key - and exit code 2, not a validation-error dump.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from bridge.finishing import FinishingSettings
+
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``key`` is the dotted name of the offending option."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+def _check(predicate: Callable[[Any], bool], hint: str) -> dict[str, Any]:
+    return {"check": predicate, "hint": hint}
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    osc_port: int = field(default=9000, metadata=_check(lambda v: 1 <= v <= 65535, "a port 1-65535"))
+    #: Largest ``count`` a single ``drum/generate`` may ask for.
+    max_count: int = field(default=32, metadata=_check(lambda v: 1 <= v <= 10000, "1-10000"))
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "~/genbridge-out"
+    #: libsndfile subtype of written WAVs.
+    subtype: str = field(default="PCM_24", metadata=_check(
+        lambda v: v in ("PCM_16", "PCM_24", "PCM_32", "FLOAT"), "one of PCM_16, PCM_24, PCM_32, FLOAT"))
+
+
+@dataclass
+class AudioConfig:
+    #: Output device name or index; "none" serves the shared folder only.
+    device: str = "none"
+    block_size: int = field(default=256, metadata=_check(lambda v: 16 <= v <= 8192, "16-8192"))
+
+
+@dataclass
+class EngineConfig:
+    #: torch threads per model worker (intra-op); keep it at or below the free cores.
+    threads: int = field(default=1, metadata=_check(lambda v: 1 <= v <= 256, "1-256"))
+    #: Most requests waiting per model before new ones are refused as busy.
+    queue_limit: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 100000, "1-100000"))
+    #: What ``drum/play`` does when an instrument's pool is empty: replay the last clip
+    #: (instant, fresh=0) or wait for a new one.
+    dry_policy: str = field(default="replay", metadata=_check(lambda v: v in ("replay", "wait"), "'replay' or 'wait'"))
+    #: How long a play may wait for a clip before it gets an error reply.
+    wait_timeout_s: float = field(default=30.0, metadata=_check(lambda v: v > 0, "> 0"))
+    #: First delay before restarting a crashed worker; doubles per crash up to 30 s.
+    restart_delay_s: float = field(default=0.5, metadata=_check(lambda v: v >= 0, ">= 0"))
+
+
+@dataclass
+class ModelConfig:
+    #: A model folder, a tiny-audio-diffusion ``.ckpt`` (config.yaml beside it), a plain
+    #: weights file with a genbridge config.json beside it, or ``builtin:NAME`` for a folder
+    #: shipped under models/.
+    path: str = "builtin:default"
+    #: Sampling steps; 0 means the model's own default.
+    steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
+    sdpa: bool = True
+    precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
+    #: torch threads for this model's worker; 0 means engine.threads.
+    threads: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 256, "0-256"))
+
+    def resolved_path(self) -> Path:
+        if self.path.startswith(BUILTIN_PREFIX):
+            return BUILTIN_MODELS_DIR / self.path[len(BUILTIN_PREFIX):]
+        return Path(self.path).expanduser()
+
+
+@dataclass
+class InstrumentConfig:
+    model: str = "default"
+    #: How many never-played clips to keep ready.
+    pool: int = field(default=4, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
+    #: Sampling steps for this instrument; 0 means the model's setting.
+    steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
+
+
+def _default_instruments() -> dict[str, InstrumentConfig]:
+    return {name: InstrumentConfig() for name in ("kick", "snare", "hat")}
+
+
+@dataclass
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    finishing: FinishingSettings = field(default_factory=FinishingSettings)
+    models: dict[str, ModelConfig] = field(default_factory=lambda: {"default": ModelConfig()})
+    instruments: dict[str, InstrumentConfig] = field(default_factory=_default_instruments)
+
+    def validate(self) -> None:
+        """Cross-field checks that a single option cannot express."""
+        if not self.instruments:
+            raise ConfigError("instruments", "at least one instrument is needed")
+        for name, inst in self.instruments.items():
+            if not _is_name(name):
+                raise ConfigError(f"instruments.{name}", "names use letters, digits, '-' and '_' only")
+            if inst.model not in self.models:
+                raise ConfigError(f"instruments.{name}.model",
+                                  f"no model named {inst.model!r} (models: {', '.join(sorted(self.models))})")
+        for name, model in self.models.items():
+            if not _is_name(name):
+                raise ConfigError(f"models.{name}", "names use letters, digits, '-' and '_' only")
+            if not model.resolved_path().exists():
+                raise ConfigError(f"models.{name}.path", f"not found: {model.resolved_path()}")
+
+    def model_threads(self, name: str) -> int:
+        return self.models[name].threads or self.engine.threads
+
+
+def _is_name(name: str) -> bool:
+    return bool(name) and len(name) <= 64 and all(c.isalnum() or c in "-_" for c in name)
+
+
+def _convert(key: str, value: Any, typ: Any) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # e.g. audio.device = 3
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    raise ConfigError(key, f"unsupported option type {typ}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix, f"expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{prefix}.{unknown[0]}" if prefix else unknown[0],
+                          f"unknown option (known: {', '.join(fields)})")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        typ = hints[name]
+        origin = typing.get_origin(typ)
+        if origin is dict:
+            item_type = typing.get_args(typ)[1]
+            if not isinstance(value, Mapping):
+                raise ConfigError(key, f"expected a table, got {value!r}")
+            kwargs[name] = {k: _build(item_type, v, f"{key}.{k}") for k, v in value.items()}
+        elif dataclasses.is_dataclass(typ):
+            kwargs[name] = _build(typ, value, key)
+        else:
+            converted = _convert(key, value, typ)
+            meta = fields[name].metadata
+            if "check" in meta and not meta["check"](converted):
+                raise ConfigError(key, f"expected {meta['hint']}, got {value!r}")
+            kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def config_from_mapping(data: Mapping[str, Any]) -> Config:
+    """Build and validate a Config from parsed TOML (missing options take their defaults)."""
+    config = _build(Config, data, "")
+    config.validate()
+    return config
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a TOML file (or the defaults when ``path`` is None)."""
+    if path is None:
+        return config_from_mapping({})
+    p = Path(path).expanduser()
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError("", f"config file not found: {p}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"{p} is not valid TOML: {exc}") from None
+    return config_from_mapping(data)
+
+
+def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | None = None,
+                    out: str | None = None, audio_device: str | None = None) -> Config:
+    """Command-line flags win over the file; checked like file options."""
+    if host is not None:
+        config.server.host = host
+    if osc_port is not None:
+        if not 1 <= osc_port <= 65535:
+            raise ConfigError("server.osc_port", f"expected a port 1-65535, got {osc_port}")
+        config.server.osc_port = osc_port
+    if out is not None:
+        config.output.dir = out
+    if audio_device is not None:
+        config.audio.device = audio_device
+    return config

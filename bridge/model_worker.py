@@ -1,0 +1,133 @@
+"""The body of a model worker process (started with ``spawn``).
+
+Why a process per model: the I/O process runs the OSC server, the folder writer and (later) the
+audio callback; a generating model holds the GIL and spins OpenMP threads that would starve
+them. Here the model owns its own threads (``OMP_WAIT_POLICY=PASSIVE``, an explicit count), and
+a crash or hang costs one worker, which the engine restarts, not the set.
+
+Messages (dicts over a multiprocessing Pipe):
+    engine -> worker: {"op": "generate", "task", "seed", "steps", "instrument"}
+                      {"op": "cancel", "task"}   {"op": "stop"}
+    worker -> engine: {"op": "ready", "info"}    {"op": "fatal", "error"}
+                      {"op": "clip", "task", "audio", "sample_rate", "meta"}
+                      {"op": "error", "task", "error"}   {"op": "cancelled", "task"}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any
+
+
+def configure_threads_env(threads: int) -> None:
+    """Set before torch is imported: passive OpenMP waits and an explicit thread count."""
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+
+
+def worker_main(conn: Connection, model_name: str, model_path: str, options: dict[str, Any],
+                threads: int, finishing: dict[str, Any], log_level: int = logging.INFO) -> None:
+    configure_threads_env(threads)
+    logging.basicConfig(level=log_level, format=f"%(asctime)s worker[{model_name}] %(levelname)s %(message)s")
+    log = logging.getLogger("genbridge.worker")
+
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+
+    from bridge.finishing import FinishingSettings, finish_clip
+    from models.diffusion import Cancelled, load_generator
+
+    try:
+        t0 = time.perf_counter()
+        generator = load_generator(model_path, name=model_name, sdpa=options.get("sdpa", True),
+                                   precision=options.get("precision", "fp32"))
+        load_s = time.perf_counter() - t0
+    except Exception as exc:  # a bad file must not take the daemon down: tell the engine
+        log.error("cannot load model %r from %s: %s", model_name, model_path, exc)
+        conn.send({"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
+        return
+    info = generator.info.to_json()
+    info["load_s"] = round(load_s, 3)
+    info["threads"] = threads
+    if options.get("steps"):
+        info["default_steps"] = int(options["steps"])
+    log.info("loaded %s (%.1f M parameters, %d Hz, %d ch, %d frames) in %.2f s",
+             model_path, info["parameters"] / 1e6, info["sample_rate"], info["channels"],
+             info["length"], load_s)
+    conn.send({"op": "ready", "info": info})
+
+    settings = FinishingSettings(**finishing)
+    backlog: deque[dict[str, Any]] = deque()
+    stopping = False
+
+    def take_message(block: bool) -> dict[str, Any] | None:
+        if backlog:
+            return backlog.popleft()
+        if block or conn.poll():
+            return conn.recv()
+        return None
+
+    while not stopping:
+        try:
+            msg = take_message(block=True)
+        except (EOFError, OSError):
+            return  # the engine went away
+        if msg is None:
+            continue
+        op = msg.get("op")
+        if op == "stop":
+            return
+        if op != "generate":
+            continue  # a cancel for a task that already finished
+        task = msg["task"]
+
+        def on_step(done: int, total: int) -> bool:
+            nonlocal stopping
+            while conn.poll():
+                incoming = conn.recv()
+                if incoming.get("op") == "cancel" and incoming.get("task") == task:
+                    return False
+                if incoming.get("op") == "stop":
+                    stopping = True
+                    return False
+                backlog.append(incoming)
+            return True
+
+        steps = int(msg.get("steps") or info["default_steps"])
+        try:
+            t0 = time.perf_counter()
+            raw = generator.generate(int(msg["seed"]), steps, on_step)
+            gen_s = time.perf_counter() - t0
+            audio, report = finish_clip(raw, generator.sample_rate, settings)
+        except Cancelled:
+            conn.send({"op": "cancelled", "task": task})
+            continue
+        except Exception as exc:
+            log.exception("task %s failed", task)
+            conn.send({"op": "error", "task": task, "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        meta = {
+            "model": model_name,
+            "checkpoint": info["source"],
+            "weights": info["weights"],
+            "trained": info["trained"],
+            "instrument": msg.get("instrument"),
+            "seed": int(msg["seed"]),
+            "steps": steps,
+            "sampler": "v-ddim",
+            "precision": info["precision"],
+            "generation_s": round(gen_s, 4),
+            "finishing": {"settings": settings.to_json(), "applied": report},
+        }
+        conn.send({"op": "clip", "task": task, "audio": audio, "sample_rate": generator.sample_rate,
+                   "meta": meta})

@@ -1,0 +1,115 @@
+"""OSC over UDP: decode, validate against the address table, hand to the service, reply.
+
+python-osc decodes packets and builds replies; we do not use its dispatcher, because with a
+bundle whose timetag lies in the future it calls ``time.sleep()`` even in the asyncio server,
+which would freeze every other client. Timetags are ours to schedule (the live-audio issue).
+
+Replies go to the sender's host and port, unless that host registered a reply port with
+``/genbridge/client/reply_port`` (Max's ``[udpsend]`` sends from a random port and listens with
+``[udpreceive PORT]`` on a fixed one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from pythonosc.osc_message_builder import OscMessageBuilder
+from pythonosc.osc_packet import OscPacket, ParseError
+
+from bridge import protocol
+from bridge.protocol import ProtocolError
+from bridge.service import ReplyFn, Service, error_reply, reply_with
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int]
+
+
+def build_message(address: str, args: list[Any]) -> bytes:
+    builder = OscMessageBuilder(address=address)
+    for arg in args:
+        if isinstance(arg, bool):
+            arg = int(arg)
+        builder.add_arg(arg)
+    return builder.build().dgram
+
+
+class OscTransport(asyncio.DatagramProtocol):
+    """The daemon's UDP endpoint."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.reply_ports: dict[str, int] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.counters = {"packets": 0, "malformed": 0, "errors_sent": 0}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def replier(self, sender: Address) -> ReplyFn:
+        host, port = sender[0], sender[1]
+
+        def reply(address: str, args: list[Any]) -> None:
+            if address == protocol.REPLIES["error"].address:
+                self.counters["errors_sent"] += 1
+            self.send((host, self.reply_ports.get(host, port)), address, args)
+
+        return reply
+
+    def send(self, target: Address, address: str, args: list[Any]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        try:
+            self.transport.sendto(build_message(address, args), target)
+        except Exception as exc:  # unencodable argument, unreachable host: log, keep serving
+            log.warning("cannot send %s to %s:%s: %s", address, target[0], target[1], exc)
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        self.counters["packets"] += 1
+        reply = self.replier(addr)
+        try:
+            packet = OscPacket(data)
+        except (ParseError, Exception) as exc:  # python-osc raises more than ParseError on junk
+            self.counters["malformed"] += 1
+            error_reply(reply, 0, "", f"malformed OSC packet ({len(data)} bytes): {exc}")
+            return
+        for timed in packet.messages:
+            msg = timed.message
+            self._handle(msg.address, list(msg.params), addr, reply)
+
+    def _handle(self, address: str, args: list[Any], addr: Address, reply: ReplyFn) -> None:
+        try:
+            request = protocol.parse(address, args)
+        except ProtocolError as exc:
+            error_reply(reply, exc.request_id, address, str(exc))
+            return
+        if request.name == "client.reply_port":
+            self._register(addr[0], request.values["port"], request.request_id, reply)
+            return
+        task = asyncio.ensure_future(self.service.handle(request, reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _register(self, host: str, port: int, request_id: int | str, reply: ReplyFn) -> None:
+        if port == 0:
+            self.reply_ports.pop(host, None)
+        else:
+            self.reply_ports[host] = port
+        log.info("replies for %s now go to port %s", host, port or "the sender's")
+        reply_with(reply, "client/registered", request_id, port)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP error (a client's port closed?): %s", exc)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def serve_osc(service: Service, host: str, port: int) -> tuple[asyncio.DatagramTransport, OscTransport]:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(lambda: OscTransport(service), local_addr=(host, port))
+    return transport, proto  # type: ignore[return-value]

@@ -1,0 +1,236 @@
+"""The OSC address space, written once.
+
+Everything else is derived from or checked against these tables: the OSC transport parses with
+them, the README's address table is generated from them (``python -m bridge.protocol``, and a
+test fails when the README drifts), and the tests send what they list.
+
+Conventions (see ../shared/DESIGN.md, section 2):
+- every request may end with one extra argument, its id (int or string), given after *all*
+  positional arguments, optional ones included; every reply starts with that id (0 if none);
+- numbers may arrive as int or float (Pd sends every number as a float);
+- anything invalid gets ``/genbridge/error id address message``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+PREFIX = "/genbridge"
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    kind: str  # "str", "int", "float", "velocity"
+    required: bool = True
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    doc: str = ""
+
+    def signature(self) -> str:
+        return self.name if self.required else f"[{self.name}]"
+
+
+@dataclass(frozen=True)
+class Reply:
+    address: str
+    args: tuple[str, ...]  # names; the first is always the request id
+
+    def signature(self) -> str:
+        return " ".join((f"`{self.address}`", *self.args))
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    address: str
+    args: tuple[Arg, ...]
+    replies: tuple[str, ...]
+    doc: str
+    examples: tuple[tuple[Any, ...], ...] = field(default=())
+
+    def signature(self) -> str:
+        return " ".join((f"`{self.address}`", *(a.signature() for a in self.args)))
+
+
+REPLIES: dict[str, Reply] = {
+    r.address.removeprefix(PREFIX + "/"): r
+    for r in (
+        Reply(f"{PREFIX}/pong", ("id", "version")),
+        Reply(f"{PREFIX}/status/reply", ("id", "json")),
+        Reply(f"{PREFIX}/drum/played", ("id", "instrument", "path", "fresh")),
+        Reply(f"{PREFIX}/job/started", ("id", "job_id", "instrument", "count")),
+        Reply(f"{PREFIX}/drum/ready", ("id", "instrument", "path")),
+        Reply(f"{PREFIX}/job/done", ("id", "job_id", "delivered")),
+        Reply(f"{PREFIX}/job/cancelled", ("id", "job_id")),
+        Reply(f"{PREFIX}/client/registered", ("id", "port")),
+        Reply(f"{PREFIX}/error", ("id", "address", "message")),
+    )
+}
+
+_INSTRUMENT = Arg("instrument", "str", doc="an instrument name from the config (kick, snare, hat ...)")
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("ping", f"{PREFIX}/ping", (), ("pong",), "health check"),
+    Endpoint("status", f"{PREFIX}/status", (), ("status/reply",),
+             "pools, workers, queues and models as one JSON string"),
+    Endpoint(
+        "drum.play", f"{PREFIX}/drum/play",
+        (_INSTRUMENT, Arg("velocity", "velocity", required=False, default=1.0,
+                          doc="0-127, or 0.0-1.0 as a float")),
+        ("drum/played",),
+        "take a never-played clip from the instrument's pool, write it to the shared folder "
+        "(fresh 1), or replay the last one when the pool is dry (fresh 0)",
+        examples=(("kick",), ("snare", 100)),
+    ),
+    Endpoint(
+        "drum.generate", f"{PREFIX}/drum/generate",
+        (_INSTRUMENT,
+         Arg("count", "int", required=False, default=1, minimum=1, doc="clips to make"),
+         Arg("seed", "int", required=False, default=None, minimum=0, maximum=2**31 - 1,
+             doc="first seed; clip k uses seed + k")),
+        ("job/started", "drum/ready", "job/done"),
+        "generate new clips now (ahead of pool refills); one drum/ready per clip",
+        examples=(("snare", 3, 7),),
+    ),
+    Endpoint("job.cancel", f"{PREFIX}/job/cancel",
+             (Arg("job_id", "int", minimum=1),), ("job/cancelled",),
+             "cancel a generate job (clips not yet made are dropped)"),
+    Endpoint("client.reply_port", f"{PREFIX}/client/reply_port",
+             (Arg("port", "int", minimum=0, maximum=65535, doc="0 forgets the registration"),),
+             ("client/registered",),
+             "send later replies for this host to this port (Max: [udpreceive PORT])"),
+)
+
+BY_ADDRESS: dict[str, Endpoint] = {e.address: e for e in ENDPOINTS}
+
+
+class ProtocolError(ValueError):
+    """A request that cannot be acted on; carries what the error reply needs."""
+
+    def __init__(self, message: str, request_id: int | str = 0, address: str = "") -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.address = address
+
+
+@dataclass(frozen=True)
+class Request:
+    endpoint: Endpoint
+    values: dict[str, Any]
+    request_id: int | str = 0
+
+    @property
+    def name(self) -> str:
+        return self.endpoint.name
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _as_id(value: Any) -> int | str | None:
+    if isinstance(value, str):
+        return value if len(value) <= 128 else None
+    return _as_int(value)
+
+
+def guess_request_id(args: Sequence[Any]) -> int | str:
+    """Best id for an error reply to a message we could not parse: its last int/str argument."""
+    if args:
+        rid = _as_id(args[-1])
+        if rid is not None:
+            return rid
+    return 0
+
+
+def _convert(arg: Arg, value: Any) -> Any:
+    if arg.kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{arg.name} must be a non-empty string, got {value!r}")
+        return value
+    if arg.kind == "int":
+        number = _as_int(value)
+        if number is None:
+            raise ValueError(f"{arg.name} must be an integer, got {value!r}")
+    elif arg.kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{arg.name} must be a number, got {value!r}")
+        number = float(value)
+    elif arg.kind == "velocity":
+        return velocity_to_gain(value)
+    else:  # pragma: no cover - table error
+        raise AssertionError(arg.kind)
+    if arg.minimum is not None and number < arg.minimum:
+        raise ValueError(f"{arg.name} must be >= {arg.minimum:g}, got {value!r}")
+    if arg.maximum is not None and number > arg.maximum:
+        raise ValueError(f"{arg.name} must be <= {arg.maximum:g}, got {value!r}")
+    return number
+
+
+def velocity_to_gain(value: Any) -> float:
+    """Velocity as 0-127 (int, or a float above 1 from Pd) or 0.0-1.0 (float) -> 0.0-1.0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"velocity must be a number, got {value!r}")
+    if isinstance(value, int) or value > 1.0:
+        if not 0 <= value <= 127:
+            raise ValueError(f"velocity must be 0-127 or 0.0-1.0, got {value!r}")
+        return float(value) / 127.0
+    if value < 0.0:
+        raise ValueError(f"velocity must be 0-127 or 0.0-1.0, got {value!r}")
+    return float(value)
+
+
+def parse(address: str, args: Sequence[Any]) -> Request:
+    """Validate one OSC message against the table; raise ProtocolError with the id on failure."""
+    endpoint = BY_ADDRESS.get(address)
+    if endpoint is None:
+        raise ProtocolError(f"unknown address {address!r}", guess_request_id(args), address)
+    n = len(endpoint.args)
+    request_id: int | str = 0
+    if len(args) == n + 1:
+        rid = _as_id(args[-1])
+        if rid is None:
+            raise ProtocolError(f"request id must be an int or a string, got {args[-1]!r}", 0, address)
+        request_id, args = rid, args[:-1]
+    elif len(args) > n + 1:
+        raise ProtocolError(
+            f"too many arguments: {len(args)} (expected {endpoint.signature()} [id])",
+            guess_request_id(args), address)
+    required = sum(a.required for a in endpoint.args)
+    if len(args) < required:
+        raise ProtocolError(f"missing arguments: expected {endpoint.signature()} [id]", request_id, address)
+    values: dict[str, Any] = {}
+    for i, arg in enumerate(endpoint.args):
+        if i < len(args):
+            try:
+                values[arg.name] = _convert(arg, args[i])
+            except ValueError as exc:
+                raise ProtocolError(str(exc), request_id, address) from None
+        else:
+            values[arg.name] = arg.default
+    return Request(endpoint, values, request_id)
+
+
+def markdown_table() -> str:
+    """The README's address table, generated so it cannot drift from the code."""
+    lines = ["| request | replies | what it does |", "|---|---|---|"]
+    for e in ENDPOINTS:
+        replies = "<br>".join(REPLIES[r].signature() for r in e.replies)
+        lines.append(f"| {e.signature()} | {replies} | {e.doc} |")
+    err = REPLIES["error"]
+    lines.append(f"| anything invalid | {err.signature()} | unknown address, wrong types, bad values, malformed packet |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

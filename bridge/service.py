@@ -1,0 +1,84 @@
+"""What each request does, independent of the transport that carried it.
+
+The OSC transport (and later MIDI) parse a message into a :class:`~bridge.protocol.Request`
+and hand it here with a ``reply`` callable; this module turns it into engine calls and
+replies named in ``protocol.REPLIES``. Transport-level requests (``client/reply_port``) stay
+in the transport, because only it knows hosts and ports.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from bridge import __version__
+from bridge.clip import Clip
+from bridge.engine import Engine, EngineError, Job
+from bridge.protocol import REPLIES, Request
+
+log = logging.getLogger(__name__)
+
+#: reply(address, args): the transport sends one message back to whoever asked.
+ReplyFn = Callable[[str, list[Any]], None]
+
+
+def reply_with(reply: ReplyFn, name: str, request_id: int | str, *args: Any) -> None:
+    spec = REPLIES[name]
+    assert len(spec.args) == len(args) + 1, f"{name} takes {spec.args}"
+    reply(spec.address, [request_id, *args])
+
+
+def error_reply(reply: ReplyFn, request_id: int | str, address: str, message: str) -> None:
+    reply_with(reply, "error", request_id, address, message)
+
+
+class Service:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def handle(self, request: Request, reply: ReplyFn) -> None:
+        """Serve one request; every failure becomes an error reply, never an exception."""
+        rid = request.request_id
+        try:
+            handler = getattr(self, "_" + request.name.replace(".", "_"))
+            await handler(request, reply)
+        except EngineError as exc:
+            error_reply(reply, rid, request.endpoint.address, str(exc))
+        except Exception as exc:  # a bug must cost one reply, not the set
+            log.exception("internal error serving %s", request.endpoint.address)
+            error_reply(reply, rid, request.endpoint.address, f"internal error: {type(exc).__name__}: {exc}")
+
+    async def _ping(self, request: Request, reply: ReplyFn) -> None:
+        reply_with(reply, "pong", request.request_id, __version__)
+
+    async def _status(self, request: Request, reply: ReplyFn) -> None:
+        reply_with(reply, "status/reply", request.request_id, json.dumps(self.engine.status()))
+
+    async def _drum_play(self, request: Request, reply: ReplyFn) -> None:
+        v = request.values
+        result = await self.engine.play(v["instrument"], v["velocity"])
+        reply_with(reply, "drum/played", request.request_id, result.instrument, str(result.path),
+                   int(result.fresh))
+
+    async def _drum_generate(self, request: Request, reply: ReplyFn) -> None:
+        v = request.values
+        rid = request.request_id
+        address = request.endpoint.address
+
+        def on_clip(clip: Clip) -> None:
+            reply_with(reply, "drum/ready", rid, clip.instrument, str(clip.path))
+
+        def on_done(job: Job) -> None:
+            reply_with(reply, "job/done", rid, job.id, job.delivered)
+
+        def on_error(job: Job, message: str) -> None:
+            error_reply(reply, rid, address, f"job {job.id}: {message}")
+
+        job = self.engine.generate(v["instrument"], v["count"], v["seed"],
+                                   on_clip=on_clip, on_done=on_done, on_error=on_error)
+        reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
+
+    async def _job_cancel(self, request: Request, reply: ReplyFn) -> None:
+        job = self.engine.cancel(request.values["job_id"])
+        reply_with(reply, "job/cancelled", request.request_id, job.id)

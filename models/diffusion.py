@@ -1,0 +1,511 @@
+"""Waveform-diffusion one-shot generator (audio-diffusion-pytorch UNetV0 + v-diffusion).
+
+Why this module exists: the engine needs "give me a clip for this seed" and nothing else,
+while the models it must serve come in several layouts (tiny-audio-diffusion Lightning
+checkpoints, the project's own model folders, an untrained placeholder). This module hides
+those differences behind :class:`DiffusionGenerator`, which always samples with the same
+v-DDIM schedule as the library's ``VSampler`` but one step at a time, so a job can report
+progress and be cancelled between steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.adp import import_adp
+
+log = logging.getLogger(__name__)
+
+#: Keys of a UNetV0 config that describe the network; everything else in a
+#: tiny-audio-diffusion ``model:`` block (``_target_``, ``net_t``...) is Hydra plumbing.
+_NON_NET_KEYS = {"_target_", "net_t", "diffusion_t", "sampler_t", "dim"}
+EMA_PREFIX = "model_ema.ema_model.net."
+ONLINE_PREFIX = "model.net."
+GENBRIDGE_FORMAT = "genbridge-diffusion"
+
+
+class ModelLoadError(RuntimeError):
+    """A model file or folder cannot be turned into a working generator."""
+
+
+@dataclass(frozen=True)
+class UNetArch:
+    """Everything needed to rebuild the network and interpret its output."""
+
+    sample_rate: int
+    length: int
+    in_channels: int
+    channels: tuple[int, ...]
+    factors: tuple[int, ...]
+    items: tuple[int, ...]
+    attentions: tuple[int, ...]
+    attention_heads: int = 8
+    attention_features: int = 64
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        return {
+            "in_channels": self.in_channels,
+            "channels": list(self.channels),
+            "factors": list(self.factors),
+            "items": list(self.items),
+            "attentions": list(self.attentions),
+            "attention_heads": self.attention_heads,
+            "attention_features": self.attention_features,
+            **dict(self.extra),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["extra"] = dict(self.extra)
+        for key in ("channels", "factors", "items", "attentions"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, sample_rate: int, length: int) -> "UNetArch":
+        net = {k: v for k, v in data.items() if k not in _NON_NET_KEYS}
+        try:
+            arch = cls(
+                sample_rate=int(sample_rate),
+                length=int(length),
+                in_channels=int(net.pop("in_channels")),
+                channels=tuple(int(c) for c in net.pop("channels")),
+                factors=tuple(int(c) for c in net.pop("factors")),
+                items=tuple(int(c) for c in net.pop("items")),
+                attentions=tuple(int(c) for c in net.pop("attentions")),
+                attention_heads=int(net.pop("attention_heads", 8)),
+                attention_features=int(net.pop("attention_features", 64)),
+                extra=net,
+            )
+        except KeyError as exc:
+            raise ModelLoadError(f"model config lacks U-Net key {exc.args[0]!r}") from exc
+        lengths = {len(arch.channels), len(arch.factors), len(arch.items), len(arch.attentions)}
+        if len(lengths) != 1:
+            raise ModelLoadError("channels, factors, items and attentions must have equal lengths")
+        if arch.length % math.prod(arch.factors) != 0:
+            raise ModelLoadError(
+                f"length {arch.length} is not a multiple of the U-Net's total downsampling "
+                f"{math.prod(arch.factors)}"
+            )
+        return arch
+
+
+# --------------------------------------------------------------------------- attention swap
+
+
+class SDPAAttention(nn.Module):
+    """Drop-in for a_unet's ``AttentionBase`` that calls ``F.scaled_dot_product_attention``.
+
+    Why: the einsum + softmax in a_unet is half of a U-Net step on CPU; SDPA computes the
+    same thing 1.5x faster. It keeps the original ``blocks`` list (holding ``to_out``), so the
+    state-dict keys and weights are unchanged and checkpoints load either way.
+    """
+
+    def __init__(self, to_out: nn.Linear, num_heads: int) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([to_out])
+        self.num_heads = num_heads
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any = None) -> torch.Tensor:
+        b, n, inner = q.shape
+        h = self.num_heads
+        q, k, v = (t.reshape(b, t.shape[1], h, inner // h).transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(b, n, inner)
+        return self.blocks[0](out)
+
+
+def _closure_value(fn: Callable[..., Any], name: str) -> Any:
+    return inspect.getclosurevars(fn).nonlocals.get(name)
+
+
+def swap_attention_to_sdpa(net: nn.Module, default_heads: int) -> int:
+    """Replace every a_unet softmax attention in ``net`` by :class:`SDPAAttention`.
+
+    Returns how many were swapped. The head count is read from the original closure (a_unet
+    keeps it there), falling back to the architecture's ``attention_heads``.
+    """
+    from a_unet.blocks import Attention
+
+    swapped = 0
+    for module in net.modules():
+        if not isinstance(module, Attention) or isinstance(module.attention, SDPAAttention):
+            continue
+        base = module.attention
+        forward_fn = _closure_value(type(base).forward, "forward_fn")
+        # Only a_unet's softmax AttentionBase; LinearAttentionBase computes something else.
+        if forward_fn is None or not forward_fn.__qualname__.startswith("AttentionBase."):
+            continue
+        heads = _closure_value(forward_fn, "num_heads") or default_heads
+        module.attention = SDPAAttention(base.blocks[0], int(heads))
+        swapped += 1
+    return swapped
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build_network(arch: UNetArch, *, init_seed: int | None = None) -> nn.Module:
+    """Build the U-Net the way tiny-audio-diffusion does (DiffusionModel(...).net)."""
+    adp = import_adp()
+    if init_seed is not None:
+        torch.manual_seed(init_seed)
+    model = adp.DiffusionModel(
+        net_t=adp.UNetV0,
+        diffusion_t=adp.VDiffusion,
+        sampler_t=adp.VSampler,
+        **arch.unet_kwargs(),
+    )
+    return model.net
+
+
+def alpha_beta(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    angle = sigma * math.pi / 2
+    return torch.cos(angle), torch.sin(angle)
+
+
+class Cancelled(Exception):
+    """Raised from inside sampling when the step callback asks to stop."""
+
+
+@dataclass
+class ModelInfo:
+    """What the engine and the sidecar need to know about a loaded model."""
+
+    name: str
+    source: str
+    kind: str
+    weights: str
+    trained: bool
+    parameters: int
+    sample_rate: int
+    channels: int
+    length: int
+    default_steps: int
+    sdpa_layers: int
+    precision: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DiffusionGenerator:
+    """A loaded U-Net that turns seeds into one-shots.
+
+    Sampling is the plain v-DDIM schedule of audio-diffusion-pytorch's ``VSampler``
+    (``sigmas = linspace(1, 0, steps + 1)``); the same seed and step count give the same clip.
+    """
+
+    def __init__(self, net: nn.Module, arch: UNetArch, info: ModelInfo) -> None:
+        self.net = net.eval()
+        self.arch = arch
+        self.info = info
+
+    @property
+    def sample_rate(self) -> int:
+        return self.arch.sample_rate
+
+    def noise(self, seed: int) -> torch.Tensor:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        return torch.randn((1, self.arch.in_channels, self.arch.length), generator=gen)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        noise: torch.Tensor,
+        steps: int,
+        on_step: Callable[[int, int], bool] | None = None,
+    ) -> torch.Tensor:
+        """Denoise ``noise`` (batch, channels, length) in ``steps`` v-DDIM steps.
+
+        ``on_step(done, total)`` is called after each step; returning False cancels.
+        """
+        if steps < 1:
+            raise ValueError("steps must be at least 1")
+        x = noise
+        b = x.shape[0]
+        sigmas = torch.linspace(1.0, 0.0, steps + 1)
+        use_bf16 = self.info.precision == "bf16"
+        for i in range(steps):
+            sigma = sigmas[i].repeat(b)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+                v_pred = self.net(x, sigma)
+            v_pred = v_pred.float()
+            alpha, beta = alpha_beta(sigmas[i])
+            alpha_next, beta_next = alpha_beta(sigmas[i + 1])
+            x_pred = alpha * x - beta * v_pred
+            noise_pred = beta * x + alpha * v_pred
+            x = alpha_next * x_pred + beta_next * noise_pred
+            if on_step is not None and on_step(i + 1, steps) is False:
+                raise Cancelled()
+        return x
+
+    def generate(
+        self,
+        seed: int,
+        steps: int | None = None,
+        on_step: Callable[[int, int], bool] | None = None,
+    ) -> np.ndarray:
+        """One clip as float32 (channels, frames), unfinished (no normalisation)."""
+        steps = int(steps or self.info.default_steps)
+        audio = self.sample(self.noise(seed), steps, on_step)
+        return audio[0].numpy().astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def _find_unet_block(tree: Any) -> Mapping[str, Any] | None:
+    """Find the mapping that holds the U-Net keys anywhere in a Hydra config tree."""
+    if isinstance(tree, Mapping):
+        if {"channels", "factors", "items"} <= set(tree) and isinstance(tree.get("channels"), list):
+            return tree
+        for value in tree.values():
+            found = _find_unet_block(value)
+            if found is not None:
+                return found
+    return None
+
+
+def read_tiny_config(path: Path) -> tuple[UNetArch, dict[str, Any]]:
+    """Read a tiny-audio-diffusion ``config.yaml`` (the Hydra experiment config)."""
+    import yaml
+
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    block = _find_unet_block(tree)
+    if block is None:
+        raise ModelLoadError(f"{path} has no U-Net block (channels/factors/items)")
+    sample_rate = _find_key(tree, ("sampling_rate", "sample_rate"))
+    length = _find_key(tree, ("length",))
+    if not isinstance(sample_rate, int) or not isinstance(length, int):
+        raise ModelLoadError(f"{path} must give integer sampling_rate and length")
+    steps = _find_key(tree, ("sampling_steps",))
+    extra: dict[str, Any] = {}
+    if isinstance(steps, list) and steps and isinstance(steps[0], int):
+        extra["default_steps"] = steps[0]
+    return UNetArch.from_mapping(block, sample_rate=sample_rate, length=length), extra
+
+
+def _find_key(tree: Any, names: tuple[str, ...]) -> Any:
+    if isinstance(tree, Mapping):
+        for name in names:
+            if name in tree and not isinstance(tree[name], Mapping):
+                return tree[name]
+        for value in tree.values():
+            found = _find_key(value, names)
+            if found is not None:
+                return found
+    return None
+
+
+def _torch_load(path: Path) -> Any:
+    """Load a checkpoint on CPU, memory-mapped so optimizer state is never read into RAM."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except Exception as exc:  # pickled Python objects (Lightning hyper-parameters, callbacks)
+        if isinstance(exc, FileNotFoundError):
+            raise ModelLoadError(f"checkpoint not found: {path}") from exc
+        log.warning(
+            "%s holds pickled Python objects (%s); loading it with weights_only=False. "
+            "Only load checkpoints you trust.", path, type(exc).__name__,
+        )
+        try:
+            return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as exc2:
+            raise ModelLoadError(f"cannot read checkpoint {path}: {exc2}") from exc2
+
+
+def extract_lightning_net(state: Mapping[str, Any], prefer: str = "ema") -> tuple[dict[str, torch.Tensor], str]:
+    """Pick the U-Net weights out of a tiny-audio-diffusion Lightning ``state_dict``.
+
+    The EMA copy (``model_ema.ema_model.net.*``) is what the authors sample from; the online
+    weights (``model.net.*``) are used only if a checkpoint has no EMA copy.
+    """
+    order = [EMA_PREFIX, ONLINE_PREFIX] if prefer == "ema" else [ONLINE_PREFIX, EMA_PREFIX]
+    for prefix in order:
+        net = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if net:
+            which = "ema" if prefix == EMA_PREFIX else "online"
+            if which != prefer:
+                log.warning("checkpoint has no %s weights; using the %s weights", prefer, which)
+            return net, which
+    raise ModelLoadError(
+        f"checkpoint state_dict has neither {EMA_PREFIX}* nor {ONLINE_PREFIX}* keys"
+    )
+
+
+def _load_strict(net: nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{source}: weights do not match the configured U-Net "
+            f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
+    for key, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ModelLoadError(
+                f"{source}: {key} has shape {tuple(tensor.shape)}, the config expects {tuple(expected[key].shape)}"
+            )
+    net.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
+
+
+def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str, weights: str,
+            trained: bool, default_steps: int, sdpa: bool, precision: str) -> DiffusionGenerator:
+    swapped = swap_attention_to_sdpa(net, arch.attention_heads) if sdpa else 0
+    info = ModelInfo(
+        name=name, source=source, kind=kind, weights=weights, trained=trained,
+        parameters=_count_parameters(net), sample_rate=arch.sample_rate,
+        channels=arch.in_channels, length=arch.length, default_steps=default_steps,
+        sdpa_layers=swapped, precision=precision,
+    )
+    return DiffusionGenerator(net, arch, info)
+
+
+def load_lightning_checkpoint(path: Path, *, name: str, config: Path | None = None,
+                              sdpa: bool = True, precision: str = "fp32",
+                              prefer: str = "ema") -> DiffusionGenerator:
+    """Load a tiny-audio-diffusion ``.ckpt`` with the ``config.yaml`` that sits beside it."""
+    candidates = [config] if config else [path.with_suffix(".yaml"), path.parent / "config.yaml"]
+    cfg = next((c for c in candidates if c is not None and c.is_file()), None)
+    if cfg is None:
+        raise ModelLoadError(f"no config.yaml beside {path} (looked for {', '.join(map(str, candidates))})")
+    arch, extra = read_tiny_config(cfg)
+    checkpoint = _torch_load(path)
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ModelLoadError(f"{path} is not a Lightning checkpoint (no state_dict)")
+    weights, which = extract_lightning_net(state, prefer)
+    net = build_network(arch)
+    _load_strict(net, weights, str(path))
+    del checkpoint, state, weights  # drop optimizer state and the other weight copies
+    return _finish(net, arch, name=name, source=str(path), kind="tiny-audio-diffusion",
+                   weights=which, trained=True, default_steps=int(extra.get("default_steps", 50)),
+                   sdpa=sdpa, precision=precision)
+
+
+def read_genbridge_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
+    if data.get("format") != GENBRIDGE_FORMAT:
+        raise ModelLoadError(f"{path} is not a genbridge model config (format={data.get('format')!r})")
+    return data
+
+
+def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: str = "fp32") -> DiffusionGenerator:
+    """Load a genbridge model folder: ``config.json`` + ``model.safetensors`` (plain net state dict).
+
+    A folder whose config names no weights file is an untrained placeholder: the network is
+    initialised from ``init_seed`` so every machine gets the same (noise-like) model, and the
+    log says so loudly.
+    """
+    data = read_genbridge_config(folder)
+    arch = UNetArch.from_mapping(data["unet"], sample_rate=data["sample_rate"], length=data["length"])
+    weights_name = data.get("weights")
+    default_steps = int(data.get("default_steps", 25))
+    if not weights_name:
+        seed = int(data.get("init_seed", 0))
+        net = build_network(arch, init_seed=seed)
+        log.warning(
+            "model %r (%s) has no trained weights: using a randomly initialised network "
+            "(init_seed=%d). Its output is noise-like; see README, 'The default model'.",
+            name, folder, seed,
+        )
+        return _finish(net, arch, name=name, source=str(folder), kind="genbridge", weights="random",
+                       trained=False, default_steps=default_steps, sdpa=sdpa, precision=precision)
+    weights_path = folder / weights_name
+    weights = load_state_dict_file(weights_path)
+    net = build_network(arch)
+    _load_strict(net, weights, str(weights_path))
+    return _finish(net, arch, name=name, source=str(folder), kind="genbridge", weights=weights_name,
+                   trained=True, default_steps=default_steps, sdpa=sdpa, precision=precision)
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a plain U-Net state dict from ``.safetensors`` or a torch ``.pt``/``.pth`` file."""
+    if not path.is_file():
+        raise ModelLoadError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    state = _torch_load(path)
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, Mapping):
+        raise ModelLoadError(f"{path} does not hold a state dict")
+    return dict(state)
+
+
+def save_model_folder(folder: Path, net: nn.Module, arch: UNetArch, *, default_steps: int = 25,
+                      fp16: bool = False, card: Mapping[str, Any] | None = None) -> Path:
+    """Write a genbridge model folder that :func:`load_model_folder` reads back as is."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous().clone()
+             for k, v in net.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    config = {
+        "format": GENBRIDGE_FORMAT,
+        "version": 1,
+        "sample_rate": arch.sample_rate,
+        "length": arch.length,
+        "default_steps": default_steps,
+        "weights": "model.safetensors",
+        "unet": {k: v for k, v in arch.to_json().items() if k not in ("sample_rate", "length", "extra")}
+        | dict(arch.extra),
+        **({"card": dict(card)} if card else {}),
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
+def load_generator(path: str | Path, *, name: str, sdpa: bool = True, precision: str = "fp32") -> DiffusionGenerator:
+    """Load whatever ``path`` names: a model folder, a ``.ckpt``, or a plain weights file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return load_model_folder(p, name=name, sdpa=sdpa, precision=precision)
+        ckpts = sorted(p.glob("*.ckpt"))
+        if len(ckpts) == 1:
+            return load_lightning_checkpoint(ckpts[0], name=name, sdpa=sdpa, precision=precision)
+        raise ModelLoadError(
+            f"{p} holds neither config.json nor exactly one .ckpt (found {len(ckpts)})"
+        )
+    if not p.exists():
+        raise ModelLoadError(f"model not found: {p}")
+    if p.suffix == ".ckpt":
+        return load_lightning_checkpoint(p, name=name, sdpa=sdpa, precision=precision)
+    if p.suffix in (".safetensors", ".pt", ".pth", ".bin"):
+        data = read_genbridge_config(p.parent)
+        arch = UNetArch.from_mapping(data["unet"], sample_rate=data["sample_rate"], length=data["length"])
+        net = build_network(arch)
+        _load_strict(net, load_state_dict_file(p), str(p))
+        return _finish(net, arch, name=name, source=str(p), kind="genbridge", weights=p.name,
+                       trained=True, default_steps=int(data.get("default_steps", 25)),
+                       sdpa=sdpa, precision=precision)
+    raise ModelLoadError(f"unknown model file type: {p} (expected a folder, .ckpt, .safetensors or .pt)")

@@ -1,0 +1,91 @@
+"""Shared fixtures: small real models built on the fly, configs, and running daemons."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from helpers import Daemon, OscClient  # noqa: E402
+
+#: A U-Net small enough to sample in milliseconds, but with every block type the public
+#: tiny-audio-diffusion architecture uses (resnets, downsampling, attention).
+TINY_UNET: dict[str, Any] = {
+    "in_channels": 1,
+    "channels": [8, 16, 32],
+    "factors": [1, 4, 4],
+    "items": [1, 1, 1],
+    "attentions": [0, 0, 1],
+    "attention_heads": 2,
+    "attention_features": 16,
+}
+TINY_RATE = 22050
+TINY_LENGTH = 4096
+
+
+def tiny_arch(in_channels: int = 1) -> Any:
+    from models.diffusion import UNetArch
+
+    return UNetArch.from_mapping(dict(TINY_UNET, in_channels=in_channels),
+                                 sample_rate=TINY_RATE, length=TINY_LENGTH)
+
+
+def build_tiny_model(folder: Path, seed: int = 1, default_steps: int = 4, in_channels: int = 1) -> Path:
+    """A genbridge model folder with (random but fixed) weights stored as safetensors."""
+    from models.diffusion import build_network, save_model_folder
+
+    arch = tiny_arch(in_channels)
+    net = build_network(arch, init_seed=seed)
+    return save_model_folder(folder, net, arch, default_steps=default_steps)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+def write_config(path: Path, model: Path | str, *, pool: int = 3, steps: int = 0, dry_policy: str = "replay",
+                 instruments: tuple[str, ...] = ("kick", "snare", "hat"), subtype: str = "PCM_24",
+                 extra: str = "") -> Path:
+    lines = [
+        "[engine]", f'dry_policy = "{dry_policy}"', "threads = 1", "wait_timeout_s = 60", "",
+        "[output]", f'subtype = "{subtype}"', "",
+        "[models.m]", f'path = "{model}"', f"steps = {steps}", "",
+    ]
+    for name in instruments:
+        lines += [f"[instruments.{name}]", 'model = "m"', f"pool = {pool}", ""]
+    path.write_text("\n".join(lines) + extra)
+    return path
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., tuple[Daemon, OscClient]]]:
+    """Start ``genbridge serve`` with a config; yields (daemon, client) and cleans both up."""
+    started: list[tuple[Daemon, OscClient]] = []
+
+    def start(config: Path | None = None, extra: list[str] | None = None) -> tuple[Daemon, OscClient]:
+        out = tmp_path / f"out{len(started)}"
+        daemon = Daemon(out, config, extra=extra)
+        daemon.wait_for_ping()
+        client = OscClient(daemon.port)
+        started.append((daemon, client))
+        return daemon, client
+
+    yield start
+    for daemon, client in started:
+        client.close()
+        daemon.stop()
+
+
+def pools_full(*names: str) -> Callable[[dict[str, Any]], bool]:
+    def check(status: dict[str, Any]) -> bool:
+        inst = status["instruments"]
+        return all(inst[n]["ready"] >= inst[n]["target"] for n in (names or inst))
+
+    return check

@@ -1,0 +1,68 @@
+"""Done-when 1: the daemon end to end with liblo-tools as the peer (oscsend, oscdump)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from conftest import TINY_LENGTH, TINY_RATE, pools_full, write_config
+from helpers import OscDump, assert_valid_clip, oscsend
+
+
+def test_play_and_generate_over_liblo(tmp_path: Path, tiny_model: Path, start_daemon) -> None:
+    daemon, client = start_daemon(write_config(tmp_path / "c.toml", tiny_model, pool=2))
+    client.wait_until(pools_full("kick"), what="kick pool to fill")
+    dump = OscDump()
+    try:
+        # oscsend sends from a throwaway port: register oscdump's port for this host's replies
+        # (from now on every reply to 127.0.0.1 goes there, the python client's too).
+        oscsend(daemon.port, "/genbridge/client/reply_port", "i", dump.port)
+        assert dump.expect("/genbridge/client/registered").args == [0, dump.port]
+        oscsend(daemon.port, "/genbridge/drum/play", "s", "kick")
+        played = dump.expect("/genbridge/drum/played")
+        rid, instrument, path, fresh = played.args
+        assert (rid, instrument, fresh) == (0, "kick", 1)
+        meta = assert_valid_clip(path, sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)
+        assert meta["instrument"] == "kick"
+        assert Path(path).parent == daemon.session_dir()
+
+        oscsend(daemon.port, "/genbridge/drum/generate", "sii", "snare", 3, 7)
+        started = dump.expect("/genbridge/job/started")
+        job_id = started.args[1]
+        assert started.args[2:] == ["snare", 3]
+        paths = [dump.expect("/genbridge/drum/ready").args[2] for _ in range(3)]
+        assert dump.expect("/genbridge/job/done").args == [0, job_id, 3]
+        assert len(set(paths)) == 3
+        seeds = [assert_valid_clip(p, sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)["seed"]
+                 for p in paths]
+        assert seeds == [7, 8, 9]
+        audio = [sf.read(p)[0] for p in paths]
+        for a in range(3):
+            for b in range(a + 1, 3):
+                assert not np.allclose(audio[a], audio[b]), "different seeds gave the same clip"
+
+        # The id travels with the request and comes back first in every reply.
+        oscsend(daemon.port, "/genbridge/ping", "i", 4242)
+        assert dump.expect("/genbridge/pong").args[0] == 4242
+        oscsend(daemon.port, "/genbridge/drum/play", "sfs", "hat", 0.5, "pad-3")
+        played = dump.expect("/genbridge/drum/played")
+        assert played.args[0] == "pad-3" and played.args[1] == "hat"
+    finally:
+        dump.close()
+
+
+def test_replies_go_to_the_senders_port(tmp_path: Path, tiny_model: Path, start_daemon) -> None:
+    daemon, client = start_daemon(write_config(tmp_path / "c.toml", tiny_model, pool=1))
+    reply = client.request("/genbridge/ping", 7, reply="/genbridge/pong")
+    assert reply.args[0] == 7 and reply.args[1]
+
+
+def test_default_config_serves_the_shipped_model(tmp_path: Path, start_daemon) -> None:
+    """The README's run command: no config, the shipped default model, no downloads."""
+    daemon, client = start_daemon(None)
+    status = client.wait_until(lambda s: s["models"]["default"]["state"] == "ready", what="default model")
+    info = status["models"]["default"]["info"]
+    reply = client.request("/genbridge/drum/play", "kick", 100, reply="/genbridge/drum/played", timeout=120)
+    assert_valid_clip(reply.args[2], sample_rate=info["sample_rate"], frames=info["length"],
+                      channels=info["channels"])

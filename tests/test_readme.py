@@ -1,0 +1,23 @@
+"""The README's address table is the protocol table, and the README's test command is CI's."""
+
+from __future__ import annotations
+
+import re
+
+from helpers import REPO
+
+from bridge.protocol import markdown_table
+
+
+def test_readme_address_table_matches_protocol() -> None:
+    text = (REPO / "README.md").read_text()
+    match = re.search(r"<!-- protocol-table:start -->\n(.*?)\n<!-- protocol-table:end -->", text, re.S)
+    assert match, "README lacks the protocol table markers"
+    assert match.group(1) == markdown_table(), "README table drifted: paste `genbridge protocol` output"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "\nmake test\n" in readme
+    assert "\nmake test\n" in ci
