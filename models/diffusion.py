@@ -162,12 +162,15 @@ def build_network(arch: UNetArch, *, init_seed: int | None = None) -> nn.Module:
     adp = import_adp()
     if init_seed is not None:
         torch.manual_seed(init_seed)
-    model = adp.DiffusionModel(
-        net_t=adp.UNetV0,
-        diffusion_t=adp.VDiffusion,
-        sampler_t=adp.VSampler,
-        **arch.unet_kwargs(),
-    )
+    try:
+        model = adp.DiffusionModel(
+            net_t=adp.UNetV0,
+            diffusion_t=adp.VDiffusion,
+            sampler_t=adp.VSampler,
+            **arch.unet_kwargs(),
+        )
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        raise ModelLoadError(f"cannot build a UNetV0 from this config: {exc}") from exc
     return model.net
 
 
@@ -509,3 +512,8 @@ def load_generator(path: str | Path, *, name: str, sdpa: bool = True, precision:
                        trained=True, default_steps=int(data.get("default_steps", 25)),
                        sdpa=sdpa, precision=precision)
     raise ModelLoadError(f"unknown model file type: {p} (expected a folder, .ckpt, .safetensors or .pt)")
+
+
+def tiny_arch_from(unet: Mapping[str, Any], sample_rate: int, length: int) -> UNetArch:
+    """Shorthand for tests and benchmarks: an architecture from a plain UNetV0 kwargs dict."""
+    return UNetArch.from_mapping(unet, sample_rate=sample_rate, length=length)
