@@ -307,14 +307,17 @@ class Engine:
         slot.client.send({"op": "generate", "task": task.id, "seed": task.seed, "steps": task.steps,
                           "instrument": task.instrument})
 
-    def _task_over(self, slot: ModelSlot, task_id: Any) -> Task | None:
+    def _task_over(self, slot: ModelSlot, task_id: Any, keep_reservation: bool = False) -> Task | None:
+        """Clear the worker's current task. A refill's place in the pool stays reserved
+        (``in_flight``) when its clip is still on its way into the pool, so the scheduler does
+        not ask for a replacement in the meantime."""
         task = slot.current
         if task is None or task.id != task_id:
             return None
         slot.current = None
         if task.job is not None:
             task.job.running -= 1
-        else:
+        elif not keep_reservation:
             self.pools[task.instrument].in_flight -= 1
         return task
 
@@ -329,7 +332,7 @@ class Engine:
             log.error("model %r failed to load: %s", slot.name, slot.error)
             self._fail_slot_jobs(slot, f"model {slot.name!r} failed to load: {slot.error}")
         elif op == "clip":
-            task = self._task_over(slot, msg.get("task"))
+            task = self._task_over(slot, msg.get("task"), keep_reservation=True)
             if task is not None:
                 meta = dict(msg["meta"], instrument=task.instrument, created=time.time())
                 clip = Clip(np.asarray(msg["audio"], dtype=np.float32), int(msg["sample_rate"]), meta)
@@ -399,10 +402,13 @@ class Engine:
         if job is not None:
             job.delivered += 1
             self._maybe_finish(job)
-        await self._deliver_fresh(task.instrument, clip)
+        await self._deliver_fresh(task.instrument, clip, reserved=job is None)
 
-    async def _deliver_fresh(self, instrument: str, clip: Clip) -> None:
-        """A new clip for an instrument: to a waiting play if there is one, else into the pool."""
+    async def _deliver_fresh(self, instrument: str, clip: Clip, reserved: bool) -> None:
+        """A new clip for an instrument: to a waiting play if there is one, else into the pool.
+
+        ``reserved``: the clip is a refill whose pool place is counted in ``in_flight`` until now.
+        """
         waiters = self.waiters[instrument]
         while waiters and waiters[0].done():
             waiters.popleft()
@@ -417,16 +423,14 @@ class Engine:
                 # the play gave up meanwhile: the clip was never heard, so pool it as fresh
                 await self._write(self.sink.return_to_pool, clip)
             else:
-                pool.in_flight += 1  # still on its way into the pool: do not ask for another
-                try:
-                    await self._write(self.sink.write_to_pool, clip)
-                finally:
-                    pool.in_flight -= 1
+                await self._write(self.sink.write_to_pool, clip)
             pool.add(clip)
         except OSError as exc:
             self.counters["write_errors"] += 1
             log.error("cannot write a %s clip: %s", instrument, exc)
         finally:
+            if reserved:
+                pool.in_flight -= 1
             slot = self.slots[self.config.instruments[instrument].model]
             self._pump(slot)
 

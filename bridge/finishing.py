@@ -83,7 +83,9 @@ def finish_clip(audio: np.ndarray, sample_rate: int, s: FinishingSettings) -> tu
         return out, report
     frames = out.shape[1]
     if s.remove_dc:
-        dc = out.mean(axis=1, keepdims=True)
+        # The offset is estimated where the hit has decayed (the last quarter): the mean of the
+        # whole clip would count the hit's own asymmetry as DC and leave a step in the tail.
+        dc = out[:, -max(1, frames // 4):].mean(axis=1, keepdims=True)
         out -= dc
         report["dc_removed"] = [round(float(d), 6) for d in dc[:, 0]]
     if s.trim_tail:

@@ -76,6 +76,11 @@ class OscTransport(asyncio.DatagramProtocol):
             self.counters["malformed"] += 1
             error_reply(reply, 0, "", f"malformed OSC packet ({len(data)} bytes): {exc}")
             return
+        if not packet.messages and len(data) > 16:
+            # python-osc skips bundle elements it cannot read (and logs a warning): an error here
+            self.counters["malformed"] += 1
+            error_reply(reply, 0, "", f"malformed OSC bundle ({len(data)} bytes): no readable message in it")
+            return
         for timed in packet.messages:
             msg = timed.message
             self._handle(msg.address, list(msg.params), addr, reply)

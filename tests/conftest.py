@@ -29,18 +29,19 @@ TINY_RATE = 22050
 TINY_LENGTH = 4096
 
 
-def tiny_arch(in_channels: int = 1) -> Any:
+def tiny_arch(in_channels: int = 1, length: int = TINY_LENGTH) -> Any:
     from models.diffusion import UNetArch
 
     return UNetArch.from_mapping(dict(TINY_UNET, in_channels=in_channels),
-                                 sample_rate=TINY_RATE, length=TINY_LENGTH)
+                                 sample_rate=TINY_RATE, length=length)
 
 
-def build_tiny_model(folder: Path, seed: int = 1, default_steps: int = 4, in_channels: int = 1) -> Path:
+def build_tiny_model(folder: Path, seed: int = 1, default_steps: int = 4, in_channels: int = 1,
+                     length: int = TINY_LENGTH) -> Path:
     """A genbridge model folder with (random but fixed) weights stored as safetensors."""
     from models.diffusion import build_network, save_model_folder
 
-    arch = tiny_arch(in_channels)
+    arch = tiny_arch(in_channels, length)
     net = build_network(arch, init_seed=seed)
     return save_model_folder(folder, net, arch, default_steps=default_steps)
 

@@ -51,6 +51,7 @@ def test_fresh_flag_when_the_pool_runs_dry_and_refill(tmp_path: Path, tiny_model
     kick = status["instruments"]["kick"]
     assert kick["served_fresh"] == 3 and kick["served_replay"] == 1
     assert kick["refilled"] >= 6
+    assert kick["ready"] == kick["target"] == 3, "a pool never grows past its target"
     # the refilled clips are new ones
     again = _burst(client, 3)
     assert [r.args[3] for r in again] == [1, 1, 1]
