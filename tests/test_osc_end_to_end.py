@@ -66,3 +66,27 @@ def test_default_config_serves_the_shipped_model(tmp_path: Path, start_daemon) -
     reply = client.request("/genbridge/drum/play", "kick", 100, reply="/genbridge/drum/played", timeout=120)
     assert_valid_clip(reply.args[2], sample_rate=info["sample_rate"], frames=info["length"],
                       channels=info["channels"])
+
+
+def test_untrained_default_is_announced_and_shutdown_is_clean(tmp_path: Path, tiny_model: Path) -> None:
+    import os
+
+    from helpers import Daemon, OscClient
+
+    daemon = Daemon(tmp_path / "out")  # the default config: the shipped (untrained) model
+    daemon.wait_for_ping()
+    client = OscClient(daemon.port)
+    status = client.wait_until(lambda s: s["models"]["default"]["state"] == "ready", what="default model")
+    client.close()
+    pid = status["models"]["default"]["pid"]
+    assert status["models"]["default"]["info"]["trained"] is False
+    assert daemon.stop() == 0
+    log = daemon.log()
+    assert "has no trained weights" in log and "UNTRAINED" in log
+    assert "stopped" in log
+    try:
+        os.kill(pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the model worker outlived the daemon"
