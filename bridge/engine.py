@@ -136,7 +136,8 @@ class Engine:
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
-        self.counters: dict[str, int] = {"refused_busy": 0, "worker_crashes": 0, "write_errors": 0}
+        self.counters: dict[str, int] = {"refused_busy": 0, "worker_crashes": 0, "write_errors": 0,
+                                         "tasks_cancelled": 0}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -345,6 +346,7 @@ class Engine:
                 log.error("refill of %s failed: %s", task.instrument, msg.get("error"))
         elif op == "cancelled":
             task = self._task_over(slot, msg.get("task"))
+            self.counters["tasks_cancelled"] += task is not None
             if task is not None and task.job is not None:
                 self._maybe_finish(task.job)
         self._pump(slot)
