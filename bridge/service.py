@@ -75,7 +75,8 @@ class Service:
         def on_error(job: Job, message: str) -> None:
             error_reply(reply, rid, address, f"job {job.id}: {message}")
 
-        job = self.engine.generate(v["instrument"], v["count"], v["seed"],
+        seed = None if v["seed"] is None or v["seed"] < 0 else v["seed"]
+        job = self.engine.generate(v["instrument"], v["count"], seed, v["steps"],
                                    on_clip=on_clip, on_done=on_done, on_error=on_error)
         reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
 

@@ -56,7 +56,7 @@ def test_watcher_never_sees_a_partial_wav(tmp_path: Path, start_daemon) -> None:
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        client.send("/genbridge/drum/generate", "kick", 8, 100, 1)
+        client.send("/genbridge/drum/generate", "kick", 8, 100, 0, 1)
         client.expect("/genbridge/job/started")
         ready = [client.expect("/genbridge/drum/ready", timeout=120).args[2] for _ in range(8)]
         client.expect("/genbridge/job/done")

@@ -116,7 +116,7 @@ def test_daemon_serves_a_tiny_audio_diffusion_ckpt_with_ema_weights(tmp_path: Pa
     ckpt = build_tiny_audio_diffusion_ckpt(tmp_path / "kicks")
     config = write_config(tmp_path / "c.toml", ckpt, pool=0, steps=4, subtype="FLOAT", instruments=("kick",))
     daemon, client = start_daemon(config)
-    client.send("/genbridge/drum/generate", "kick", 1, 11, "ema-check")
+    client.send("/genbridge/drum/generate", "kick", 1, 11, 0, "ema-check")
     client.expect("/genbridge/job/started")
     path = client.expect("/genbridge/drum/ready").args[2]
     served, rate = sf.read(path, dtype="float32", always_2d=True)

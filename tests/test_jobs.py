@@ -21,7 +21,7 @@ def test_cancel_stops_a_running_job(tmp_path: Path, tiny_model: Path, start_daem
     config = write_config(tmp_path / "c.toml", tiny_model, pool=1, instruments=("kick",), extra=SLOW)
     daemon, client = start_daemon(config)
     client.wait_until(pools_full(), what="kick pool")
-    client.send("/genbridge/drum/generate", "slow", 3, 1, "job-a")
+    client.send("/genbridge/drum/generate", "slow", 3, 1, 0, "job-a")
     job_id = client.expect("/genbridge/job/started").args[1]
     client.wait_until(lambda s: s["models"]["m"]["busy"], what="the job to run")
     reply = client.request("/genbridge/job/cancel", job_id, "c1", reply="/genbridge/job/cancelled")
@@ -46,9 +46,9 @@ def test_queue_is_bounded(tmp_path: Path, tiny_model: Path, start_daemon) -> Non
     client.wait_until(lambda s: s["models"]["m"]["state"] == "ready", what="the model")
     started = []  # the first runs at once, the next two wait in the queue
     for k in range(3):
-        client.send("/genbridge/drum/generate", "slow", 1, k, k + 1)
+        client.send("/genbridge/drum/generate", "slow", 1, k, 0, k + 1)
         started.append(client.expect("/genbridge/job/started").args[1])
-    client.send("/genbridge/drum/generate", "slow", 1, 9, 99)
+    client.send("/genbridge/drum/generate", "slow", 1, 9, 0, 99)
     error = client.expect("/genbridge/error")
     assert error.args[0] == 99 and "busy" in error.args[2]
     assert client.status()["counters"]["refused_busy"] == 1

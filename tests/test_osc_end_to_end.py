@@ -56,6 +56,13 @@ def test_replies_go_to_the_senders_port(tmp_path: Path, tiny_model: Path, start_
     daemon, client = start_daemon(write_config(tmp_path / "c.toml", tiny_model, pool=1))
     reply = client.request("/genbridge/ping", 7, reply="/genbridge/pong")
     assert reply.args[0] == 7 and reply.args[1]
+    # per-request steps, and seed -1 for a random one (recorded in the sidecar)
+    client.send("/genbridge/drum/generate", "hat", 2, -1, 6, "s")
+    assert client.expect("/genbridge/job/started").args == ["s", 1, "hat", 2]
+    metas = [assert_valid_clip(client.expect("/genbridge/drum/ready").args[2], sample_rate=TINY_RATE,
+                               frames=TINY_LENGTH, channels=1) for _ in range(2)]
+    assert [m["steps"] for m in metas] == [6, 6]
+    assert metas[0]["seed"] != metas[1]["seed"]
 
 
 def test_default_config_serves_the_shipped_model(tmp_path: Path, start_daemon) -> None:

@@ -21,7 +21,7 @@ def test_killed_worker_fails_its_job_and_restarts(tmp_path: Path, tiny_model: Pa
     config = write_config(tmp_path / "c.toml", tiny_model, pool=1, instruments=("kick",), extra=SLOW)
     daemon, client = start_daemon(config)
     client.wait_until(lambda s: s["instruments"]["kick"]["ready"] == 1, what="the kick pool to fill")
-    client.send("/genbridge/drum/generate", "slow", 1, 5, "long-one")
+    client.send("/genbridge/drum/generate", "slow", 1, 5, 0, "long-one")
     job_id = client.expect("/genbridge/job/started").args[1]
     status = client.wait_until(lambda s: s["models"]["m"]["busy"], what="the slow job to start")
     pid = status["models"]["m"]["pid"]
@@ -38,7 +38,7 @@ def test_killed_worker_fails_its_job_and_restarts(tmp_path: Path, tiny_model: Pa
     for _ in range(3):
         _, _, path, _ = client.request("/genbridge/drum/play", "kick", reply="/genbridge/drum/played", timeout=60).args
         assert_valid_clip(path, sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)
-    client.send("/genbridge/drum/generate", "kick", 1, 3, "after")
+    client.send("/genbridge/drum/generate", "kick", 1, 3, 0, "after")
     client.expect("/genbridge/job/started")
     assert client.expect("/genbridge/drum/ready").args[0] == "after"
     assert daemon.proc.poll() is None
