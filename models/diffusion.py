@@ -321,20 +321,28 @@ def _find_key(tree: Any, names: tuple[str, ...]) -> Any:
 
 
 def _torch_load(path: Path) -> Any:
-    """Load a checkpoint on CPU, memory-mapped so optimizer state is never read into RAM."""
-    try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:  # pickled Python objects (Lightning hyper-parameters, callbacks)
-        if isinstance(exc, FileNotFoundError):
-            raise ModelLoadError(f"checkpoint not found: {path}") from exc
-        log.warning(
-            "%s holds pickled Python objects (%s); loading it with weights_only=False. "
-            "Only load checkpoints you trust.", path, type(exc).__name__,
-        )
-        try:
-            return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        except Exception as exc2:
-            raise ModelLoadError(f"cannot read checkpoint {path}: {exc2}") from exc2
+    """Load a checkpoint on CPU, memory-mapped where the file allows it, so optimizer state
+    (hundreds of MB in a real Lightning file) is never read into RAM.
+
+    weights_only first; a file that pickles Python objects (Lightning hyper-parameters,
+    callbacks) is loaded with weights_only=False and a warning. Files older than torch's zip
+    format cannot be memory-mapped and are read whole.
+    """
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint not found: {path}")
+    last: Exception | None = None
+    for weights_only in (True, False):
+        for mmap in (True, False):
+            try:
+                obj = torch.load(path, map_location="cpu", mmap=mmap, weights_only=weights_only)
+            except Exception as exc:
+                last = exc
+                continue
+            if not weights_only:
+                log.warning("%s holds pickled Python objects; loaded with weights_only=False. "
+                            "Only load checkpoints you trust.", path)
+            return obj
+    raise ModelLoadError(f"cannot read checkpoint {path}: {last}")
 
 
 def extract_lightning_net(state: Mapping[str, Any], prefer: str = "ema") -> tuple[dict[str, torch.Tensor], str]:
