@@ -21,6 +21,10 @@ class Clip:
     sample_rate: int
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    #: The audio laid out for the output device - (frames, channels) at ``playable_rate`` -
+    #: prepared once when the clip enters a pool, so the callback only adds it.
+    playable: np.ndarray | None = None
+    playable_rate: int = 0
 
     def __post_init__(self) -> None:
         if self.audio.ndim != 2:

@@ -50,9 +50,26 @@ class OutputConfig:
 
 @dataclass
 class AudioConfig:
-    #: Output device name or index; "none" serves the shared folder only.
-    device: str = "none"
+    #: Output device: "default", a name (or part of one), an index, or "none" for the shared
+    #: folder only. With no device at all the daemon logs why and serves the folder.
+    device: str = "default"
+    #: Frames per callback; smaller is less latency and more CPU.
     block_size: int = field(default=256, metadata=_check(lambda v: 16 <= v <= 8192, "16-8192"))
+    #: PortAudio suggested latency in seconds; 0 asks for "low".
+    latency: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 1, "0-1 s"))
+    #: Device sample rate; 0 takes the device's default.
+    sample_rate: int = field(default=0, metadata=_check(lambda v: v == 0 or 8000 <= v <= 384000, "0 or 8000-384000"))
+    #: Input channels to capture into the ring buffer (0 turns capture off).
+    input_channels: int = field(default=2, metadata=_check(lambda v: 0 <= v <= 32, "0-32"))
+    capture_seconds: float = field(default=30.0, metadata=_check(lambda v: 1 <= v <= 600, "1-600"))
+    max_voices: int = field(default=32, metadata=_check(lambda v: 1 <= v <= 256, "1-256"))
+    #: Fade used by choke groups and voice stealing.
+    fade_ms: float = field(default=5.0, metadata=_check(lambda v: 0.1 <= v <= 500, "0.1-500"))
+    #: gain = (velocity / 127) ** velocity_exponent; 1 is linear amplitude, 2 a wider dynamic.
+    velocity_exponent: float = field(default=2.0, metadata=_check(lambda v: 0 <= v <= 8, "0-8"))
+    master_gain_db: float = field(default=0.0, metadata=_check(lambda v: -60 <= v <= 24, "-60..24"))
+    #: The master soft limiter leaves everything below this untouched.
+    limiter_threshold_db: float = field(default=-0.5, metadata=_check(lambda v: -30 <= v <= 0, "-30..0"))
 
 
 @dataclass
@@ -96,6 +113,11 @@ class InstrumentConfig:
     pool: int = field(default=4, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
     #: Sampling steps for this instrument; 0 means the model's setting.
     steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
+    gain_db: float = field(default=0.0, metadata=_check(lambda v: -60 <= v <= 24, "-60..24"))
+    #: -1 left .. 1 right.
+    pan: float = field(default=0.0, metadata=_check(lambda v: -1 <= v <= 1, "-1..1"))
+    #: Instruments sharing a group cut each other off (closed hat chokes open hat); 0 = none.
+    choke_group: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 64, "0-64"))
 
 
 def _default_instruments() -> dict[str, InstrumentConfig]:

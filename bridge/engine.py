@@ -111,9 +111,12 @@ class ModelSlot:
 
 
 class Engine:
-    def __init__(self, config: Config, sink: FolderSink) -> None:
+    def __init__(self, config: Config, sink: FolderSink, prepare: Callable[[Clip], None] | None = None) -> None:
         self.config = config
         self.sink = sink
+        #: Called on the writer thread for every clip that may be played (the audio sink
+        #: resamples it to the device rate there, once, not in the callback).
+        self.prepare = prepare
         self.started_at = time.time()
         self.pools: dict[str, ClipPool] = {
             name: ClipPool(name, inst.pool) for name, inst in config.instruments.items()
@@ -418,14 +421,14 @@ class Engine:
         try:
             if waiters:
                 fut = waiters.popleft()
-                await self._write(self.sink.write_to_session, clip)
+                await self._write(self._prepared(self.sink.write_to_session), clip)
                 if not fut.done():
                     fut.set_result(clip)
                     return
                 # the play gave up meanwhile: the clip was never heard, so pool it as fresh
                 await self._write(self.sink.return_to_pool, clip)
             else:
-                await self._write(self.sink.write_to_pool, clip)
+                await self._write(self._prepared(self.sink.write_to_pool), clip)
             pool.add(clip)
         except OSError as exc:
             self.counters["write_errors"] += 1
@@ -435,6 +438,21 @@ class Engine:
                 pool.in_flight -= 1
             slot = self.slots[self.config.instruments[instrument].model]
             self._pump(slot)
+
+    def _prepared(self, write: Callable[[Clip], Path]) -> Callable[[Clip], Path]:
+        def prepare_and_write(clip: Clip) -> Path:
+            if self.prepare is not None:
+                try:
+                    self.prepare(clip)
+                except Exception:  # the clip still goes to the folder; play() retries
+                    log.exception("cannot prepare a %s clip for the audio device", clip.instrument)
+            return write(clip)
+
+        return prepare_and_write
+
+    async def save_clip(self, clip: Clip) -> Path:
+        """Write a clip that did not come from a model (input capture) to the session folder."""
+        return await self._write(self.sink.write_to_session, clip)
 
     def _fail_job(self, job: Job, message: str) -> None:
         job.seeds.clear()

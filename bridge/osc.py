@@ -12,7 +12,9 @@ Replies go to the sender's host and port, unless that host registered a reply po
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -81,16 +83,22 @@ class OscTransport(asyncio.DatagramProtocol):
             self.counters["malformed"] += 1
             error_reply(reply, 0, "", f"malformed OSC bundle ({len(data)} bytes): no readable message in it")
             return
+        wall, mono = time.time(), time.monotonic()
         for timed in packet.messages:
             msg = timed.message
-            self._handle(msg.address, list(msg.params), addr, reply)
+            # python-osc gives a bundle's timetag as epoch seconds ("now" when immediate or past);
+            # a future one becomes a monotonic deadline the audio mixer meets sample-accurately.
+            at = mono + (timed.time - wall) if timed.time > wall + 0.0005 else None
+            self._handle(msg.address, list(msg.params), addr, reply, at)
 
-    def _handle(self, address: str, args: list[Any], addr: Address, reply: ReplyFn) -> None:
+    def _handle(self, address: str, args: list[Any], addr: Address, reply: ReplyFn, at: float | None = None) -> None:
         try:
             request = protocol.parse(address, args)
         except ProtocolError as exc:
             error_reply(reply, exc.request_id, address, str(exc))
             return
+        if at is not None:
+            request = dataclasses.replace(request, at=at)
         if request.name == "client.reply_port":
             self._register(addr[0], request.values["port"], request.request_id, reply)
             return

@@ -67,6 +67,7 @@ REPLIES: dict[str, Reply] = {
         Reply(f"{PREFIX}/job/done", ("id", "job_id", "delivered")),
         Reply(f"{PREFIX}/job/cancelled", ("id", "job_id")),
         Reply(f"{PREFIX}/client/registered", ("id", "port")),
+        Reply(f"{PREFIX}/capture/saved", ("id", "path", "seconds")),
         Reply(f"{PREFIX}/error", ("id", "address", "message")),
     )
 }
@@ -101,6 +102,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("job.cancel", f"{PREFIX}/job/cancel",
              (Arg("job_id", "int", minimum=1),), ("job/cancelled",),
              "cancel a generate job (clips not yet made are dropped)"),
+    Endpoint("capture.save", f"{PREFIX}/capture/save",
+             (Arg("seconds", "float", required=False, default=10.0, minimum=0.01, maximum=600,
+                  doc="how much of what came in to save"),),
+             ("capture/saved",),
+             "write the last seconds of audio input to the shared folder"),
     Endpoint("client.reply_port", f"{PREFIX}/client/reply_port",
              (Arg("port", "int", minimum=0, maximum=65535, doc="0 forgets the registration"),),
              ("client/registered",),
@@ -124,6 +130,8 @@ class Request:
     endpoint: Endpoint
     values: dict[str, Any]
     request_id: int | str = 0
+    #: When to act (time.monotonic()), from an OSC bundle's future timetag; None: now.
+    at: float | None = None
 
     @property
     def name(self) -> str:

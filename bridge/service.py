@@ -12,10 +12,13 @@ import json
 import logging
 from typing import Any, Callable
 
+import time
+
 from bridge import __version__
 from bridge.clip import Clip
 from bridge.engine import Engine, EngineError, Job
 from bridge.protocol import REPLIES, Request
+from bridge.sinks.audio import AudioOutput, AudioUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,9 @@ def error_reply(reply: ReplyFn, request_id: int | str, address: str, message: st
 
 
 class Service:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audio: AudioOutput | None = None) -> None:
         self.engine = engine
+        self.audio = audio
 
     async def handle(self, request: Request, reply: ReplyFn) -> None:
         """Serve one request; every failure becomes an error reply, never an exception."""
@@ -43,7 +47,7 @@ class Service:
         try:
             handler = getattr(self, "_" + request.name.replace(".", "_"))
             await handler(request, reply)
-        except EngineError as exc:
+        except (EngineError, AudioUnavailable) as exc:
             error_reply(reply, rid, request.endpoint.address, str(exc))
         except Exception as exc:  # a bug must cost one reply, not the set
             log.exception("internal error serving %s", request.endpoint.address)
@@ -53,11 +57,15 @@ class Service:
         reply_with(reply, "pong", request.request_id, __version__)
 
     async def _status(self, request: Request, reply: ReplyFn) -> None:
-        reply_with(reply, "status/reply", request.request_id, json.dumps(self.engine.status()))
+        status = self.engine.status()
+        status["audio"] = self.audio.status() if self.audio else {"state": "off", "reason": "audio.device = none"}
+        reply_with(reply, "status/reply", request.request_id, json.dumps(status))
 
     async def _drum_play(self, request: Request, reply: ReplyFn) -> None:
         v = request.values
         result = await self.engine.play(v["instrument"], v["velocity"])
+        if self.audio is not None:
+            self.audio.play(result.clip, result.instrument, result.velocity, request.at)
         reply_with(reply, "drum/played", request.request_id, result.instrument, str(result.path),
                    int(result.fresh))
 
@@ -79,6 +87,17 @@ class Service:
         job = self.engine.generate(v["instrument"], v["count"], seed, v["steps"],
                                    on_clip=on_clip, on_done=on_done, on_error=on_error)
         reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
+
+    async def _capture_save(self, request: Request, reply: ReplyFn) -> None:
+        if self.audio is None:
+            raise AudioUnavailable("input capture needs an audio device (audio.device = none)")
+        seconds = request.values["seconds"]
+        audio = self.audio.capture(seconds)
+        clip = Clip(audio, self.audio.sample_rate,
+                    {"instrument": "capture", "kind": "input capture", "device": self.audio.device_name,
+                     "requested_s": seconds, "created": time.time()})
+        path = await self.engine.save_clip(clip)
+        reply_with(reply, "capture/saved", request.request_id, str(path), round(clip.duration_s, 6))
 
     async def _job_cancel(self, request: Request, reply: ReplyFn) -> None:
         job = self.engine.cancel(request.values["job_id"])
