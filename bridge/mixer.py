@@ -128,11 +128,14 @@ class Mixer:
         self._fading[free] = False
         self.stats.voices_started += 1
 
-    def process(self, out: np.ndarray) -> None:
-        """Fill ``out`` (frames, channels) with the next block. Called from the audio callback."""
+    def process(self, out: np.ndarray, block_time: float | None = None) -> None:
+        """Fill ``out`` (frames, channels) with the next block. Called from the audio callback.
+
+        ``block_time``: the monotonic time this block's first frame is heard (default: now).
+        """
         n = out.shape[0]
         block_start = self.frame
-        self.clock = (block_start, time.monotonic())
+        self.clock = (block_start, time.monotonic() if block_time is None else block_time)
         self.stats.callbacks += 1
         later: list[Trigger] = []
         while self.pending:

@@ -70,9 +70,10 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., tuple[Daemon, OscClie
     """Start ``genbridge serve`` with a config; yields (daemon, client) and cleans both up."""
     started: list[tuple[Daemon, OscClient]] = []
 
-    def start(config: Path | None = None, extra: list[str] | None = None) -> tuple[Daemon, OscClient]:
+    def start(config: Path | None = None, extra: list[str] | None = None,
+              env: dict[str, str] | None = None) -> tuple[Daemon, OscClient]:
         out = tmp_path / f"out{len(started)}"
-        daemon = Daemon(out, config, extra=extra)
+        daemon = Daemon(out, config, extra=extra, env=env)
         daemon.wait_for_ping()
         client = OscClient(daemon.port)
         started.append((daemon, client))
@@ -90,3 +91,13 @@ def pools_full(*names: str) -> Callable[[dict[str, Any]], bool]:
         return all(inst[n]["ready"] >= inst[n]["target"] for n in (names or inst))
 
     return check
+
+
+@pytest.fixture
+def jack_server() -> Iterator[Any]:
+    """A fresh ``jackd -d dummy`` (48 kHz, 256 frames) of this test's own."""
+    from jack_peer import JackServer
+
+    server = JackServer()
+    yield server
+    server.kill()

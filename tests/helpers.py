@@ -104,7 +104,7 @@ class Daemon:
     """``genbridge serve`` in a subprocess, as the README starts it."""
 
     def __init__(self, out: Path, config: Path | None = None, port: int | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.port = port or free_udp_port()
         self.out = out
         cmd = [*GENBRIDGE, "serve", "--osc-port", str(self.port), "--out", str(out)]
@@ -113,7 +113,7 @@ class Daemon:
         cmd += extra or []
         self.log_path = out.parent / f"daemon-{self.port}.log"
         self._log = open(self.log_path, "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(env or os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
     def log(self) -> str:

@@ -95,6 +95,11 @@ class AudioOutput:
         self._lock = threading.Lock()  # open/close only; never taken by the callback
         self._last_callbacks = -1
         self._stalled_since = 0.0
+        self._clock_offset = float("inf")  # monotonic - stream time, on-time callbacks (the minimum)
+        #: Stream-internal delay between rendering a block and its frames leaving the stream's
+        #: ports (PortAudio's buffer adaptation): what the callback reports as output latency
+        #: minus the device latency downstream of the ports.
+        self.pipeline_s = 0.0
 
     # ------------------------------------------------------------------ opening
 
@@ -122,6 +127,9 @@ class AudioOutput:
                                    callback=self._duplex_callback, **common)
             else:
                 stream = sd.OutputStream(device=index, channels=channels, callback=self._output_callback, **common)
+            out_latency = stream.latency[1] if isinstance(stream.latency, tuple) else stream.latency
+            self._device_latency = float(out_latency)
+            self._clock_offset = float("inf")
             stream.start()
             self.stream, self.sample_rate, self.channels, self.in_channels = stream, rate, channels, in_channels
             self.device_name = str(info["name"])
@@ -144,11 +152,25 @@ class AudioOutput:
 
     # ------------------------------------------------------------------ callbacks (audio thread)
 
+    def _block_time(self, time_info: Any) -> float:
+        """When this block leaves the stream, on the monotonic clock, free of wake-up jitter.
+
+        The stream clock is smooth but has its own origin; the callback's wake-up time on the
+        monotonic clock is late by a varying amount, never early. The smallest difference seen
+        is the true offset (it relaxes slowly so clock drift is followed).
+        """
+        now = time.monotonic()
+        current = time_info.currentTime
+        offset = now - current
+        self._clock_offset = min(offset, self._clock_offset + 1e-6)
+        self.pipeline_s = max(0.0, time_info.outputBufferDacTime - current - self._device_latency)
+        return current + self._clock_offset + self.pipeline_s
+
     def _output_callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         t0 = time.perf_counter()
         if status.output_underflow:
             self.underflows += 1
-        self.mixer.process(outdata)  # type: ignore[union-attr]
+        self.mixer.process(outdata, self._block_time(time_info))  # type: ignore[union-attr]
         self.load = 0.95 * self.load + 0.05 * (time.perf_counter() - t0) * self.sample_rate / frames
 
     def _duplex_callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info: Any,
@@ -158,7 +180,7 @@ class AudioOutput:
             self.underflows += 1
         if status.input_overflow:
             self.overflows += 1
-        self.mixer.process(outdata)  # type: ignore[union-attr]
+        self.mixer.process(outdata, self._block_time(time_info))  # type: ignore[union-attr]
         ring = self._ring
         if ring is not None:
             size = ring.shape[0]

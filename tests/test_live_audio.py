@@ -1,0 +1,195 @@
+"""Live audio on a real, paced sink: jackd -d dummy, recorded by a JACK client."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from conftest import pools_full, write_config
+from helpers import osc_bundle, osc_message
+from jack_peer import RATE, Player, Recorder
+
+PLAYED = "/genbridge/drum/played"
+
+AUDIO = """
+[audio]
+device = "system"
+block_size = 256
+velocity_exponent = 2.0
+"""
+
+
+def expected(path: str, gain: float = 1.0) -> np.ndarray:
+    """The WAV the daemon announced, resampled to the JACK rate like the daemon does, (frames, 2)."""
+    audio, rate = sf.read(path, dtype="float32", always_2d=True)
+    out = soxr.resample(audio, rate, RATE, quality="HQ")
+    if out.ndim == 1:
+        out = out[:, None]
+    if out.shape[1] == 1:
+        out = np.repeat(out, 2, axis=1)
+    return out * gain
+
+
+def align(recording: np.ndarray, clip: np.ndarray) -> tuple[int, float, float]:
+    """Best lag of ``clip`` in ``recording``; the correlation there; level difference in dB."""
+    a, b = recording[:, 0].astype(np.float64), clip[:, 0].astype(np.float64)
+    n = 1 << int(np.ceil(np.log2(len(a) + len(b))))
+    xc = np.fft.irfft(np.fft.rfft(a, n) * np.conj(np.fft.rfft(b, n)), n)[: len(a) - len(b) + 1]
+    lag = int(np.argmax(np.abs(xc)))
+    seg = recording[lag : lag + len(clip)]
+    corr = float(np.corrcoef(seg.ravel(), clip.ravel())[0, 1])
+    level = 20 * np.log10(np.sqrt(np.mean(seg**2)) / np.sqrt(np.mean(clip**2)))
+    return lag, corr, float(level)
+
+
+def _setup(tmp_path: Path, tiny_model: Path, start_daemon, jack_server, extra: str = "", **kw):
+    config = write_config(tmp_path / "c.toml", tiny_model, extra=AUDIO + extra, **kw)
+    daemon, client = start_daemon(config, env=jack_server.env())
+    outs = jack_server.wait_for_port("PortAudio")
+    recorder = Recorder(jack_server, outs)
+    client.wait_until(lambda s: s["audio"]["state"] == "running" and pools_full()(s), what="audio and pools")
+    return daemon, client, recorder
+
+
+def _play(client, recorder, *args, settle: float = 0.5):
+    start = recorder.mark()
+    reply = client.request("/genbridge/drum/play", *args, reply=PLAYED)
+    recorder.wait_frames(int(settle * RATE))
+    return reply.args[2], recorder.since(start)
+
+
+def test_trigger_plays_the_clip_and_velocity_follows_the_curve(tmp_path, tiny_model, jack_server, start_daemon):
+    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",))
+    try:
+        path, rec = _play(client, recorder, "kick", 127)
+        lag, corr, level = align(rec.audio, expected(path))
+        assert corr > 0.99, corr
+        assert abs(level) < 0.5, level
+        path, rec = _play(client, recorder, "kick", 64)
+        lag, corr, level = align(rec.audio, expected(path))
+        want = 20 * np.log10((64 / 127) ** 2.0)  # the configured curve: exponent 2
+        assert corr > 0.99 and abs(level - want) < 0.5, (corr, level, want)
+        status = client.status()["audio"]
+        assert status["underflows"] == 0 or status["underflows"] < 3, status
+    finally:
+        recorder.close()
+
+
+CHOKE = """
+[instruments.ohat]
+model = "m"
+pool = 2
+choke_group = 1
+[instruments.chat]
+model = "m"
+pool = 2
+choke_group = 1
+"""
+
+
+def test_closed_hat_chokes_the_open_hat_within_the_fade(tmp_path, tiny_model, jack_server, start_daemon):
+    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, extra=CHOKE,
+                                      instruments=("kick",))
+    try:
+        start = recorder.mark()
+        t0 = time.time() + 0.15
+        from pythonosc.osc_bundle_builder import OscBundleBuilder
+        from pythonosc.osc_message import OscMessage
+
+        def timed(t: float, *args) -> bytes:
+            b = OscBundleBuilder(t)
+            b.add_content(OscMessage(osc_message("/genbridge/drum/play", *args)))
+            return b.build().dgram
+
+        client.send_raw(timed(t0, "ohat", 127, 1))
+        client.send_raw(timed(t0 + 0.05, "chat", 127, 2))
+        replies = sorted((client.expect(PLAYED) for _ in range(2)), key=lambda r: r.args[0])
+        recorder.wait_frames(int(0.6 * RATE))
+        rec = recorder.since(start).audio
+        open_hat, closed_hat = expected(replies[0].args[2]), expected(replies[1].args[2])
+        lag_o, corr_o, _ = align(rec, open_hat[: int(0.045 * RATE)])  # the part before the choke
+        assert corr_o > 0.99
+        # the closed hat starts 50 ms after the open hat (timetags), to within one buffer
+        window = lag_o + int(0.05 * RATE) - 256
+        lag_c, corr_c, _ = align(rec[window:], closed_hat)
+        onset_c = window + lag_c
+        assert abs(onset_c - (lag_o + int(0.05 * RATE))) <= 256, onset_c - lag_o
+        fade = int(0.005 * RATE)
+        # before the closed hat: the open hat alone
+        assert np.allclose(rec[lag_o : onset_c - 1], open_hat[: onset_c - 1 - lag_o], atol=1e-4)
+        # from closed-hat onset + fade time on: only the closed hat; the open hat is gone
+        after = rec[onset_c + fade : onset_c + len(closed_hat)]
+        assert np.allclose(after, closed_hat[fade : len(after) + fade], atol=1e-4), \
+            float(np.abs(after - closed_hat[fade : len(after) + fade]).max())
+        assert client.status()["audio"]["voices_started"] >= 2
+    finally:
+        recorder.close()
+
+
+def test_32_overlapping_hits_never_exceed_full_scale(tmp_path, tiny_model, jack_server, start_daemon):
+    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",),
+                                      pool=4)
+    try:
+        start = recorder.mark()
+        client.send_raw(osc_bundle(*(osc_message("/genbridge/drum/play", "kick", 127, k + 1) for k in range(32))))
+        for _ in range(32):
+            client.expect(PLAYED)
+        recorder.wait_frames(int(0.5 * RATE))
+        rec = recorder.since(start).audio
+        assert np.max(np.abs(rec)) < 1.0
+        assert np.max(np.abs(rec)) > 0.9, "32 stacked hits are loud"
+        assert client.status()["audio"]["limited_blocks"] > 0
+    finally:
+        recorder.close()
+
+
+def test_future_timetag_plays_within_one_buffer_of_its_time(tmp_path, tiny_model, jack_server, start_daemon):
+    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",))
+    try:
+        from pythonosc.osc_bundle_builder import OscBundleBuilder
+        from pythonosc.osc_message import OscMessage
+
+        errors = []
+        for k in range(3):
+            start = recorder.mark()
+            wall, mono = time.time(), time.monotonic()
+            b = OscBundleBuilder(wall + 0.2)
+            b.add_content(OscMessage(osc_message("/genbridge/drum/play", "kick", 127, k + 1)))
+            client.send_raw(b.build().dgram)
+            path = client.expect(PLAYED).args[2]
+            recorder.wait_frames(int(0.6 * RATE))
+            rec = recorder.since(start)
+            lag, corr, _ = align(rec.audio, expected(path))
+            assert corr > 0.99, (k, lag, corr, len(rec.audio), float(np.abs(rec.audio).max()))
+            errors.append(rec.time_of(lag) - (mono + 0.2))
+        block = 256 / RATE
+        assert all(abs(e) <= block for e in errors), [f"{e * 1000:.2f} ms" for e in errors]
+    finally:
+        recorder.close()
+
+
+def test_capture_save_returns_what_came_in(tmp_path, tiny_model, jack_server, start_daemon):
+    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",))
+    recorder.close()
+    ins = jack_server.wait_for_port("PortAudio:in", is_input=True)
+    rng = np.random.default_rng(3)
+    t = np.arange(RATE) / RATE
+    signal = np.stack([0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(RATE),
+                       0.2 * rng.standard_normal(RATE)], axis=1)
+    player = Player(jack_server, ins, signal)
+    try:
+        deadline = time.monotonic() + 10
+        while not player.done and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reply = client.request("/genbridge/capture/save", 2.0, "cap", reply="/genbridge/capture/saved")
+        assert reply.args[0] == "cap" and abs(reply.args[2] - 2.0) < 1e-3
+        saved, rate = sf.read(reply.args[1], dtype="float32", always_2d=True)
+        assert rate == RATE and saved.shape == (2 * RATE, 2)
+        lag, corr, level = align(saved, signal.astype(np.float32))
+        assert corr > 0.999, corr
+        assert Path(reply.args[1]).with_suffix(".json").is_file()
+    finally:
+        player.close()
