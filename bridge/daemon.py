@@ -11,7 +11,7 @@ from bridge.config import Config
 from bridge.engine import Engine
 from bridge.osc import serve_osc
 from bridge.service import Service
-from bridge.sinks.audio import AudioOutput, AudioUnavailable
+from bridge.sinks.audio import AudioOutput
 from bridge.sinks.folder import FolderSink
 
 log = logging.getLogger("genbridge")
@@ -21,28 +21,22 @@ class StartupError(RuntimeError):
     """The daemon cannot start (port taken, folder not writable); exit code 1."""
 
 
-def open_audio(config: Config) -> AudioOutput | None:
-    """The audio device, or None for folder-only; a missing device is logged, never fatal."""
+async def open_audio(config: Config) -> AudioOutput | None:
+    """The audio device process, or None for folder-only. A missing device is logged, never
+    fatal: "default" with no device at all serves the folder; a named device is waited for."""
     if config.audio.device == "none":
         log.info("audio.device = none: serving the shared folder only")
         return None
     audio = AudioOutput(config.audio, config.instruments)
-    try:
-        audio.open()
-    except AudioUnavailable as exc:
-        audio.reason = str(exc)
-        if config.audio.device == "default":
-            audio.state = "unavailable"
-            log.warning("no audio output: %s; serving the shared folder only", exc)
-        else:  # a named device may come back (JACK started later, interface plugged in)
-            audio.state = "lost"
-            log.warning("audio device %r not available yet (%s); will keep trying", config.audio.device, exc)
+    audio.start(asyncio.get_running_loop())
+    await audio.wait_settled()
     return audio
 
 
 async def run_daemon(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM."""
     sink = FolderSink(config.output.dir, config.output.subtype)
-    audio = open_audio(config)
+    audio = await open_audio(config)
     engine = Engine(config, sink, prepare=audio.prepare if audio else None)
     service = Service(engine, audio)
     try:
@@ -55,7 +49,6 @@ async def run_daemon(config: Config) -> None:
     except OSError as exc:
         transport.close()
         raise StartupError(f"cannot use the output folder {config.output.dir}: {exc}") from exc
-    supervisor = asyncio.ensure_future(audio.supervise()) if audio else None
     for name, inst in config.instruments.items():
         log.info("instrument %-8s model=%s pool=%d", name, inst.model, inst.pool)
     log.info("genbridge %s listening for OSC on udp://%s:%d; clips go to %s",
@@ -70,8 +63,6 @@ async def run_daemon(config: Config) -> None:
     finally:
         log.info("shutting down")
         transport.close()
-        if supervisor is not None:
-            supervisor.cancel()
         if audio is not None:
             audio.close()
         await engine.stop()

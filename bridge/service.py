@@ -92,7 +92,7 @@ class Service:
         if self.audio is None:
             raise AudioUnavailable("input capture needs an audio device (audio.device = none)")
         seconds = request.values["seconds"]
-        audio = self.audio.capture(seconds)
+        audio = await self.audio.capture(seconds)
         clip = Clip(audio, self.audio.sample_rate,
                     {"instrument": "capture", "kind": "input capture", "device": self.audio.device_name,
                      "requested_s": seconds, "created": time.time()})

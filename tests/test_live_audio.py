@@ -90,41 +90,64 @@ choke_group = 1
 """
 
 
+def _timed_play(t: float, *args) -> bytes:
+    from pythonosc.osc_bundle_builder import OscBundleBuilder
+    from pythonosc.osc_message import OscMessage
+
+    b = OscBundleBuilder(t)
+    b.add_content(OscMessage(osc_message("/genbridge/drum/play", *args)))
+    return b.build().dgram
+
+
+def _choke_once(client, recorder) -> tuple[str | None, int]:
+    """Open hat, closed hat 50 ms later; returns (what went wrong or None, underflows meanwhile)."""
+    under = client.status()["audio"]["underflows"]
+    start = recorder.mark()
+    t0 = time.time() + 0.15
+    # velocity 100: headroom, so the master limiter (above -0.5 dBFS) leaves every sample alone
+    client.send_raw(_timed_play(t0, "ohat", 100, 1))
+    client.send_raw(_timed_play(t0 + 0.05, "chat", 100, 2))
+    replies = sorted((client.expect(PLAYED) for _ in range(2)), key=lambda r: r.args[0])
+    recorder.wait_frames(int(0.6 * RATE))
+    rec = recorder.since(start).audio
+    under = client.status()["audio"]["underflows"] - under
+    gain = (100 / 127) ** 2.0
+    open_hat, closed_hat = expected(replies[0].args[2], gain), expected(replies[1].args[2], gain)
+    lag_o, corr_o, _ = align(rec, open_hat[: int(0.045 * RATE)])  # the part before the choke
+    if corr_o < 0.99:
+        return f"open hat not found (corr {corr_o:.3f})", under
+    # the closed hat starts 50 ms after the open hat (timetags), to within one buffer
+    window = lag_o + int(0.05 * RATE) - 256
+    lag_c, corr_c, _ = align(rec[window:], closed_hat)
+    onset_c = window + lag_c
+    if abs(onset_c - (lag_o + int(0.05 * RATE))) > 256:
+        return f"closed hat {onset_c - lag_o} frames after the open hat", under
+    fade = int(0.005 * RATE)
+    before = np.abs(rec[lag_o : onset_c - 1] - open_hat[: onset_c - 1 - lag_o]).max()
+    if before > 1e-4:
+        return f"before the closed hat the open hat is not alone (max diff {before:.4f})", under
+    after = rec[onset_c + fade : onset_c + len(closed_hat)]
+    diff = np.abs(after - closed_hat[fade : len(after) + fade]).max(axis=1)
+    residual = diff.max()
+    if residual > 1e-4:
+        bad = np.flatnonzero(diff > 1e-4)
+        return (f"the open hat still sounds after the fade (max diff {residual:.4f}; {len(bad)} frames "
+                f"from {bad[0]} to {bad[-1]} of {len(diff)})"), under
+    return None, under
+
+
 def test_closed_hat_chokes_the_open_hat_within_the_fade(tmp_path, tiny_model, jack_server, start_daemon):
     daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, extra=CHOKE,
                                       instruments=("kick",))
     try:
-        start = recorder.mark()
-        t0 = time.time() + 0.15
-        from pythonosc.osc_bundle_builder import OscBundleBuilder
-        from pythonosc.osc_message import OscMessage
-
-        def timed(t: float, *args) -> bytes:
-            b = OscBundleBuilder(t)
-            b.add_content(OscMessage(osc_message("/genbridge/drum/play", *args)))
-            return b.build().dgram
-
-        client.send_raw(timed(t0, "ohat", 127, 1))
-        client.send_raw(timed(t0 + 0.05, "chat", 127, 2))
-        replies = sorted((client.expect(PLAYED) for _ in range(2)), key=lambda r: r.args[0])
-        recorder.wait_frames(int(0.6 * RATE))
-        rec = recorder.since(start).audio
-        open_hat, closed_hat = expected(replies[0].args[2]), expected(replies[1].args[2])
-        lag_o, corr_o, _ = align(rec, open_hat[: int(0.045 * RATE)])  # the part before the choke
-        assert corr_o > 0.99
-        # the closed hat starts 50 ms after the open hat (timetags), to within one buffer
-        window = lag_o + int(0.05 * RATE) - 256
-        lag_c, corr_c, _ = align(rec[window:], closed_hat)
-        onset_c = window + lag_c
-        assert abs(onset_c - (lag_o + int(0.05 * RATE))) <= 256, onset_c - lag_o
-        fade = int(0.005 * RATE)
-        # before the closed hat: the open hat alone
-        assert np.allclose(rec[lag_o : onset_c - 1], open_hat[: onset_c - 1 - lag_o], atol=1e-4)
-        # from closed-hat onset + fade time on: only the closed hat; the open hat is gone
-        after = rec[onset_c + fade : onset_c + len(closed_hat)]
-        assert np.allclose(after, closed_hat[fade : len(after) + fade], atol=1e-4), \
-            float(np.abs(after - closed_hat[fade : len(after) + fade]).max())
-        assert client.status()["audio"]["voices_started"] >= 2
+        # A sample-exact comparison cannot survive an underflow (a dropped block) on this shared
+        # machine; those are counted by the benchmark. Retry only when one happened.
+        for _ in range(4):
+            problem, underflows = _choke_once(client, recorder)
+            if problem is None or underflows == 0:
+                break
+        assert problem is None, f"{problem} ({underflows} underflows)"
+        assert client.status()["audio"]["voices_choked"] >= 1
     finally:
         recorder.close()
 
@@ -193,3 +216,33 @@ def test_capture_save_returns_what_came_in(tmp_path, tiny_model, jack_server, st
         assert Path(reply.args[1]).with_suffix(".json").is_file()
     finally:
         player.close()
+
+
+def test_jack_restarted_mid_run_plays_again(tmp_path, tiny_model, jack_server, start_daemon):
+    """jackd dies mid-set: OSC and the shared folder keep working; when it returns, sound does."""
+    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",))
+    path, rec = _play(client, recorder, "kick", 127)
+    assert align(rec.audio, expected(path))[1] > 0.99
+    recorder.close()
+    jack_server.kill()
+    status = client.wait_until(lambda s: s["audio"]["state"] in ("lost", "waiting"), what="the daemon to notice")
+    assert status["audio"]["reason"]
+    assert client.request("/genbridge/ping", 5, reply="/genbridge/pong").args[0] == 5
+    reply = client.request("/genbridge/drum/play", "kick", 100, reply=PLAYED)
+    assert Path(reply.args[2]).is_file()
+    client.send("/genbridge/drum/generate", "kick", 2, 1, 0, "g")
+    client.expect("/genbridge/job/started")
+    assert all(Path(client.expect("/genbridge/drum/ready").args[2]).is_file() for _ in range(2))
+    client.expect("/genbridge/job/done")
+
+    jack_server.start()
+    client.wait_until(lambda s: s["audio"]["state"] == "running" and s["audio"]["reopened"] >= 1,
+                      what="the audio device to come back")
+    recorder = Recorder(jack_server, jack_server.wait_for_port("PortAudio"))
+    try:
+        path, rec = _play(client, recorder, "kick", 127)
+        lag, corr, level = align(rec.audio, expected(path))
+        assert corr > 0.99 and abs(level) < 0.5, (corr, level)
+    finally:
+        recorder.close()
+    assert daemon.stop(timeout=15) == 0
