@@ -29,6 +29,7 @@ system-deps:
 test: setup system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: setup
+bench: setup system-deps
 	$(PY) bench/trigger_reply.py
 	$(PY) bench/oneshot.py
+	$(PY) bench/trigger_to_sound.py

@@ -41,11 +41,15 @@ def first_above(x: np.ndarray) -> int:
 
 def run(block: int, triggers: int, generating: bool, model: Path, tmp: Path) -> dict[str, float]:
     server = JackServer(period=block)
-    extra = f'\n[audio]\ndevice = "system"\nblock_size = {block}\ninput_channels = 0\n'
+    audio = f'device = "system"\nblock_size = {block}\ninput_channels = 0'
+    extra = ""
     if generating:  # a long generate job keeps the model worker busy for the whole run
         extra += '\n[instruments.bg]\nmodel = "m"\npool = 0\nsteps = 30\n'
-    config = write_config(tmp / f"c{block}{generating}.toml", model, pool=triggers + 10, instruments=("kick",),
-                          extra=extra)
+    # idle: no pool, so the first trigger generates a clip and every later one replays it and
+    # nothing runs in the background; generating: a full pool, refills and a long job running
+    pool = triggers + 10 if generating else 0
+    config = write_config(tmp / f"c{block}{generating}.toml", model, pool=pool, instruments=("kick",),
+                          extra=extra, audio=audio)
     config.write_text("[server]\nmax_count = 10000\n" + config.read_text())
     daemon = Daemon(tmp / f"out{block}{generating}", config, env=server.env())
     recorder = None
@@ -53,7 +57,9 @@ def run(block: int, triggers: int, generating: bool, model: Path, tmp: Path) -> 
         daemon.wait_for_ping()
         client = OscClient(daemon.port)
         client.wait_until(lambda s: s["audio"]["state"] == "running"
-                          and s["instruments"]["kick"]["ready"] >= triggers, timeout=900, what="pool")
+                          and s["instruments"]["kick"]["ready"] >= pool, timeout=900, what="pool")
+        if not generating:
+            client.request("/genbridge/drum/play", "kick", 127, reply="/genbridge/drum/played", timeout=60)
         recorder = Recorder(server, server.wait_for_port("PortAudio"), seconds=triggers * 0.3 + 30)
         if generating:
             client.request("/genbridge/drum/generate", "bg", 10000, 1, 0, "bg", reply="/genbridge/job/started")

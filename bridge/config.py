@@ -83,6 +83,9 @@ class EngineConfig:
     dry_policy: str = field(default="replay", metadata=_check(lambda v: v in ("replay", "wait"), "'replay' or 'wait'"))
     #: How long a play may wait for a clip before it gets an error reply.
     wait_timeout_s: float = field(default=30.0, metadata=_check(lambda v: v > 0, "> 0"))
+    #: CPU niceness of model workers (0-19): generating is background work, so the audio
+    #: callback and the OSC server get the CPU first when both want it.
+    worker_nice: int = field(default=10, metadata=_check(lambda v: 0 <= v <= 19, "0-19"))
     #: First delay before restarting a crashed worker; doubles per crash up to 30 s.
     restart_delay_s: float = field(default=0.5, metadata=_check(lambda v: v >= 0, ">= 0"))
 

@@ -127,7 +127,8 @@ class Engine:
             mc = config.models[name]
             spec = WorkerSpec(
                 model_name=name, model_path=str(mc.resolved_path()),
-                options={"sdpa": mc.sdpa, "precision": mc.precision, "steps": mc.steps},
+                options={"sdpa": mc.sdpa, "precision": mc.precision, "steps": mc.steps,
+                         "nice": config.engine.worker_nice},
                 threads=config.model_threads(name), finishing=config.finishing.to_json(),
             )
             self.slots[name] = ModelSlot(name, spec)

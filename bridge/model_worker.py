@@ -33,6 +33,12 @@ def configure_threads_env(threads: int) -> None:
 def worker_main(conn: Connection, model_name: str, model_path: str, options: dict[str, Any],
                 threads: int, finishing: dict[str, Any], log_level: int = logging.INFO) -> None:
     configure_threads_env(threads)
+    niceness = int(options.get("nice", 0))
+    if niceness:
+        try:  # generation is background work: the audio process and OSC get the CPU first
+            os.nice(niceness)
+        except OSError:
+            pass
     logging.basicConfig(level=log_level, format=f"%(asctime)s worker[{model_name}] %(levelname)s %(message)s")
     log = logging.getLogger("genbridge.worker")
 

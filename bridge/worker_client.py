@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from bridge.child_process import read_child, spawn_child
 from bridge.model_worker import configure_threads_env, worker_main
 
 log = logging.getLogger(__name__)
@@ -46,43 +46,21 @@ class WorkerClient:
         return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
         # The child inherits the environment at spawn: make its OpenMP passive before torch loads.
         configure_threads_env(self.spec.threads)
-        proc = ctx.Process(
-            target=worker_main,
-            args=(child, self.spec.model_name, self.spec.model_path, self.spec.options,
-                  self.spec.threads, self.spec.finishing, logging.getLogger().getEffectiveLevel()),
+        proc, conn = spawn_child(
+            worker_main,
+            (self.spec.model_name, self.spec.model_path, self.spec.options, self.spec.threads,
+             self.spec.finishing, logging.getLogger().getEffectiveLevel()),
             name=f"genbridge-worker-{self.spec.model_name}",
-            daemon=True,
         )
-        proc.start()
-        child.close()  # so recv() sees EOF when the worker dies
         self._generation += 1
-        self.process, self._conn = proc, parent
-        threading.Thread(target=self._read, args=(parent, proc, self._generation),
-                         name=f"reader-{self.spec.model_name}", daemon=True).start()
-
-    def _read(self, conn: Any, proc: mp.process.BaseProcess, generation: int) -> None:
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break
-            except Exception as exc:  # an unpicklable message: treat the worker as broken
-                log.error("worker %s sent an unreadable message: %s", self.spec.model_name, exc)
-                proc.kill()
-                break
-            self._post(self._deliver, generation, msg)
-        proc.join(timeout=5)
-        self._post(self._exited, generation, proc.exitcode)
-
-    def _post(self, fn: Callable[..., None], *args: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            pass  # loop closed during shutdown
+        generation = self._generation
+        self.process, self._conn = proc, conn
+        read_child(conn, proc, self.loop,
+                   on_message=lambda msg: self._deliver(generation, msg),
+                   on_exit=lambda code: self._exited(generation, code),
+                   name=f"worker {self.spec.model_name}")
 
     def _deliver(self, generation: int, msg: dict[str, Any]) -> None:
         if generation == self._generation:

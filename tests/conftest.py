@@ -26,6 +26,13 @@ TINY_UNET: dict[str, Any] = {
     "attention_features": 16,
 }
 TINY_RATE = 22050
+#: An instrument on model "m" whose clips take seconds: something to cancel, kill or queue behind.
+SLOW = """
+[instruments.slow]
+model = "m"
+pool = 0
+steps = 1000
+"""
 TINY_LENGTH = 4096
 
 
@@ -53,8 +60,10 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def write_config(path: Path, model: Path | str, *, pool: int = 3, steps: int = 0, dry_policy: str = "replay",
                  instruments: tuple[str, ...] = ("kick", "snare", "hat"), subtype: str = "PCM_24",
-                 extra: str = "") -> Path:
+                 extra: str = "", audio: str = 'device = "none"') -> Path:
+    """A daemon config for tests; no audio device unless ``audio`` names one (hermetic tests)."""
     lines = [
+        "[audio]", audio, "",
         "[engine]", f'dry_policy = "{dry_policy}"', "threads = 1", "wait_timeout_s = 60", "",
         "[output]", f'subtype = "{subtype}"', "",
         "[models.m]", f'path = "{model}"', f"steps = {steps}", "",

@@ -6,15 +6,10 @@ import socket
 from pathlib import Path
 
 import pytest
-from conftest import TINY_LENGTH, TINY_RATE, pools_full, write_config
+from conftest import SLOW, TINY_LENGTH, TINY_RATE, pools_full, write_config
 from helpers import assert_valid_clip
 
-SLOW = """
-[instruments.slow]
-model = "m"
-pool = 0
-steps = 1000
-"""
+
 
 
 def test_cancel_stops_a_running_job(tmp_path: Path, tiny_model: Path, start_daemon) -> None:

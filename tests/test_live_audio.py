@@ -14,12 +14,9 @@ from jack_peer import RATE, Player, Recorder
 
 PLAYED = "/genbridge/drum/played"
 
-AUDIO = """
-[audio]
-device = "system"
+AUDIO = """device = "system"
 block_size = 256
-velocity_exponent = 2.0
-"""
+velocity_exponent = 2.0"""
 
 
 def expected(path: str, gain: float = 1.0) -> np.ndarray:
@@ -46,7 +43,7 @@ def align(recording: np.ndarray, clip: np.ndarray) -> tuple[int, float, float]:
 
 
 def _setup(tmp_path: Path, tiny_model: Path, start_daemon, jack_server, extra: str = "", **kw):
-    config = write_config(tmp_path / "c.toml", tiny_model, extra=AUDIO + extra, **kw)
+    config = write_config(tmp_path / "c.toml", tiny_model, extra=extra, audio=AUDIO, **kw)
     daemon, client = start_daemon(config, env=jack_server.env())
     outs = jack_server.wait_for_port("PortAudio")
     recorder = Recorder(jack_server, outs)

@@ -6,15 +6,10 @@ import os
 import signal
 from pathlib import Path
 
-from conftest import TINY_LENGTH, TINY_RATE, write_config
+from conftest import SLOW, TINY_LENGTH, TINY_RATE, write_config
 from helpers import assert_valid_clip
 
-SLOW = """
-[instruments.slow]
-model = "m"
-pool = 0
-steps = 1000
-"""
+
 
 
 def test_killed_worker_fails_its_job_and_restarts(tmp_path: Path, tiny_model: Path, start_daemon) -> None:

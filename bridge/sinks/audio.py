@@ -13,13 +13,13 @@ import asyncio
 import itertools
 import logging
 import multiprocessing as mp
-import threading
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from bridge.audio_process import AudioUnavailable, audio_main
+from bridge.child_process import read_child, spawn_child
 from bridge.clip import Clip
 from bridge.config import AudioConfig, InstrumentConfig
 from bridge.mixer import balance_gains
@@ -72,34 +72,15 @@ class AudioOutput:
     def _spawn(self) -> None:
         if self._stopping:
             return
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=audio_main, args=(child, asdict(self.config), logging.getLogger().getEffectiveLevel()),
-                           name="genbridge-audio", daemon=True)
-        proc.start()
-        child.close()
+        assert self._loop is not None
+        proc, conn = spawn_child(audio_main, (asdict(self.config), logging.getLogger().getEffectiveLevel()),
+                                 name="genbridge-audio")
         self._generation += 1
-        self._process, self._conn = proc, parent
+        generation = self._generation
+        self._process, self._conn = proc, conn
         self.state = "starting"
-        threading.Thread(target=self._read, args=(parent, proc, self._generation), name="audio-reader",
-                         daemon=True).start()
-
-    def _read(self, conn: Any, proc: mp.process.BaseProcess, generation: int) -> None:
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                break
-            self._post(self._on_message, generation, msg)
-        proc.join(timeout=5)
-        self._post(self._on_exit, generation, proc.exitcode)
-
-    def _post(self, fn: Any, *args: Any) -> None:
-        try:
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:
-            pass
+        read_child(conn, proc, self._loop, on_message=lambda msg: self._on_message(generation, msg),
+                   on_exit=lambda code: self._on_exit(generation, code), name="audio process")
 
     def _on_message(self, generation: int, msg: dict[str, Any]) -> None:
         if generation != self._generation:

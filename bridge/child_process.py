@@ -1,0 +1,55 @@
+"""Start a spawned child with a Pipe, and hear what it says and when it dies, on the event loop.
+
+Model workers and the audio device process both need this: a reader thread blocks on the pipe
+and hands every message - and finally the child's exit code - to the asyncio loop. Messages from
+an earlier incarnation of a restarted child are dropped by generation number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import threading
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+def spawn_child(target: Callable[..., None], args: tuple[Any, ...], name: str
+                ) -> tuple[mp.process.BaseProcess, Any]:
+    """Start ``target(child_conn, *args)`` in a spawned process; returns (process, parent_conn)."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=True)
+    proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+    proc.start()
+    child.close()  # so recv() in the parent sees EOF when the child dies
+    return proc, parent
+
+
+def read_child(conn: Any, proc: mp.process.BaseProcess, loop: asyncio.AbstractEventLoop,
+               on_message: Callable[[dict[str, Any]], None], on_exit: Callable[[int | None], None],
+               name: str) -> None:
+    """Forward messages, then the exit code, to ``loop`` from a daemon reader thread."""
+
+    def post(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop closed during shutdown
+
+    def run() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # an unreadable message: treat the child as broken
+                log.error("%s sent an unreadable message: %s", name, exc)
+                proc.kill()
+                break
+            post(on_message, msg)
+        proc.join(timeout=5)
+        post(on_exit, proc.exitcode)
+
+    threading.Thread(target=run, name=f"reader-{name}", daemon=True).start()
