@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--osc-port", type=int, help="UDP port for OSC (default 9000)")
     s.add_argument("--out", help="shared folder for generated clips")
     s.add_argument("--audio-device", help="audio output device name or index, or 'none'")
+    s.add_argument("--midi-port", action="append", metavar="NAME",
+                   help="MIDI input to open, by name or part of one (repeatable; replaces midi.ports)")
+    s.add_argument("--midi-virtual", action="store_true", help="open a virtual MIDI input named genbridge")
 
     g = sub.add_parser("generate", help="generate one-shots into a folder, without the daemon")
     g.add_argument("instrument")
@@ -126,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.command == "serve":
             apply_overrides(config, host=args.host, osc_port=args.osc_port, out=args.out,
-                            audio_device=args.audio_device)
+                            audio_device=args.audio_device, midi_ports=args.midi_port,
+                            midi_virtual=args.midi_virtual)
             return _serve(args, config)
         return _generate(args, config)
     except ConfigError as exc:

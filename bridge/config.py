@@ -123,6 +123,34 @@ class InstrumentConfig:
     choke_group: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 64, "0-64"))
 
 
+#: General MIDI drum map (and Ableton Drum Rack's pads 36-51) for the default instruments and
+#: the ones a kit usually adds; notes mapped to an instrument the config lacks play nothing.
+GM_DRUM_NOTES = {
+    "35": "kick", "36": "kick", "37": "rim", "38": "snare", "39": "clap", "40": "snare",
+    "42": "hat", "44": "hat", "46": "open_hat", "49": "crash", "51": "ride",
+    "41": "tom", "43": "tom", "45": "tom", "47": "tom", "48": "tom", "50": "tom",
+}
+
+CC_TARGETS = ("steps", "gain", "policy")
+
+
+@dataclass
+class MidiConfig:
+    enabled: bool = True
+    #: Input ports to open, by exact name or case-insensitive substring; "*" opens all.
+    ports: list[str] = field(default_factory=list)
+    #: Also open a virtual input named "genbridge" (JACK, ALSA, CoreMIDI; not Windows MM).
+    virtual: bool = True
+    #: A mido backend, e.g. "mido.backends.rtmidi/UNIX_JACK"; "" uses MIDO_BACKEND or mido's default.
+    backend: str = ""
+    #: 1-16 listens to one channel; 0 to all.
+    channel: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 16, "0-16"))
+    #: note number -> instrument.
+    notes: dict[str, str] = field(default_factory=lambda: dict(GM_DRUM_NOTES))
+    #: CC number -> "steps", "gain" or "policy", optionally ":instrument" (default: all).
+    cc: dict[str, str] = field(default_factory=lambda: {"20": "steps", "7": "gain", "21": "policy"})
+
+
 def _default_instruments() -> dict[str, InstrumentConfig]:
     return {name: InstrumentConfig() for name in ("kick", "snare", "hat")}
 
@@ -134,6 +162,7 @@ class Config:
     audio: AudioConfig = field(default_factory=AudioConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     finishing: FinishingSettings = field(default_factory=FinishingSettings)
+    midi: MidiConfig = field(default_factory=MidiConfig)
     models: dict[str, ModelConfig] = field(default_factory=lambda: {"default": ModelConfig()})
     instruments: dict[str, InstrumentConfig] = field(default_factory=_default_instruments)
 
@@ -147,6 +176,18 @@ class Config:
             if inst.model not in self.models:
                 raise ConfigError(f"instruments.{name}.model",
                                   f"no model named {inst.model!r} (models: {', '.join(sorted(self.models))})")
+        for note in self.midi.notes:
+            if not note.isdigit() or not 0 <= int(note) <= 127:
+                raise ConfigError(f"midi.notes.{note}", "keys are MIDI note numbers 0-127")
+        for number, target in self.midi.cc.items():
+            key = f"midi.cc.{number}"
+            if not number.isdigit() or not 0 <= int(number) <= 127:
+                raise ConfigError(key, "keys are CC numbers 0-127")
+            what, _, inst = target.partition(":")
+            if what not in CC_TARGETS:
+                raise ConfigError(key, f"target must be one of {', '.join(CC_TARGETS)} (optionally :instrument)")
+            if inst and inst not in self.instruments:
+                raise ConfigError(key, f"no instrument named {inst!r}")
         for name, model in self.models.items():
             if not _is_name(name):
                 raise ConfigError(f"models.{name}", "names use letters, digits, '-' and '_' only")
@@ -201,7 +242,15 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
             item_type = typing.get_args(typ)[1]
             if not isinstance(value, Mapping):
                 raise ConfigError(key, f"expected a table, got {value!r}")
-            kwargs[name] = {k: _build(item_type, v, f"{key}.{k}") for k, v in value.items()}
+            if dataclasses.is_dataclass(item_type):
+                kwargs[name] = {k: _build(item_type, v, f"{key}.{k}") for k, v in value.items()}
+            else:
+                kwargs[name] = {str(k): _convert(f"{key}.{k}", v, item_type) for k, v in value.items()}
+        elif origin is list:
+            item_type = typing.get_args(typ)[0]
+            if not isinstance(value, list):
+                raise ConfigError(key, f"expected a list, got {value!r}")
+            kwargs[name] = [_convert(f"{key}[{i}]", v, item_type) for i, v in enumerate(value)]
         elif dataclasses.is_dataclass(typ):
             kwargs[name] = _build(typ, value, key)
         else:
@@ -235,7 +284,8 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | None = None,
-                    out: str | None = None, audio_device: str | None = None) -> Config:
+                    out: str | None = None, audio_device: str | None = None,
+                    midi_ports: list[str] | None = None, midi_virtual: bool | None = None) -> Config:
     """Command-line flags win over the file; checked like file options."""
     if host is not None:
         config.server.host = host
@@ -247,4 +297,8 @@ def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | 
         config.output.dir = out
     if audio_device is not None:
         config.audio.device = audio_device
+    if midi_ports:
+        config.midi.ports = list(midi_ports)
+    if midi_virtual:
+        config.midi.virtual = True
     return config

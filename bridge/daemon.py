@@ -9,6 +9,7 @@ import signal
 from bridge import __version__
 from bridge.config import Config
 from bridge.engine import Engine
+from bridge.midi import MidiInput
 from bridge.osc import serve_osc
 from bridge.service import Service
 from bridge.sinks.audio import AudioOutput
@@ -49,6 +50,9 @@ async def run_daemon(config: Config) -> None:
     except OSError as exc:
         transport.close()
         raise StartupError(f"cannot use the output folder {config.output.dir}: {exc}") from exc
+    midi = MidiInput(config, service)
+    service.status_sections["midi"] = midi.status
+    await midi.start()
     for name, inst in config.instruments.items():
         log.info("instrument %-8s model=%s pool=%d", name, inst.model, inst.pool)
     log.info("genbridge %s listening for OSC on udp://%s:%d; clips go to %s",
@@ -63,6 +67,7 @@ async def run_daemon(config: Config) -> None:
     finally:
         log.info("shutting down")
         transport.close()
+        midi.close()
         if audio is not None:
             audio.close()
         await engine.stop()

@@ -40,6 +40,8 @@ class Service:
     def __init__(self, engine: Engine, audio: AudioOutput | None = None) -> None:
         self.engine = engine
         self.audio = audio
+        #: More sections for /genbridge/status (the MIDI transport adds its own).
+        self.status_sections: dict[str, Callable[[], dict[str, Any]]] = {}
 
     async def handle(self, request: Request, reply: ReplyFn) -> None:
         """Serve one request; every failure becomes an error reply, never an exception."""
@@ -59,6 +61,8 @@ class Service:
     async def _status(self, request: Request, reply: ReplyFn) -> None:
         status = self.engine.status()
         status["audio"] = self.audio.status() if self.audio else {"state": "off", "reason": "audio.device = none"}
+        for name, section in self.status_sections.items():
+            status[name] = section()
         reply_with(reply, "status/reply", request.request_id, json.dumps(status))
 
     async def _drum_play(self, request: Request, reply: ReplyFn) -> None:

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -163,6 +164,56 @@ class Player:
     @property
     def done(self) -> bool:
         return self.pos >= len(self.signal)
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+class MidiSender:
+    """A JACK MIDI output (JACK-Client) that sends raw messages at exact frames."""
+
+    def __init__(self, server: JackServer, target: str) -> None:
+        self.client = server.client(f"midi{uuid.uuid4().hex[:4]}")
+        self.port = self.client.midi_outports.register("out")
+        self.rate = self.client.samplerate
+        self.events: deque[tuple[int, bytes]] = deque()
+        self.timed: deque[tuple[float, bytes]] = deque()  # (monotonic time, message)
+        self.sent_at: list[float] = []  # monotonic time of the cycle each event went out in
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+        self.client.connect(self.port, target)
+
+    def _process(self, frames: int) -> None:
+        t = time.monotonic()
+        self.port.clear_buffer()
+        base = self.client.last_frame_time
+        while self.events and self.events[0][0] < base + frames:
+            frame, data = self.events.popleft()
+            self.port.write_midi_event(max(0, frame - base), data)
+            self.sent_at.append(t + max(0, frame - base) / self.rate)
+        end = t + frames / self.rate
+        while self.timed and self.timed[0][0] < end:
+            when, data = self.timed.popleft()
+            offset = min(frames - 1, max(0, int((when - t) * self.rate)))
+            self.port.write_midi_event(offset, data)
+
+    def send(self, *data: int, frame: int | None = None) -> None:
+        self.events.append((frame if frame is not None else 0, bytes(data)))
+
+    def clock(self, bpm: float, seconds: float) -> None:
+        """MIDI clock (24 per quarter note) on the wall clock, as a DAW sends it.
+
+        Not by JACK frames: the dummy driver's frame clock runs about 1 % slow against the
+        system clock (it sleeps per period), and tempo is a wall-clock quantity.
+        """
+        start = time.monotonic() + 0.05
+        step = 60.0 / (bpm * 24)
+        for k in range(int(seconds * bpm * 24 / 60)):
+            self.timed.append((start + k * step, b"\xf8"))
+
+    def idle(self) -> bool:
+        return not self.events and not self.timed
 
     def close(self) -> None:
         self.client.deactivate()

@@ -21,3 +21,17 @@ def test_ci_runs_the_readme_test_command() -> None:
     ci = (REPO / ".ci" / "run").read_text()
     assert "\nmake test\n" in readme
     assert "\nmake test\n" in ci
+
+
+def test_readme_example_config_is_valid_and_matches_the_defaults() -> None:
+    import tomllib
+
+    from bridge.config import config_from_mapping, load_config
+
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", text, re.S)
+    assert block, "README lacks the example config"
+    example = config_from_mapping(tomllib.loads(block.group(1)))
+    defaults = load_config(None)
+    for section in ("server", "output", "audio", "engine", "finishing"):
+        assert getattr(example, section) == getattr(defaults, section), f"[{section}] in the README drifted"

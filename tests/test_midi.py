@@ -1,0 +1,109 @@
+"""MIDI in over JACK MIDI (python-rtmidi's UNIX_JACK API under jackd -d dummy)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import pools_full, write_config
+from helpers import assert_valid_clip
+from jack_peer import RATE, MidiSender, Recorder
+from test_live_audio import align, expected
+
+MIDI = """
+[midi]
+backend = "mido.backends.rtmidi/UNIX_JACK"
+virtual = true
+ports = ["seqsrc"]
+"""
+AUDIO = 'device = "system"\nblock_size = 256\nvelocity_exponent = 2.0'
+
+
+def _start(tmp_path, tiny_model, jack_server, start_daemon, **kw):
+    config = write_config(tmp_path / "c.toml", tiny_model, audio=AUDIO, extra=MIDI, **kw)
+    daemon, client = start_daemon(config, env=jack_server.env())
+    status = client.wait_until(lambda s: s["audio"]["state"] == "running" and pools_full()(s), what="audio, pools")
+    assert status["midi"]["state"] == "running" and status["midi"]["virtual"] == "genbridge", status["midi"]
+    return daemon, client
+
+
+def test_jack_midiseq_note_plays_the_mapped_instrument(tmp_path, tiny_model, jack_server, start_daemon):
+    daemon, client = _start(tmp_path, tiny_model, jack_server, start_daemon, instruments=("kick", "snare"))
+    recorder = Recorder(jack_server, jack_server.wait_for_port("PortAudio"))
+    start = recorder.mark()
+    # jack_midiseq (C, not Python): note 36 (GM kick) at velocity 64, once a second
+    seq = subprocess.Popen(["jack_midiseq", "seqsrc", str(RATE), "0", "36", "4000"], env=jack_server.env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # the daemon opens "seqsrc:out" itself (midi.ports), within its 2 s watch interval
+        status = client.wait_until(lambda s: s["midi"]["notes"] >= 1 and s["instruments"]["kick"]["served_fresh"] >= 1,
+                                   what="a MIDI note to play a kick")
+        assert status["midi"]["inputs"] == ["seqsrc:out"]
+        assert status["midi"]["last_note"] == {"note": 36, "velocity": 64}
+        assert status["instruments"]["snare"]["served_fresh"] == 0
+        recorder.wait_frames(int(0.5 * RATE))
+    finally:
+        seq.terminate()
+        seq.wait(5)
+    rec = recorder.since(start)
+    recorder.close()
+    kicks = sorted(daemon.session_dir().glob("*-kick.wav"))
+    assert kicks
+    lag, corr, level = align(rec.audio, expected(str(kicks[0])))
+    assert corr > 0.99, corr
+    want = 20 * np.log10((64 / 127) ** 2.0)
+    assert abs(level - want) < 0.5, (level, want)
+    # the source went away: the daemon closes it and keeps running
+    status = client.wait_until(lambda s: s["midi"]["inputs"] == [], what="the vanished port to be closed")
+    assert status["midi"]["state"] == "running"
+
+
+def test_unmapped_note_cc_steps_and_clock(tmp_path, tiny_model, jack_server, start_daemon):
+    daemon, client = _start(tmp_path, tiny_model, jack_server, start_daemon, instruments=("kick",))
+    recorder = Recorder(jack_server, jack_server.wait_for_port("PortAudio"))
+    sender = MidiSender(jack_server, "genbridge:genbridge")
+    try:
+        files_before = sorted(daemon.session_dir().iterdir())
+        start = recorder.mark()
+        sender.send(0x90, 60, 100)  # middle C: no instrument
+        client.wait_until(lambda s: s["midi"]["notes"] == 1, what="the note to arrive")
+        recorder.wait_frames(int(0.3 * RATE))
+        status = client.status()
+        assert status["midi"]["unmapped_notes"] == 1
+        assert not np.any(recorder.since(start).audio), "an unmapped note made a sound"
+        assert sorted(daemon.session_dir().iterdir()) == files_before
+
+        sender.send(0xB0, 20, 7)  # CC 20 -> steps (default mapping)
+        client.wait_until(lambda s: s["midi"]["cc"] == 1, what="the CC to arrive")
+        client.send("/genbridge/drum/generate", "kick", 1, 5, 0, "after-cc")
+        client.expect("/genbridge/job/started")
+        meta = assert_valid_clip(client.expect("/genbridge/drum/ready").args[2], sample_rate=22050,
+                                 frames=4096, channels=1)
+        assert meta["steps"] == 7
+        client.expect("/genbridge/job/done")
+
+        sender.send(0xFA)  # start
+        sender.clock(120.0, 5.0)
+        status = client.wait_until(lambda s: s["midi"]["clock_ticks"] >= 230, timeout=30, what="clock ticks")
+        assert status["midi"]["transport"] == "playing"
+        assert abs(status["midi"]["tempo_bpm"] - 120.0) <= 0.5, status["midi"]["tempo_bpm"]
+        sender.send(0xFC)  # stop
+        client.wait_until(lambda s: s["midi"]["transport"] == "stopped", what="stop")
+    finally:
+        sender.close()
+        recorder.close()
+
+
+@pytest.mark.skipif(os.path.exists("/dev/snd/seq"), reason="this machine has an ALSA sequencer")
+def test_no_midi_system_is_reported_and_the_daemon_runs(tmp_path, tiny_model, start_daemon):
+    config = write_config(tmp_path / "c.toml", tiny_model, extra='\n[midi]\nbackend = "mido.backends.rtmidi/LINUX_ALSA"\n')
+    daemon, client = start_daemon(config)
+    status = client.wait_until(lambda s: s["midi"]["state"] != "off", what="MIDI state")
+    assert status["midi"]["state"] == "unavailable" and "no MIDI system" in status["midi"]["reason"]
+    assert client.request("/genbridge/ping", 3, reply="/genbridge/pong").args[0] == 3
+    assert "MIDI input off" in daemon.log()
