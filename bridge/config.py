@@ -149,6 +149,8 @@ class MidiConfig:
     notes: dict[str, str] = field(default_factory=lambda: dict(GM_DRUM_NOTES))
     #: CC number -> "steps", "gain" or "policy", optionally ":instrument" (default: all).
     cc: dict[str, str] = field(default_factory=lambda: {"20": "steps", "7": "gain", "21": "policy"})
+    #: Program change number -> kit name (see [kits]).
+    programs: dict[str, str] = field(default_factory=dict)
 
 
 def _default_instruments() -> dict[str, InstrumentConfig]:
@@ -165,6 +167,8 @@ class Config:
     midi: MidiConfig = field(default_factory=MidiConfig)
     models: dict[str, ModelConfig] = field(default_factory=lambda: {"default": ModelConfig()})
     instruments: dict[str, InstrumentConfig] = field(default_factory=_default_instruments)
+    #: Named sets of instrument -> model, switched by MIDI program change or /genbridge/kit/select.
+    kits: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Cross-field checks that a single option cannot express."""
@@ -176,6 +180,17 @@ class Config:
             if inst.model not in self.models:
                 raise ConfigError(f"instruments.{name}.model",
                                   f"no model named {inst.model!r} (models: {', '.join(sorted(self.models))})")
+        for kit, mapping in self.kits.items():
+            for inst, model in mapping.items():
+                if inst not in self.instruments:
+                    raise ConfigError(f"kits.{kit}.{inst}", f"no instrument named {inst!r}")
+                if model not in self.models:
+                    raise ConfigError(f"kits.{kit}.{inst}", f"no model named {model!r}")
+        for program, kit in self.midi.programs.items():
+            if not program.isdigit() or not 0 <= int(program) <= 127:
+                raise ConfigError(f"midi.programs.{program}", "keys are program numbers 0-127")
+            if kit not in self.kits:
+                raise ConfigError(f"midi.programs.{program}", f"no kit named {kit!r}")
         for note in self.midi.notes:
             if not note.isdigit() or not 0 <= int(note) <= 127:
                 raise ConfigError(f"midi.notes.{note}", "keys are MIDI note numbers 0-127")
@@ -244,6 +259,13 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
                 raise ConfigError(key, f"expected a table, got {value!r}")
             if dataclasses.is_dataclass(item_type):
                 kwargs[name] = {k: _build(item_type, v, f"{key}.{k}") for k, v in value.items()}
+            elif typing.get_origin(item_type) is dict:
+                inner = typing.get_args(item_type)[1]
+                kwargs[name] = {}
+                for k, v in value.items():
+                    if not isinstance(v, Mapping):
+                        raise ConfigError(f"{key}.{k}", f"expected a table, got {v!r}")
+                    kwargs[name][k] = {str(ik): _convert(f"{key}.{k}.{ik}", iv, inner) for ik, iv in v.items()}
             else:
                 kwargs[name] = {str(k): _convert(f"{key}.{k}", v, item_type) for k, v in value.items()}
         elif origin is list:

@@ -123,7 +123,11 @@ class Engine:
         }
         self.waiters: dict[str, deque[asyncio.Future[Clip]]] = {name: deque() for name in config.instruments}
         self.slots: dict[str, ModelSlot] = {}
-        for name in sorted({inst.model for inst in config.instruments.values()}):
+        self.kit: str | None = None
+        # Every model an instrument or a kit names gets a warm worker: switching kits mid-set
+        # must not wait for a model to load.
+        kit_models = {m for kit in config.kits.values() for m in kit.values()}
+        for name in sorted({inst.model for inst in config.instruments.values()} | kit_models):
             mc = config.models[name]
             spec = WorkerSpec(
                 model_name=name, model_path=str(mc.resolved_path()),
@@ -264,6 +268,28 @@ class Engine:
             slot.client.send({"op": "cancel", "task": slot.current.id})
         self._maybe_finish(job)
         return job
+
+    def select_kit(self, kit: str) -> dict[str, str]:
+        """Point instruments at the kit's models. Their pools are emptied (those clips are the
+        old model's) and refill from the new worker; returns instrument -> model."""
+        mapping = self.config.kits.get(kit)
+        if mapping is None:
+            known = ", ".join(self.config.kits) or "none configured"
+            raise EngineError(f"unknown kit {kit!r} (kits: {known})")
+        for instrument, model in mapping.items():
+            inst = self.config.instruments[instrument]
+            if inst.model == model:
+                continue
+            inst.model = model
+            pool = self.pools[instrument]
+            pool.clips.clear()
+            pool.last_played = None
+            self.sink.discard_pool_files(instrument)
+            log.info("kit %s: %s now plays model %s", kit, instrument, model)
+        self.kit = kit
+        for slot in self.slots.values():
+            self._pump(slot)
+        return dict(mapping)
 
     def _enqueue(self, slot: ModelSlot, priority: Priority, instrument: str, seeds: list[int], steps: int,
                  **callbacks: Any) -> Job:
@@ -415,6 +441,11 @@ class Engine:
 
         ``reserved``: the clip is a refill whose pool place is counted in ``in_flight`` until now.
         """
+        if clip.meta.get("model") != self.config.instruments[instrument].model:  # a kit switch overtook it
+            if reserved:
+                self.pools[instrument].in_flight -= 1
+            self._pump(self.slots[self.config.instruments[instrument].model])
+            return
         waiters = self.waiters[instrument]
         while waiters and waiters[0].done():
             waiters.popleft()
@@ -488,6 +519,7 @@ class Engine:
             "uptime_s": round(time.time() - self.started_at, 1),
             "out_dir": str(self.sink.session_dir),
             "dry_policy": self.config.engine.dry_policy,
+            "kit": self.kit,
             "instruments": {
                 name: {"model": self.config.instruments[name].model, **pool.to_json(),
                        "waiting_plays": sum(not f.done() for f in self.waiters[name])}

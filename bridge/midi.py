@@ -76,7 +76,7 @@ class MidiInput:
         self.ports: dict[str, Any] = {}  # source name -> open mido port
         self.virtual: Any = None
         self.counters = {"messages": 0, "notes": 0, "unmapped_notes": 0, "filtered_channel": 0, "cc": 0,
-                         "errors": 0}
+                         "program_changes": 0, "errors": 0}
         self.last_note: dict[str, Any] | None = None
         self._backend: Any = None
         self._lister: Any = None
@@ -231,6 +231,8 @@ class MidiInput:
             self._note(msg.note, msg.velocity)
         elif kind == "control_change":
             self._cc(msg.control, msg.value)
+        elif kind == "program_change":
+            self._program(msg.program)
         # note_off and note_on velocity 0: one-shots play to their end
 
     def _note(self, note: int, velocity: int) -> None:
@@ -242,6 +244,16 @@ class MidiInput:
             return
         endpoint = BY_ADDRESS["/genbridge/drum/play"]
         request = Request(endpoint, {"instrument": instrument, "velocity": velocity / 127}, f"midi:{note}")
+        task = asyncio.ensure_future(self.service.handle(request, self._reply))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _program(self, program: int) -> None:
+        kit = self.cfg.programs.get(str(program))
+        if kit is None:
+            return
+        self.counters["program_changes"] += 1
+        request = Request(BY_ADDRESS["/genbridge/kit/select"], {"kit": kit}, f"midi:program:{program}")
         task = asyncio.ensure_future(self.service.handle(request, self._reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

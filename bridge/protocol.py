@@ -68,6 +68,7 @@ REPLIES: dict[str, Reply] = {
         Reply(f"{PREFIX}/job/cancelled", ("id", "job_id")),
         Reply(f"{PREFIX}/client/registered", ("id", "port")),
         Reply(f"{PREFIX}/capture/saved", ("id", "path", "seconds")),
+        Reply(f"{PREFIX}/kit/selected", ("id", "kit")),
         Reply(f"{PREFIX}/error", ("id", "address", "message")),
     )
 }
@@ -107,6 +108,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                   doc="how much of what came in to save"),),
              ("capture/saved",),
              "write the last seconds of audio input to the shared folder"),
+    Endpoint("kit.select", f"{PREFIX}/kit/select", (Arg("kit", "str", doc="a kit name from [kits]"),),
+             ("kit/selected",),
+             "switch instruments to the kit's models (MIDI program change does the same)"),
     Endpoint("client.reply_port", f"{PREFIX}/client/reply_port",
              (Arg("port", "int", minimum=0, maximum=65535, doc="0 forgets the registration"),),
              ("client/registered",),

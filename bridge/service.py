@@ -103,6 +103,10 @@ class Service:
         path = await self.engine.save_clip(clip)
         reply_with(reply, "capture/saved", request.request_id, str(path), round(clip.duration_s, 6))
 
+    async def _kit_select(self, request: Request, reply: ReplyFn) -> None:
+        self.engine.select_kit(request.values["kit"])
+        reply_with(reply, "kit/selected", request.request_id, request.values["kit"])
+
     async def _job_cancel(self, request: Request, reply: ReplyFn) -> None:
         job = self.engine.cancel(request.values["job_id"])
         reply_with(reply, "job/cancelled", request.request_id, job.id)

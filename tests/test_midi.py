@@ -107,3 +107,44 @@ def test_no_midi_system_is_reported_and_the_daemon_runs(tmp_path, tiny_model, st
     assert status["midi"]["state"] == "unavailable" and "no MIDI system" in status["midi"]["reason"]
     assert client.request("/genbridge/ping", 3, reply="/genbridge/pong").args[0] == 3
     assert "MIDI input off" in daemon.log()
+
+
+def test_program_change_and_osc_switch_the_kit(tmp_path, tiny_model, jack_server, start_daemon):
+    from conftest import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", seed=2)
+    kits = f"""
+[midi.programs]
+0 = "a"
+1 = "b"
+[models.m2]
+path = "{other}"
+[kits.a]
+kick = "m"
+[kits.b]
+kick = "m2"
+"""
+    config = write_config(tmp_path / "c.toml", tiny_model, audio='device = "none"', extra=MIDI + kits,
+                          instruments=("kick",), pool=2)
+    daemon, client = start_daemon(config, env=jack_server.env())
+    client.wait_until(lambda s: s["models"]["m2"]["state"] == "ready" and pools_full()(s), what="both models")
+    sender = MidiSender(jack_server, "genbridge:genbridge")
+    try:
+        sender.send(0xC0, 1)  # program change 2 (number 1) -> kit b
+        status = client.wait_until(lambda s: s["kit"] == "b" and s["instruments"]["kick"]["model"] == "m2"
+                                   and pools_full()(s), what="kit b with a full pool")
+        assert status["midi"]["program_changes"] == 1
+        path = client.request("/genbridge/drum/play", "kick", reply=PLAYED_ADDR).args[2]
+        assert json.loads(Path(path).with_suffix(".json").read_text())["model"] == "m2"
+    finally:
+        sender.close()
+    assert client.request("/genbridge/kit/select", "a", "k", reply="/genbridge/kit/selected").args == ["k", "a"]
+    client.wait_until(lambda s: s["instruments"]["kick"]["model"] == "m" and pools_full()(s), what="kit a")
+    path = client.request("/genbridge/drum/play", "kick", reply=PLAYED_ADDR).args[2]
+    assert json.loads(Path(path).with_suffix(".json").read_text())["model"] == "m"
+    client.send("/genbridge/kit/select", "nope", 9)
+    error = client.expect("/genbridge/error")
+    assert error.args[0] == 9 and "unknown kit" in error.args[2]
+
+
+PLAYED_ADDR = "/genbridge/drum/played"
