@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# System packages the tests use as real peers: liblo-tools (oscsend/oscdump), sox, and for the
-# live-audio work jackd2 + libportaudio2. Installs only what is missing; needs root or sudo.
+# System packages the tests use as real peers: liblo-tools (oscsend/oscdump), sox, jackd2 +
+# libportaudio2 (a real paced audio sink, JACK MIDI), puredata-core (the Pd patches, headless). Installs only what is missing; needs root or sudo.
 set -euo pipefail
 need=()
 command -v oscsend >/dev/null || need+=(liblo-tools)
 command -v sox >/dev/null || need+=(sox)
 command -v jackd >/dev/null || need+=(jackd2)
+command -v pd >/dev/null || need+=(puredata-core)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
