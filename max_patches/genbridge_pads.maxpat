@@ -135,7 +135,7 @@
      "patching_rect": [
       20,
       230,
-      125,
+      190,
       22
      ],
      "text": "/genbridge/drum/play kick $1"
@@ -148,7 +148,7 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      150,
+      220,
       110,
       60,
       22
@@ -162,7 +162,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      150,
+      220,
       175,
       60,
       22
@@ -177,7 +177,7 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      150,
+      220,
       200,
       40,
       22
@@ -192,9 +192,9 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      150,
+      220,
       230,
-      125,
+      190,
       22
      ],
      "text": "/genbridge/drum/play snare $1"
@@ -207,7 +207,7 @@
      "numinlets": 1,
      "numoutlets": 1,
      "patching_rect": [
-      280,
+      420,
       110,
       60,
       22
@@ -221,7 +221,7 @@
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
-      280,
+      420,
       175,
       60,
       22
@@ -236,7 +236,7 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      280,
+      420,
       200,
       40,
       22
@@ -251,9 +251,9 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      280,
+      420,
       230,
-      125,
+      190,
       22
      ],
      "text": "/genbridge/drum/play hat $1"
@@ -266,8 +266,8 @@
      "numinlets": 1,
      "numoutlets": 3,
      "patching_rect": [
-      420,
-      110,
+      620,
+      40,
       160,
       22
      ],
@@ -281,8 +281,8 @@
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      420,
-      140,
+      620,
+      70,
       160,
       22
      ],
@@ -296,62 +296,77 @@
      "numinlets": 1,
      "numoutlets": 4,
      "patching_rect": [
-      420,
-      170,
+      620,
+      100,
       160,
       22
      ],
-     "text": "route 35 38 42"
+     "text": "route 36 38 42"
     }
    },
    {
     "box": {
      "id": "obj-20",
-     "maxclass": "message",
-     "numinlets": 2,
-     "numoutlets": 1,
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
      "patching_rect": [
-      420,
-      260,
-      125,
+      700,
+      40,
+      140,
       22
      ],
-     "text": "/genbridge/drum/play kick $1"
+     "text": "MIDI notes 36 38 42"
     }
    },
    {
     "box": {
      "id": "obj-21",
-     "maxclass": "message",
+     "maxclass": "newobj",
      "numinlets": 2,
-     "numoutlets": 1,
+     "numoutlets": 2,
      "patching_rect": [
-      550,
-      260,
-      125,
+      90,
+      170,
+      60,
       22
      ],
-     "text": "/genbridge/drum/play snare $1"
+     "text": "moses 1"
     }
    },
    {
     "box": {
      "id": "obj-22",
-     "maxclass": "message",
+     "maxclass": "newobj",
      "numinlets": 2,
-     "numoutlets": 1,
+     "numoutlets": 2,
      "patching_rect": [
-      680,
-      260,
-      125,
+      290,
+      170,
+      60,
       22
      ],
-     "text": "/genbridge/drum/play hat $1"
+     "text": "moses 1"
     }
    },
    {
     "box": {
      "id": "obj-23",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "patching_rect": [
+      490,
+      170,
+      60,
+      22
+     ],
+     "text": "moses 1"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-24",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -366,7 +381,7 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-25",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -381,7 +396,7 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-26",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -396,7 +411,7 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-27",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -411,7 +426,7 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-28",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -426,7 +441,7 @@
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-29",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -440,7 +455,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-30",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -455,148 +470,13 @@
    },
    {
     "box": {
-     "id": "obj-30",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
-     "patching_rect": [
-      20,
-      640,
-      110,
-      22
-     ],
-     "text": "prepend replace"
-    }
-   },
-   {
-    "box": {
      "id": "obj-31",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 2,
-     "patching_rect": [
-      20,
-      670,
-      130,
-      22
-     ],
-     "text": "buffer~ gb-kick"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-32",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 2,
-     "patching_rect": [
-      20,
-      700,
-      110,
-      22
-     ],
-     "text": "play~ gb-kick"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-33",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
-     "patching_rect": [
-      180,
-      640,
-      110,
-      22
-     ],
-     "text": "prepend replace"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-34",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 2,
-     "patching_rect": [
-      180,
-      670,
-      130,
-      22
-     ],
-     "text": "buffer~ gb-snare"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-35",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 2,
-     "patching_rect": [
-      180,
-      700,
-      110,
-      22
-     ],
-     "text": "play~ gb-snare"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-36",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 1,
-     "patching_rect": [
-      340,
-      640,
-      110,
-      22
-     ],
-     "text": "prepend replace"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-37",
-     "maxclass": "newobj",
-     "numinlets": 1,
-     "numoutlets": 2,
-     "patching_rect": [
-      340,
-      670,
-      130,
-      22
-     ],
-     "text": "buffer~ gb-hat"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-38",
-     "maxclass": "newobj",
-     "numinlets": 2,
-     "numoutlets": 2,
-     "patching_rect": [
-      340,
-      700,
-      110,
-      22
-     ],
-     "text": "play~ gb-hat"
-    }
-   },
-   {
-    "box": {
-     "id": "obj-39",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 0,
      "patching_rect": [
       20,
-      740,
+      800,
       50,
       22
      ],
@@ -605,7 +485,247 @@
    },
    {
     "box": {
+     "id": "obj-32",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      80,
+      800,
+      400,
+      22
+     ],
+     "text": "local playback, for a daemon without an audio device"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-33",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      20,
+      640,
+      60,
+      22
+     ],
+     "text": "t b l"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-34",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      80,
+      670,
+      110,
+      22
+     ],
+     "text": "prepend replace"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-35",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      80,
+      700,
+      130,
+      22
+     ],
+     "text": "buffer~ gb-kick"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-36",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      20,
+      730,
+      60,
+      22
+     ],
+     "text": "start 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-37",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "patching_rect": [
+      20,
+      760,
+      110,
+      22
+     ],
+     "text": "play~ gb-kick"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-38",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      220,
+      640,
+      60,
+      22
+     ],
+     "text": "t b l"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-39",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      280,
+      670,
+      110,
+      22
+     ],
+     "text": "prepend replace"
+    }
+   },
+   {
+    "box": {
      "id": "obj-40",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      280,
+      700,
+      130,
+      22
+     ],
+     "text": "buffer~ gb-snare"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-41",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      220,
+      730,
+      60,
+      22
+     ],
+     "text": "start 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-42",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "patching_rect": [
+      220,
+      760,
+      110,
+      22
+     ],
+     "text": "play~ gb-snare"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-43",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      420,
+      640,
+      60,
+      22
+     ],
+     "text": "t b l"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-44",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 1,
+     "patching_rect": [
+      480,
+      670,
+      110,
+      22
+     ],
+     "text": "prepend replace"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-45",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      480,
+      700,
+      130,
+      22
+     ],
+     "text": "buffer~ gb-hat"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-46",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      420,
+      730,
+      60,
+      22
+     ],
+     "text": "start 0"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-47",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 2,
+     "patching_rect": [
+      420,
+      760,
+      110,
+      22
+     ],
+     "text": "play~ gb-hat"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-48",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -620,7 +740,7 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-49",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -635,7 +755,7 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-50",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -649,7 +769,7 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-51",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -664,7 +784,7 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-52",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -678,7 +798,7 @@
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-53",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -867,7 +987,7 @@
       0
      ],
      "destination": [
-      "obj-20",
+      "obj-21",
       0
      ]
     }
@@ -875,11 +995,11 @@
    {
     "patchline": {
      "source": [
-      "obj-20",
-      0
+      "obj-21",
+      1
      ],
      "destination": [
-      "obj-2",
+      "obj-8",
       0
      ]
     }
@@ -891,7 +1011,7 @@
       1
      ],
      "destination": [
-      "obj-21",
+      "obj-22",
       0
      ]
     }
@@ -899,11 +1019,11 @@
    {
     "patchline": {
      "source": [
-      "obj-21",
-      0
+      "obj-22",
+      1
      ],
      "destination": [
-      "obj-2",
+      "obj-12",
       0
      ]
     }
@@ -915,19 +1035,7 @@
       2
      ],
      "destination": [
-      "obj-22",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-22",
-      0
-     ],
-     "destination": [
-      "obj-2",
+      "obj-23",
       0
      ]
     }
@@ -936,34 +1044,22 @@
     "patchline": {
      "source": [
       "obj-23",
-      0
-     ],
-     "destination": [
-      "obj-24",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-24",
-      0
-     ],
-     "destination": [
-      "obj-25",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-25",
       1
      ],
      "destination": [
-      "obj-27",
+      "obj-16",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-24",
+      0
+     ],
+     "destination": [
+      "obj-25",
       0
      ]
     }
@@ -972,18 +1068,6 @@
     "patchline": {
      "source": [
       "obj-25",
-      2
-     ],
-     "destination": [
-      "obj-27",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-27",
       0
      ],
      "destination": [
@@ -995,8 +1079,8 @@
    {
     "patchline": {
      "source": [
-      "obj-25",
-      3
+      "obj-26",
+      1
      ],
      "destination": [
       "obj-28",
@@ -1008,43 +1092,43 @@
     "patchline": {
      "source": [
       "obj-26",
-      0
+      2
      ],
      "destination": [
-      "obj-30",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-30",
-      0
-     ],
-     "destination": [
-      "obj-31",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-26",
-      0
-     ],
-     "destination": [
-      "obj-32",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-26",
+      "obj-28",
       1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-28",
+      0
+     ],
+     "destination": [
+      "obj-27",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-26",
+      3
+     ],
+     "destination": [
+      "obj-29",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-27",
+      0
      ],
      "destination": [
       "obj-33",
@@ -1056,7 +1140,7 @@
     "patchline": {
      "source": [
       "obj-33",
-      0
+      1
      ],
      "destination": [
       "obj-34",
@@ -1067,8 +1151,8 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
-      1
+      "obj-34",
+      0
      ],
      "destination": [
       "obj-35",
@@ -1079,8 +1163,8 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
-      2
+      "obj-33",
+      0
      ],
      "destination": [
       "obj-36",
@@ -1103,11 +1187,83 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
-      2
+      "obj-37",
+      0
+     ],
+     "destination": [
+      "obj-31",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-37",
+      0
+     ],
+     "destination": [
+      "obj-31",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-27",
+      1
      ],
      "destination": [
       "obj-38",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-38",
+      1
+     ],
+     "destination": [
+      "obj-39",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-39",
+      0
+     ],
+     "destination": [
+      "obj-40",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-38",
+      0
+     ],
+     "destination": [
+      "obj-41",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-41",
+      0
+     ],
+     "destination": [
+      "obj-42",
       0
      ]
     }
@@ -1119,7 +1275,7 @@
       0
      ],
      "destination": [
-      "obj-40",
+      "obj-31",
       0
      ]
     }
@@ -1127,11 +1283,23 @@
    {
     "patchline": {
      "source": [
-      "obj-40",
+      "obj-42",
       0
      ],
      "destination": [
-      "obj-41",
+      "obj-31",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-27",
+      2
+     ],
+     "destination": [
+      "obj-43",
       0
      ]
     }
@@ -1139,7 +1307,103 @@
    {
     "patchline": {
      "source": [
-      "obj-41",
+      "obj-43",
+      1
+     ],
+     "destination": [
+      "obj-44",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-44",
+      0
+     ],
+     "destination": [
+      "obj-45",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-43",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-46",
+      0
+     ],
+     "destination": [
+      "obj-47",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
+      0
+     ],
+     "destination": [
+      "obj-31",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-47",
+      0
+     ],
+     "destination": [
+      "obj-31",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-50",
+      0
+     ],
+     "destination": [
+      "obj-48",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-48",
+      0
+     ],
+     "destination": [
+      "obj-49",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-49",
       0
      ],
      "destination": [
@@ -1151,11 +1415,11 @@
    {
     "patchline": {
      "source": [
-      "obj-24",
+      "obj-25",
       1
      ],
      "destination": [
-      "obj-44",
+      "obj-52",
       1
      ]
     }
@@ -1163,11 +1427,11 @@
    {
     "patchline": {
      "source": [
-      "obj-24",
+      "obj-25",
       2
      ],
      "destination": [
-      "obj-45",
+      "obj-53",
       1
      ]
     }

@@ -26,7 +26,10 @@ REGISTER = "/genbridge/client/reply_port"
 STATUS = "/genbridge/status"
 for _address in (PLAY, REGISTER, STATUS):
     assert _address in BY_ADDRESS, _address
-NOTE_OF = {inst: int(n) for n, inst in sorted(GM_DRUM_NOTES.items(), key=lambda kv: -int(kv[0]))}
+#: The pad notes: General MIDI (and Ableton Drum Rack) kick, snare, closed hat.
+NOTE_OF = {"kick": 36, "snare": 38, "hat": 42}
+for _inst, _note in NOTE_OF.items():
+    assert GM_DRUM_NOTES[str(_note)] == _inst, (_inst, _note)
 
 
 class PdPatch:
@@ -206,24 +209,25 @@ def max_pads() -> str:
     m.connect(load, 0, register)
     m.connect(register, 0, send)
     for i, inst in enumerate(PADS):
-        x = 20 + i * 130
+        x = 20 + i * 200
         pad = m.box("button", x, 110, w=60, inlets=1, outlets=1)
         m.comment(x, 175, inst, w=60)
         vel = m.msg(x, 200, "100", w=40)
-        play = m.msg(x, 230, f"{PLAY} {inst} $1", w=125)
+        play = m.msg(x, 230, f"{PLAY} {inst} $1", w=190)
         m.connect(pad, 0, vel)
         m.connect(vel, 0, play)
         m.connect(play, 0, send)
-    notein = m.obj(420, 110, "notein", outlets=3)
-    pair = m.obj(420, 140, "pack 0 0", inlets=2, outlets=1)
-    route = m.obj(420, 170, "route " + " ".join(str(NOTE_OF[i]) for i in PADS), outlets=len(PADS) + 1)
+    notein = m.obj(620, 40, "notein", outlets=3)
+    pair = m.obj(620, 70, "pack 0 0", inlets=2, outlets=1)  # velocity arrives first: "note velocity"
+    route = m.obj(620, 100, "route " + " ".join(str(NOTE_OF[i]) for i in PADS), outlets=len(PADS) + 1)
     m.connect(notein, 0, pair, 0)
     m.connect(notein, 1, pair, 1)
     m.connect(pair, 0, route)
+    m.comment(700, 40, "MIDI notes 36 38 42", w=140)
     for i, inst in enumerate(PADS):
-        note_play = m.msg(420 + i * 130, 260, f"{PLAY} {inst} $1", w=125)
-        m.connect(route, i, note_play)
-        m.connect(note_play, 0, send)
+        note_on = m.obj(90 + i * 200, 170, "moses 1", inlets=2, outlets=2, w=60)  # velocity 0 is a note-off
+        m.connect(route, i, note_on)
+        m.connect(note_on, 1, [b["box"]["id"] for b in m.boxes if b["box"].get("text") == f"{PLAY} {inst} $1"][0])
     recv = m.obj(20, 490, f"udpreceive {REPLY_PORT}", inlets=1, outlets=1)
     replies = m.obj(20, 520, "route /genbridge/drum/played /genbridge/status/reply /genbridge/error", outlets=4, w=420)
     m.connect(recv, 0, replies)
@@ -237,15 +241,22 @@ def max_pads() -> str:
     fresh = m.box("number", 300, 580, w=50, inlets=1, outlets=2)
     m.comment(355, 580, "fresh (1) or replayed (0)", w=200)
     m.connect(played, 3, fresh)
+    dac = m.obj(20, 800, "ezdac~", inlets=2, outlets=0, w=50)
+    m.comment(80, 800, "local playback, for a daemon without an audio device", w=400)
     for i, inst in enumerate(PADS):
-        x = 20 + i * 160
-        replace = m.obj(x, 640, "prepend replace", outlets=1, w=110)
-        buffer = m.obj(x, 670, f"buffer~ gb-{inst}", inlets=1, outlets=2, w=130)
-        player = m.obj(x, 700, f"play~ gb-{inst}", inlets=2, outlets=2, w=110)
-        m.connect(by_pad, i, replace)
+        x = 20 + i * 200
+        order = m.obj(x, 640, "t b l", outlets=2, w=60)
+        replace = m.obj(x + 60, 670, "prepend replace", outlets=1, w=110)
+        buffer = m.obj(x + 60, 700, f"buffer~ gb-{inst}", inlets=1, outlets=2, w=130)
+        start = m.msg(x, 730, "start 0", w=60)
+        player = m.obj(x, 760, f"play~ gb-{inst}", inlets=2, outlets=2, w=110)
+        m.connect(by_pad, i, order)
+        m.connect(order, 1, replace)  # load the new clip, then play it
         m.connect(replace, 0, buffer)
-        m.connect(by_pad, i, player)  # play the new clip locally (for a daemon without an audio device)
-    m.obj(20, 740, "ezdac~", inlets=2, outlets=0, w=50)
+        m.connect(order, 0, start)
+        m.connect(start, 0, player)
+        m.connect(player, 0, dac, 0)
+        m.connect(player, 0, dac, 1)
     status_poll = m.obj(520, 440, "metro 2000", inlets=2, outlets=1)
     status_msg = m.msg(520, 470, STATUS)
     toggle = m.box("toggle", 520, 410, w=22, inlets=1, outlets=1)

@@ -85,3 +85,15 @@ def test_pd_patch_ports_match_the_default_config() -> None:
     text = (REPO / "max_patches" / "pd" / "genbridge_pads.pd").read_text()
     assert re.search(rf"connect 127\.0\.0\.1 {make_patches.DAEMON_PORT};", text)
     assert f"netreceive -u -b {make_patches.REPLY_PORT};" in text
+
+
+def test_readme_pictures_are_rendered_from_the_patches() -> None:
+    import render_patch
+
+    readme = (REPO / "README.md").read_text()
+    for patch, image in (("genbridge_pads.maxpat", "genbridge_pads.svg"),
+                         ("pd/genbridge_pads.pd", "genbridge_pads_pd.svg")):
+        assert f"max_patches/img/{image}" in readme
+        svg = render_patch.render(REPO / "max_patches" / patch)
+        assert (REPO / "max_patches" / "img" / image).read_text() == svg, f"re-render {image}"
+        assert svg.count("<rect") > 20 and "<line" in svg
