@@ -51,10 +51,17 @@ def _setup(tmp_path: Path, tiny_model: Path, start_daemon, jack_server, extra: s
     return daemon, client, recorder
 
 
-def _play(client, recorder, *args, settle: float = 0.5):
-    start = recorder.mark()
-    reply = client.request("/genbridge/drum/play", *args, reply=PLAYED)
-    recorder.wait_frames(int(settle * RATE))
+def _play(client, recorder, *args, settle: float = 0.5, attempts: int = 4):
+    """Play and record. A sample-exact comparison cannot survive a dropped block (an underflow
+    on this shared 2-core machine; the benchmark counts those), so retry only when the daemon
+    reported one during the take."""
+    for _ in range(attempts):
+        under = client.status()["audio"]["underflows"]
+        start = recorder.mark()
+        reply = client.request("/genbridge/drum/play", *args, reply=PLAYED)
+        recorder.wait_frames(int(settle * RATE))
+        if client.status()["audio"]["underflows"] == under:
+            break
     return reply.args[2], recorder.since(start)
 
 
@@ -184,11 +191,14 @@ def test_future_timetag_plays_within_one_buffer_of_its_time(tmp_path, tiny_model
             recorder.wait_frames(int(0.6 * RATE))
             rec = recorder.since(start)
             lag, corr, _ = align(rec.audio, expected(path))
-            assert corr > 0.99, (k, lag, corr)
             error = rec.time_of(lag) - (mono + 0.2)
-            # an underflow (a dropped block on this shared machine) delays everything after it;
-            # that is counted by the benchmark, not a scheduling error
-            (clean if client.status()["audio"]["underflows"] == under else dropped).append(error)
+            # an underflow (a dropped block on this shared machine) delays and distorts what
+            # follows it; that is counted by the benchmark, not a scheduling error
+            if client.status()["audio"]["underflows"] != under:
+                dropped.append(error)
+                continue
+            assert corr > 0.99, (k, lag, corr)
+            clean.append(error)
             if len(clean) >= 3:
                 break
         block = 256 / RATE
