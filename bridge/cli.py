@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="TOML config file (for instruments, models, finishing)")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: engine.threads)")
 
+    e = sub.add_parser("export", help="export a model for another runtime")
+    e.add_argument("format", choices=["onnx"])
+    e.add_argument("model", help="a model folder, .ckpt or weights file, or builtin:NAME")
+    e.add_argument("-o", "--out", help="output file (default: beside the model)")
+    e.add_argument("--opset", type=int, default=17)
+
     sub.add_parser("devices", help="list audio devices and MIDI ports")
     sub.add_parser("protocol", help="print the OSC address table (Markdown)")
     return p
@@ -112,6 +118,34 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from bridge.config import ModelConfig
+    from bridge.model_worker import configure_threads_env
+
+    configure_threads_env(2)
+    from tqdm import tqdm
+
+    from export.onnx import default_onnx_path, export_denoiser
+    from models.diffusion import ModelLoadError
+
+    model = ModelConfig(path=args.model).resolved_path()
+    out = Path(args.out) if args.out else default_onnx_path(model)
+    with tqdm(total=4, desc="export onnx", bar_format="{desc}: {n}/{total} {postfix}") as bar:
+        def progress(msg: str) -> None:
+            bar.set_postfix_str(msg)
+            bar.update(1)
+
+        try:
+            meta = export_denoiser(model, out, opset=args.opset, progress=progress)
+        except (ModelLoadError, RuntimeError) as exc:
+            log.error("%s", exc)
+            return 1
+    parity = meta["parity"]
+    print(f"{out}: max abs error {parity['max_abs']:.3e}, max rel error {parity['max_rel']:.3e} "
+          f"(batches {parity['batches']}), {meta['export_s']} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -120,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(report())
         return 0
+    if args.command == "export":
+        return _export(args)
     if args.command == "protocol":
         from bridge.protocol import markdown_table
 

@@ -102,6 +102,11 @@ class ModelConfig:
     precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
     #: torch threads for this model's worker; 0 means engine.threads.
     threads: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 256, "0-256"))
+    #: "torch", or "onnx": the denoiser exported once (checked against torch) and run by
+    #: onnxruntime; a missing or stale export is made on first use.
+    runtime: str = field(default="torch", metadata=_check(lambda v: v in ("torch", "onnx"), "'torch' or 'onnx'"))
+    #: Where the ONNX export lives; "" puts it beside the model (denoiser.onnx / <name>.onnx).
+    onnx_path: str = ""
 
     def resolved_path(self) -> Path:
         if self.path.startswith(BUILTIN_PREFIX):

@@ -132,7 +132,8 @@ class Engine:
             spec = WorkerSpec(
                 model_name=name, model_path=str(mc.resolved_path()),
                 options={"sdpa": mc.sdpa, "precision": mc.precision, "steps": mc.steps,
-                         "nice": config.engine.worker_nice},
+                         "nice": config.engine.worker_nice, "runtime": mc.runtime,
+                         "onnx_path": str(Path(mc.onnx_path).expanduser()) if mc.onnx_path else ""},
                 threads=config.model_threads(name), finishing=config.finishing.to_json(),
             )
             self.slots[name] = ModelSlot(name, spec)

@@ -30,6 +30,20 @@ def configure_threads_env(threads: int) -> None:
     os.environ["MKL_NUM_THREADS"] = str(threads)
 
 
+def _load_onnx(model_name: str, model_path: str, onnx_path: str, threads: int, log: logging.Logger) -> Any:
+    """The ONNX generator, exporting first when the export is missing or the model changed."""
+    from pathlib import Path
+
+    from export.onnx import default_onnx_path, export_denoiser, is_fresh
+    from models.onnx_runtime import load_onnx_generator
+
+    onnx_file = Path(onnx_path) if onnx_path else default_onnx_path(Path(model_path))
+    if not is_fresh(onnx_file, Path(model_path)):
+        log.info("exporting %s to ONNX at %s (missing or stale)", model_path, onnx_file)
+        export_denoiser(model_path, onnx_file, name=model_name)
+    return load_onnx_generator(onnx_file, name=model_name, threads=threads)
+
+
 def worker_main(conn: Connection, model_name: str, model_path: str, options: dict[str, Any],
                 threads: int, finishing: dict[str, Any], log_level: int = logging.INFO) -> None:
     configure_threads_env(threads)
@@ -53,16 +67,21 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
     from bridge.finishing import FinishingSettings, finish_clip
     from models.diffusion import Cancelled, load_generator
 
+    runtime = options.get("runtime", "torch")
     try:
         t0 = time.perf_counter()
-        generator = load_generator(model_path, name=model_name, sdpa=options.get("sdpa", True),
-                                   precision=options.get("precision", "fp32"))
+        if runtime == "onnx":
+            generator = _load_onnx(model_name, model_path, options.get("onnx_path") or "", threads, log)
+        else:
+            generator = load_generator(model_path, name=model_name, sdpa=options.get("sdpa", True),
+                                       precision=options.get("precision", "fp32"))
         load_s = time.perf_counter() - t0
     except Exception as exc:  # a bad file must not take the daemon down: tell the engine
         log.error("cannot load model %r from %s: %s", model_name, model_path, exc)
         conn.send({"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
         return
     info = generator.info.to_json()
+    info["runtime"] = runtime
     info["load_s"] = round(load_s, 3)
     info["threads"] = threads
     if options.get("steps"):
@@ -131,6 +150,7 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
             "seed": int(msg["seed"]),
             "steps": steps,
             "sampler": "v-ddim",
+            "runtime": runtime,
             "precision": info["precision"],
             "generation_s": round(gen_s, 4),
             "finishing": {"settings": settings.to_json(), "applied": report},

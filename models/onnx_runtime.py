@@ -1,0 +1,46 @@
+"""Run the exported denoiser with onnxruntime behind the same generator interface as torch.
+
+The sampling loop, the noise (torch's generator, so a seed gives the same clip on either
+runtime) and the finishing stay the same; only the U-Net step changes. Sessions are built with
+an explicit thread count and spinning off: spinning threads on two shared cores slow everything
+else down (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.diffusion import DiffusionGenerator, ModelInfo, UNetArch
+
+
+class OrtStep(torch.nn.Module):
+    """Looks like the U-Net to the sampling loop; runs an onnxruntime session."""
+
+    def __init__(self, onnx_file: Path, threads: int) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {"x": x.contiguous().numpy(), "sigma": sigma.reshape(-1).contiguous().numpy()})
+        return torch.from_numpy(out[0])
+
+
+def load_onnx_generator(onnx_file: Path, *, name: str, threads: int) -> DiffusionGenerator:
+    meta: dict[str, Any] = json.loads(Path(str(onnx_file) + ".json").read_text())
+    arch = UNetArch(sample_rate=meta["sample_rate"], length=meta["length"], in_channels=meta["channels"],
+                    channels=(), factors=(), items=(), attentions=())
+    info = ModelInfo(name=name, source=meta["source"], kind="onnx", weights=meta.get("weights", ""),
+                     trained=bool(meta.get("trained", True)), parameters=int(meta.get("parameters", 0)),
+                     sample_rate=arch.sample_rate, channels=arch.in_channels, length=arch.length,
+                     default_steps=int(meta.get("default_steps", 25)), sdpa_layers=0, precision="fp32")
+    return DiffusionGenerator(OrtStep(onnx_file, threads), arch, info)

@@ -1,0 +1,69 @@
+"""ONNX export of the denoiser: parity with torch, and the daemon serving from onnxruntime."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from conftest import TINY_LENGTH, TINY_RATE, build_tiny_model, write_config
+from helpers import GENBRIDGE, REPO
+
+from bridge.finishing import FinishingSettings, finish_clip
+from models.diffusion import load_generator
+
+
+def test_cli_export_checks_parity_and_writes_metadata(tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "tiny.onnx"
+    result = subprocess.run([*GENBRIDGE, "export", "onnx", str(tiny_model), "-o", str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "max abs error" in result.stdout
+    meta = json.loads(out.with_name(out.name + ".json").read_text())
+    assert meta["parity"]["max_abs"] < 1e-4 and meta["parity"]["batches"] == [1, 2]
+    assert (meta["sample_rate"], meta["length"], meta["channels"]) == (TINY_RATE, TINY_LENGTH, 1)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    assert shapes["x"][0] == "batch" and shapes["sigma"][0] == "batch", shapes
+
+
+def test_daemon_serves_from_onnxruntime_the_same_clips(tmp_path: Path, start_daemon) -> None:
+    model = build_tiny_model(tmp_path / "model", seed=4)
+    config = write_config(tmp_path / "c.toml", model, pool=1, subtype="FLOAT", instruments=("kick",),
+                          extra="")
+    config.write_text(config.read_text().replace('[models.m]\n', '[models.m]\nruntime = "onnx"\n'))
+    daemon, client = start_daemon(config)
+    status = client.wait_until(lambda s: s["models"]["m"]["state"] == "ready", what="the onnx worker")
+    assert status["models"]["m"]["info"]["runtime"] == "onnx"
+    assert (model / "denoiser.onnx").is_file(), "exported on first use, beside the model"
+    assert "exporting" in daemon.log()
+    client.send("/genbridge/drum/generate", "kick", 1, 11, 0, "ort")
+    client.expect("/genbridge/job/started")
+    path = client.expect("/genbridge/drum/ready").args[2]
+    meta = json.loads(Path(path).with_suffix(".json").read_text())
+    assert meta["runtime"] == "onnx" and meta["seed"] == 11
+    served, _ = sf.read(path, dtype="float32", always_2d=True)
+    gen = load_generator(model, name="m")
+    want, _ = finish_clip(gen.generate(11, meta["steps"]), TINY_RATE, FinishingSettings())
+    assert float(np.abs(served.T - want).max()) < 1e-3, "the same seed gives the same clip on either runtime"
+
+
+def test_an_export_is_reused_until_the_model_changes(tmp_path: Path, start_daemon) -> None:
+    model = build_tiny_model(tmp_path / "model", seed=5)
+    config = write_config(tmp_path / "c.toml", model, pool=0, instruments=("kick",))
+    config.write_text(config.read_text().replace('[models.m]\n', '[models.m]\nruntime = "onnx"\n'))
+    logs, signatures = [], []
+    for rebuild in (False, False, True):
+        if rebuild:
+            build_tiny_model(tmp_path / "model", seed=6)  # new weights in the same folder; the export stays
+        daemon, client = start_daemon(config)
+        client.wait_until(lambda s: s["models"]["m"]["state"] == "ready", what="the onnx worker")
+        daemon.stop()
+        logs.append(daemon.log())
+        signatures.append(json.loads((model / "denoiser.onnx.json").read_text())["source_signature"])
+    assert ["exporting" in log for log in logs] == [True, False, True]
+    assert signatures[0] == signatures[1] != signatures[2]
