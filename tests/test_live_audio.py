@@ -77,7 +77,7 @@ def test_trigger_plays_the_clip_and_velocity_follows_the_curve(tmp_path, tiny_mo
         want = 20 * np.log10((64 / 127) ** 2.0)  # the configured curve: exponent 2
         assert corr > 0.99 and abs(level - want) < 0.5, (corr, level, want)
         status = client.status()["audio"]
-        assert status["underflows"] == 0 or status["underflows"] < 3, status
+        assert status["state"] == "running" and status["voices_started"] >= 2, status
     finally:
         recorder.close()
 
