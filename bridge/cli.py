@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-n", "--count", type=int, default=1)
     g.add_argument("--seed", type=int, help="first seed (clip k uses seed + k); random if absent")
     g.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    g.add_argument("--sampler", choices=["ddim", "dpmpp2m"], help="default: the instrument's, then the model's")
     g.add_argument("-o", "--out", required=True, help="folder to write WAV + JSON sidecars into")
     g.add_argument("--config", help="TOML config file (for instruments, models, finishing)")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: engine.threads)")
@@ -100,17 +101,18 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
         log.error("%s", exc)
         return 1
     steps = args.steps or inst.steps or model_cfg.steps or gen.info.default_steps
+    sampler = args.sampler or inst.sampler or model_cfg.sampler
     first = args.seed if args.seed is not None else random.randint(0, 2**31 - 1 - args.count)
     sink = FolderSink(args.out, config.output.subtype, session="")
     with tqdm(total=args.count * steps, unit="step", desc=f"{args.instrument} x{args.count}") as bar:
         for k in range(args.count):
             seed = first + k
             t0 = time.perf_counter()
-            raw = gen.generate(seed, steps, lambda done, total: bar.update(1) or True)
+            raw = gen.generate(seed, steps, lambda done, total: bar.update(1) or True, sampler)
             audio, report = finish_clip(raw, gen.sample_rate, config.finishing)
             meta = {"model": inst.model, "checkpoint": gen.info.source, "weights": gen.info.weights,
                     "trained": gen.info.trained, "instrument": args.instrument, "seed": seed,
-                    "steps": steps, "sampler": "v-ddim", "precision": gen.info.precision,
+                    "steps": steps, "sampler": sampler, "precision": gen.info.precision,
                     "generation_s": round(time.perf_counter() - t0, 4),
                     "finishing": {"settings": config.finishing.to_json(), "applied": report}}
             path = sink.write_to_session(Clip(audio, gen.sample_rate, meta))

@@ -98,6 +98,8 @@ class ModelConfig:
     path: str = "builtin:default"
     #: Sampling steps; 0 means the model's own default.
     steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
+    #: "ddim" (the library's v-sampler) or "dpmpp2m" (DPM-Solver++ 2M: closer in fewer steps).
+    sampler: str = field(default="ddim", metadata=_check(lambda v: v in ("ddim", "dpmpp2m"), "'ddim' or 'dpmpp2m'"))
     sdpa: bool = True
     precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
     #: torch threads for this model's worker; 0 means engine.threads.
@@ -121,6 +123,8 @@ class InstrumentConfig:
     pool: int = field(default=4, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
     #: Sampling steps for this instrument; 0 means the model's setting.
     steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
+    #: "" uses the model's sampler; "ddim" or "dpmpp2m".
+    sampler: str = field(default="", metadata=_check(lambda v: v in ("", "ddim", "dpmpp2m"), "'', 'ddim' or 'dpmpp2m'"))
     gain_db: float = field(default=0.0, metadata=_check(lambda v: -60 <= v <= 24, "-60..24"))
     #: -1 left .. 1 right.
     pan: float = field(default=0.0, metadata=_check(lambda v: -1 <= v <= 1, "-1..1"))

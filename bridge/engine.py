@@ -131,7 +131,7 @@ class Engine:
             mc = config.models[name]
             spec = WorkerSpec(
                 model_name=name, model_path=str(mc.resolved_path()),
-                options={"sdpa": mc.sdpa, "precision": mc.precision, "steps": mc.steps,
+                options={"sdpa": mc.sdpa, "precision": mc.precision, "steps": mc.steps, "sampler": mc.sampler,
                          "nice": config.engine.worker_nice, "runtime": mc.runtime,
                          "onnx_path": str(Path(mc.onnx_path).expanduser()) if mc.onnx_path else ""},
                 threads=config.model_threads(name), finishing=config.finishing.to_json(),
@@ -337,7 +337,8 @@ class Engine:
         slot.current = task
         assert slot.client is not None
         slot.client.send({"op": "generate", "task": task.id, "seed": task.seed, "steps": task.steps,
-                          "instrument": task.instrument})
+                          "instrument": task.instrument,
+                          "sampler": self.config.instruments[task.instrument].sampler})
 
     def _task_over(self, slot: ModelSlot, task_id: Any, keep_reservation: bool = False) -> Task | None:
         """Clear the worker's current task. A refill's place in the pool stays reserved

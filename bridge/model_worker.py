@@ -129,9 +129,10 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
             return True
 
         steps = int(msg.get("steps") or info["default_steps"])
+        sampler = msg.get("sampler") or options.get("sampler") or "ddim"
         try:
             t0 = time.perf_counter()
-            raw = generator.generate(int(msg["seed"]), steps, on_step)
+            raw = generator.generate(int(msg["seed"]), steps, on_step, sampler)
             gen_s = time.perf_counter() - t0
             audio, report = finish_clip(raw, generator.sample_rate, settings)
         except Cancelled:
@@ -149,7 +150,7 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
             "instrument": msg.get("instrument"),
             "seed": int(msg["seed"]),
             "steps": steps,
-            "sampler": "v-ddim",
+            "sampler": sampler,
             "runtime": runtime,
             "precision": info["precision"],
             "generation_s": round(gen_s, 4),

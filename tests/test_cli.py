@@ -19,13 +19,14 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_generate_writes_n_clips_with_progress(tmp_path: Path, tiny_model: Path) -> None:
     config = write_config(tmp_path / "c.toml", tiny_model)
     out = tmp_path / "clips"
-    result = _run("generate", "snare", "-n", "3", "--seed", "40", "--steps", "3", "-o", str(out),
+    result = _run("generate", "snare", "-n", "3", "--seed", "40", "--steps", "3", "--sampler", "dpmpp2m", "-o", str(out),
                   "--config", str(config))
     assert result.returncode == 0, result.stderr
     wavs = sorted(out.glob("*.wav"))
     assert len(wavs) == 3 and all("snare" in w.name for w in wavs)
     metas = [assert_valid_clip(w, sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1) for w in wavs]
     assert [m["seed"] for m in metas] == [40, 41, 42] and all(m["steps"] == 3 for m in metas)
+    assert all(m["sampler"] == "dpmpp2m" for m in metas)
     assert "9/9" in result.stderr, "the progress bar counts steps"
     assert not list(out.glob(".*")), "no temporary files left behind"
 

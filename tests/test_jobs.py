@@ -71,3 +71,17 @@ model = "bad"
     assert error.args[0] == "k" and "failed to load" in error.args[2]
     _, _, path, fresh = client.request("/genbridge/drum/play", "snare", reply="/genbridge/drum/played").args
     assert_valid_clip(path, sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)
+
+
+def test_instrument_sampler_reaches_the_clip(tmp_path: Path, tiny_model: Path, start_daemon) -> None:
+    extra = '\n[instruments.dpm]\nmodel = "m"\npool = 0\nsampler = "dpmpp2m"\n'
+    config = write_config(tmp_path / "c.toml", tiny_model, pool=0, instruments=("kick",), extra=extra)
+    daemon, client = start_daemon(config)
+    metas = []
+    for instrument in ("kick", "dpm"):
+        client.send("/genbridge/drum/generate", instrument, 1, 3, 0, instrument)
+        client.expect("/genbridge/job/started")
+        path = client.expect("/genbridge/drum/ready").args[2]
+        client.expect("/genbridge/job/done")
+        metas.append(assert_valid_clip(path, sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1))
+    assert [m["sampler"] for m in metas] == ["ddim", "dpmpp2m"]
