@@ -32,6 +32,7 @@ from bridge.mixer import ASAP, Mixer, Trigger
 log = logging.getLogger("genbridge.audio")
 
 STATUS_INTERVAL_S = 0.25
+OFFSET_WINDOW = 64  # callbacks (0.34 s at 256 frames / 48 kHz) in the clock-offset minimum
 RETRY_S = 1.0
 
 
@@ -80,7 +81,8 @@ class AudioDevice:
         self.load = 0.0
         self._ring: np.ndarray | None = None
         self._ring_pos = 0
-        self._clock_offset = float("inf")
+        self._offsets = np.full(OFFSET_WINDOW, np.inf)  # recent (monotonic - stream time)
+        self._offset_i = 0
         self._device_latency = 0.0
         self.pipeline_s = 0.0
         self._last_callbacks = -1
@@ -120,16 +122,19 @@ class AudioDevice:
     def _block_time(self, time_info: Any) -> float:
         """When this block leaves the stream, on the monotonic clock, free of wake-up jitter.
 
-        The stream clock is smooth but has its own origin; the callback's wake-up time on the
-        monotonic clock is late by a varying amount, never early, so the smallest difference
-        seen is the true offset (relaxed slowly, to follow drift). PortAudio's own buffering
-        (output latency it reports minus the device latency after its ports) is added.
+        The stream clock is smooth but has its own origin and its own rate (a dummy JACK driver
+        runs about 1 % slow; a sound card's crystal drifts too); the callback's wake-up time on
+        the monotonic clock is late by a varying amount, never early. So the offset is the
+        smallest difference over the last OFFSET_WINDOW callbacks: free of wake-up jitter, and
+        recent enough to follow the drift. PortAudio's own buffering (the output latency it
+        reports minus the device latency after its ports) is added.
         """
         now = time.monotonic()
         current = time_info.currentTime
-        self._clock_offset = min(now - current, self._clock_offset + 1e-6)
+        self._offsets[self._offset_i] = now - current
+        self._offset_i = (self._offset_i + 1) % OFFSET_WINDOW
         self.pipeline_s = max(0.0, time_info.outputBufferDacTime - current - self._device_latency)
-        return current + self._clock_offset + self.pipeline_s
+        return current + float(self._offsets.min()) + self.pipeline_s
 
     def _output_callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         t0 = time.perf_counter()
