@@ -172,14 +172,6 @@ class Engine:
         slot.client.start()
         log.info("started worker for model %r (pid %s, %d threads)", slot.name, slot.client.pid, slot.spec.threads)
 
-    async def wait_ready(self, timeout: float = 120.0) -> None:
-        """Wait until every worker has loaded its model (or failed to)."""
-        deadline = time.monotonic() + timeout
-        while any(s.state in ("starting", "restarting") for s in self.slots.values()):
-            if time.monotonic() > deadline:
-                raise TimeoutError("model workers did not start in time")
-            await asyncio.sleep(0.05)
-
     async def stop(self) -> None:
         """Stop workers, fail what is pending, and finish the writes already started."""
         self._stopping = True

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from pythonosc.osc_message_builder import OscMessageBuilder
-from pythonosc.osc_packet import OscPacket, ParseError
+from pythonosc.osc_packet import OscPacket
 
 from bridge import protocol
 from bridge.protocol import ProtocolError
@@ -74,7 +74,7 @@ class OscTransport(asyncio.DatagramProtocol):
         reply = self.replier(addr)
         try:
             packet = OscPacket(data)
-        except (ParseError, Exception) as exc:  # python-osc raises more than ParseError on junk
+        except Exception as exc:  # ParseError, and more than that on junk (python-osc)
             self.counters["malformed"] += 1
             error_reply(reply, 0, "", f"malformed OSC packet ({len(data)} bytes): {exc}")
             return

@@ -93,7 +93,7 @@ def render(path: Path) -> str:
     width = max(b.x + b.w for b in boxes) + 20
     height = max(b.y + b.h for b in boxes) + 20
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
-           f'font-family="monospace" font-size="11">', f'<rect width="100%" height="100%" fill="#fafafa"/>']
+           f'font-family="monospace" font-size="11">', '<rect width="100%" height="100%" fill="#fafafa"/>']
     for a, outlet, b, inlet in cords:
         src, dst = boxes[a], boxes[b]
         x1, y1 = _port_x(src, outlet, src.outlets), src.y + src.h
