@@ -153,12 +153,38 @@ class Engine:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.sink.open()
-        for name in self.pools:
-            dropped = self.sink.discard_pool_files(name)
-            if dropped:
-                log.info("discarded %d pooled %s clips from an earlier run", dropped, name)
+        # restore first: a worker that started refilling meanwhile would overfill the pools
+        await self._loop.run_in_executor(self._writer, self._restore_pools)
         for slot in self.slots.values():
             self._start_worker(slot)
+
+    def _restore_pools(self) -> None:
+        """Adopt never-played clips an earlier run left in the pool folders, so a restarted
+        daemon is warm at once; clips of another model (or a changed one) are removed."""
+        from models.signature import source_signature
+
+        for name, pool in self.pools.items():
+            model = self.config.instruments[name].model
+            signature = source_signature(self.config.models[model].resolved_path())
+            kept = dropped = 0
+            for wav, meta in self.sink.pooled_files(name):
+                if meta.get("model") == model and meta.get("model_signature") == signature and kept < pool.target:
+                    try:
+                        clip = self.sink.read_clip(wav, meta)
+                        if self.prepare is not None:
+                            self.prepare(clip)
+                    except Exception as exc:
+                        log.warning("cannot restore %s: %s", wav, exc)
+                    else:
+                        pool.clips.append(clip)  # on the loop's pool object: the loop is waiting for us
+                        pool.stats.restored += 1
+                        kept += 1
+                        continue
+                wav.unlink(missing_ok=True)
+                wav.with_suffix(".json").unlink(missing_ok=True)
+                dropped += 1
+            if kept or dropped:
+                log.info("pool %s: restored %d fresh clips from an earlier run, removed %d", name, kept, dropped)
 
     def _start_worker(self, slot: ModelSlot) -> None:
         assert self._loop is not None

@@ -80,8 +80,11 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
         log.error("cannot load model %r from %s: %s", model_name, model_path, exc)
         conn.send({"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
         return
+    from models.signature import source_signature
+
     info = generator.info.to_json()
     info["runtime"] = runtime
+    info["signature"] = source_signature(model_path)
     info["load_s"] = round(load_s, 3)
     info["threads"] = threads
     if options.get("steps"):
@@ -152,6 +155,7 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
             "steps": steps,
             "sampler": sampler,
             "runtime": runtime,
+            "model_signature": info["signature"],
             "precision": info["precision"],
             "generation_s": round(gen_s, 4),
             "finishing": {"settings": settings.to_json(), "applied": report},

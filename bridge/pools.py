@@ -20,6 +20,7 @@ class PoolStats:
     served_replay: int = 0
     served_waited: int = 0
     refilled: int = 0
+    restored: int = 0
 
 
 @dataclass
@@ -66,4 +67,5 @@ class ClipPool:
             "served_replay": self.stats.served_replay,
             "served_waited": self.stats.served_waited,
             "refilled": self.stats.refilled,
+            "restored": self.stats.restored,
         }

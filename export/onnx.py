@@ -9,13 +9,14 @@ torch on random inputs before it is used, and a JSON file beside it records wher
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
+
+from models.signature import source_signature
 
 log = logging.getLogger(__name__)
 
@@ -24,19 +25,6 @@ OPSET = 17
 
 def meta_path(onnx_file: Path) -> Path:
     return onnx_file.with_name(onnx_file.name + ".json")
-
-
-def source_signature(model: Path) -> str:
-    """Changes whenever the model's config or weights change (name, size, mtime of each file)."""
-    model = Path(model).expanduser().resolve()
-    files = sorted(p for p in model.iterdir() if p.is_file() and p.suffix != ".onnx" and not p.name.endswith(".onnx.json")) \
-        if model.is_dir() else [model, *[p for p in (model.with_suffix(".yaml"), model.parent / "config.yaml",
-                                                      model.parent / "config.json") if p.is_file()]]
-    h = hashlib.sha256()
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-    return h.hexdigest()[:16]
 
 
 def default_onnx_path(model: Path) -> Path:

@@ -79,3 +79,53 @@ def test_cold_start_waits_for_the_first_clip(tmp_path: Path, tiny_model: Path, s
     assert_valid_clip(path, sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)
     assert json.loads(client.request("/genbridge/status", reply="/genbridge/status/reply").args[1])[
         "instruments"]["kick"]["served_waited"] == 1
+
+
+def test_a_restarted_daemon_serves_the_fresh_clips_it_had(tmp_path: Path, tiny_model: Path) -> None:
+    """Nothing generated is lost: never-played clips survive a restart and stay fresh; clips of
+    a model that changed meanwhile are dropped."""
+    from conftest import build_tiny_model
+    from helpers import Daemon, OscClient
+
+    model = build_tiny_model(tmp_path / "model", seed=8)
+    config = write_config(tmp_path / "c.toml", model, pool=3, instruments=("kick",))
+    out = tmp_path / "out"
+
+    def run(check):
+        daemon = Daemon(out, config)
+        try:
+            daemon.wait_for_ping()
+            client = OscClient(daemon.port)
+            try:
+                return check(client)
+            finally:
+                client.close()
+        finally:
+            daemon.stop()
+
+    def first(client):
+        client.wait_until(pools_full(), what="pool to fill")
+        return sorted(json.loads(p.read_text())["seed"] for p in (out / ".pool" / "kick").glob("*.json"))
+
+    first_seeds = run(first)
+    assert len(first_seeds) == 3
+
+    def second(client):
+        status = client.wait_until(lambda s: s["instruments"]["kick"]["restored"] == 3, what="restore")
+        assert status["instruments"]["kick"]["ready"] == 3
+        seeds = []
+        for _ in range(3):
+            _, _, path, fresh = client.request("/genbridge/drum/play", "kick", reply=PLAYED).args
+            assert fresh == 1
+            seeds.append(json.loads(Path(path).with_suffix(".json").read_text())["seed"])
+        return sorted(seeds)
+
+    assert run(second) == first_seeds, "the first three triggers after a restart play the kept clips"
+
+    build_tiny_model(tmp_path / "model", seed=9)  # the model changes: its old clips must go
+
+    def third(client):
+        status = client.wait_until(pools_full(), what="pool to refill")
+        return status["instruments"]["kick"]["restored"]
+
+    assert run(third) == 0

@@ -79,6 +79,21 @@ class FolderSink:
     def pool_dir(self, instrument: str) -> Path:
         return self.pool_root / instrument
 
+    def pooled_files(self, instrument: str) -> list[tuple[Path, dict[str, Any]]]:
+        """(WAV, sidecar) of every complete clip in an instrument's pool folder, oldest first."""
+        folder = self.pool_dir(instrument)
+        found = []
+        for wav in sorted(folder.glob("*.wav")) if folder.is_dir() else []:
+            try:
+                found.append((wav, json.loads(wav.with_suffix(".json").read_text())))
+            except (OSError, json.JSONDecodeError):
+                continue
+        return found
+
+    def read_clip(self, wav: Path, meta: dict[str, Any]) -> Clip:
+        audio, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+        return Clip(audio.T.copy(), rate, meta, path=wav)
+
     def discard_pool_files(self, instrument: str) -> int:
         """Remove clips pooled by an earlier run (restoring them is the reliability issue's job)."""
         folder = self.pool_dir(instrument)
