@@ -137,13 +137,9 @@ class AudioDevice:
         return current + float(self._offsets.min()) + self.pipeline_s
 
     def _output_callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        t0 = time.perf_counter()
-        if status.output_underflow:
-            self.underflows += 1
-        self.mixer.process(outdata, self._block_time(time_info))  # type: ignore[union-attr]
-        self.load = 0.95 * self.load + 0.05 * (time.perf_counter() - t0) * self.rate / frames
+        self._duplex_callback(None, outdata, frames, time_info, status)
 
-    def _duplex_callback(self, indata: np.ndarray, outdata: np.ndarray, frames: int, time_info: Any,
+    def _duplex_callback(self, indata: np.ndarray | None, outdata: np.ndarray, frames: int, time_info: Any,
                          status: Any) -> None:
         t0 = time.perf_counter()
         if status.output_underflow:
@@ -151,7 +147,7 @@ class AudioDevice:
         if status.input_overflow:
             self.overflows += 1
         self.mixer.process(outdata, self._block_time(time_info))  # type: ignore[union-attr]
-        ring = self._ring
+        ring = self._ring if indata is not None else None
         if ring is not None:
             size = ring.shape[0]
             start = self._ring_pos % size

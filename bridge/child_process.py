@@ -27,6 +27,25 @@ def spawn_child(target: Callable[..., None], args: tuple[Any, ...], name: str
     return proc, parent
 
 
+def stop_child(proc: mp.process.BaseProcess | None, conn: Any, timeout: float = 3.0) -> None:
+    """Ask the child to stop ({"op": "stop"}), then terminate and kill it if it does not."""
+    if conn is not None:
+        try:
+            conn.send({"op": "stop"})
+        except (OSError, ValueError):
+            pass
+    if proc is not None:
+        proc.join(timeout=timeout / 2)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=timeout / 2)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=1)
+    if conn is not None:
+        conn.close()
+
+
 def read_child(conn: Any, proc: mp.process.BaseProcess, loop: asyncio.AbstractEventLoop,
                on_message: Callable[[dict[str, Any]], None], on_exit: Callable[[int | None], None],
                name: str) -> None:

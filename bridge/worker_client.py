@@ -13,7 +13,7 @@ import multiprocessing as mp
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bridge.child_process import read_child, spawn_child
+from bridge.child_process import read_child, spawn_child, stop_child
 from bridge.model_worker import configure_threads_env, worker_main
 
 log = logging.getLogger(__name__)
@@ -83,16 +83,6 @@ class WorkerClient:
 
     def stop(self, timeout: float = 3.0) -> None:
         """Ask the worker to stop, then terminate and kill it if it does not."""
-        proc, self._generation = self.process, self._generation + 1  # ignore its last words
-        self.send({"op": "stop"})
-        if proc is not None:
-            proc.join(timeout=timeout / 2)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=timeout / 2)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=1)
-        if self._conn is not None:
-            self._conn.close()
+        self._generation += 1  # ignore its last words
+        stop_child(self.process, self._conn, timeout)
         self.process, self._conn = None, None

@@ -9,7 +9,6 @@ Used by tests/test_patches.py; ``python max_patches/check_patches.py`` prints wh
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bridge.config import ServerConfig  # noqa: E402
 from bridge.protocol import ProtocolError, parse  # noqa: E402
+from pd_file import read_pd  # noqa: E402
 
 EXAMPLE_NUMBER = 100.0  # what a $1 / a velocity inlet stands for when checking
 
@@ -48,19 +48,11 @@ def _check_send(report: Report, address: str, args: list[Any]) -> None:
 
 def check_pd(path: Path) -> Report:
     report = Report(path)
-    objects: list[tuple[str, list[str]]] = []  # (kind, words)
+    boxes, connects = read_pd(path)
+    objects = [(box.kind, box.words) for box in boxes]
     inputs: dict[int, list[int]] = {}
-    text = path.read_text().replace("\\$", "$").replace("\\,", ",")
-    for raw in re.split(r";\s*\n", text):
-        words = raw.split()
-        if len(words) < 2 or words[0] != "#X":
-            continue  # canvas headers (#N) carry no object index
-        # every box Pd numbers for connections: objects, messages, comments, atoms, subpatches
-        if words[1] in ("obj", "msg", "text", "restore", "floatatom", "symbolatom"):
-            objects.append((words[1], words[4:] if words[1] != "restore" else []))
-        elif words[1] == "connect":
-            a, b = int(words[2]), int(words[4])
-            inputs.setdefault(b, []).append(a)
+    for a, _, b, _ in connects:
+        inputs.setdefault(b, []).append(a)
 
     def resolve(index: int, depth: int = 0) -> list[list[Any]] | None:
         """Argument lists object ``index`` can output; None when they come from outside."""

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import html
 import json
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from pd_file import read_pd  # noqa: E402
 CHAR_W = 7.2
 BOX_H = 22
 
@@ -45,25 +47,18 @@ def _pd_ports(kind: str, words: list[str]) -> tuple[int, int]:
 
 def load_pd(path: Path) -> tuple[list[Box], list[tuple[int, int, int, int]]]:
     boxes: list[Box] = []
-    cords = []
-    text = path.read_text().replace("\\$", "$").replace("\\,", ",")
-    for raw in re.split(r";\s*\n", text):
-        words = raw.split()
-        if len(words) < 2 or words[0] != "#X":
-            continue
-        if words[1] in ("obj", "msg", "text", "floatatom", "symbolatom"):
-            x, y, rest = float(words[2]), float(words[3]), words[4:]
+    pd_boxes, cords = read_pd(path)
+    for pd_box in pd_boxes:
+        x, y, rest = pd_box.x, pd_box.y, pd_box.words
+        if pd_box.kind == "restore":
+            boxes.append(Box(x, y, 160, 80, "array gb-last", "graph", 0, 0))
+        elif rest[:1] == ["bng"]:
+            size = float(rest[1])
+            boxes.append(Box(x, y, size, size, rest[7], "bng", 1, 1))
+        else:
             label = " ".join(rest)
-            if rest[:1] == ["bng"]:
-                size = float(rest[1])
-                boxes.append(Box(x, y, size, size, rest[7], "bng", 1, 1))
-                continue
-            ins, outs = _pd_ports(words[1], rest)
-            boxes.append(Box(x, y, max(30.0, len(label) * CHAR_W + 8), BOX_H, label, words[1], ins, outs))
-        elif words[1] == "restore":
-            boxes.append(Box(float(words[2]), float(words[3]), 160, 80, "array gb-last", "graph", 0, 0))
-        elif words[1] == "connect":
-            cords.append((int(words[2]), int(words[3]), int(words[4]), int(words[5])))
+            ins, outs = _pd_ports(pd_box.kind, rest)
+            boxes.append(Box(x, y, max(30.0, len(label) * CHAR_W + 8), BOX_H, label, pd_box.kind, ins, outs))
     return boxes, cords
 
 

@@ -459,6 +459,10 @@ def read_genbridge_config(folder: Path) -> dict[str, Any]:
     return data
 
 
+def _genbridge_arch(data: Mapping[str, Any]) -> UNetArch:
+    return UNetArch.from_mapping(data["unet"], sample_rate=data["sample_rate"], length=data["length"])
+
+
 def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: str = "fp32") -> DiffusionGenerator:
     """Load a genbridge model folder: ``config.json`` + ``model.safetensors`` (plain net state dict).
 
@@ -467,7 +471,7 @@ def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: 
     log says so loudly.
     """
     data = read_genbridge_config(folder)
-    arch = UNetArch.from_mapping(data["unet"], sample_rate=data["sample_rate"], length=data["length"])
+    arch = _genbridge_arch(data)
     weights_name = data.get("weights")
     default_steps = int(data.get("default_steps", 25))
     if not weights_name:
@@ -546,7 +550,7 @@ def load_generator(path: str | Path, *, name: str, sdpa: bool = True, precision:
         return load_lightning_checkpoint(p, name=name, sdpa=sdpa, precision=precision)
     if p.suffix in (".safetensors", ".pt", ".pth", ".bin"):
         data = read_genbridge_config(p.parent)
-        arch = UNetArch.from_mapping(data["unet"], sample_rate=data["sample_rate"], length=data["length"])
+        arch = _genbridge_arch(data)
         net = build_network(arch)
         _load_strict(net, load_state_dict_file(p), str(p))
         return _finish(net, arch, name=name, source=str(p), kind="genbridge", weights=p.name,

@@ -176,17 +176,12 @@ def test_32_overlapping_hits_never_exceed_full_scale(tmp_path, tiny_model, jack_
 def test_future_timetag_plays_within_one_buffer_of_its_time(tmp_path, tiny_model, jack_server, start_daemon):
     daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",))
     try:
-        from pythonosc.osc_bundle_builder import OscBundleBuilder
-        from pythonosc.osc_message import OscMessage
-
         clean, dropped = [], []
         for k in range(6):
             under = client.status()["audio"]["underflows"]
             start = recorder.mark()
             wall, mono = time.time(), time.monotonic()
-            b = OscBundleBuilder(wall + 0.2)
-            b.add_content(OscMessage(osc_message("/genbridge/drum/play", "kick", 127, k + 1)))
-            client.send_raw(b.build().dgram)
+            client.send_raw(_timed_play(wall + 0.2, "kick", 127, k + 1))
             path = client.expect(PLAYED).args[2]
             recorder.wait_frames(int(0.6 * RATE))
             rec = recorder.since(start)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bridge.audio_process import AudioUnavailable, audio_main
-from bridge.child_process import read_child, spawn_child
+from bridge.child_process import read_child, spawn_child, stop_child
 from bridge.clip import Clip
 from bridge.config import AudioConfig, InstrumentConfig
 from bridge.mixer import balance_gains
@@ -146,20 +146,8 @@ class AudioOutput:
 
     def close(self) -> None:
         self._stopping = True
-        proc, conn = self._process, self._conn
         self._generation += 1
-        if conn is not None:
-            try:
-                conn.send({"op": "stop"})
-            except (OSError, ValueError):
-                pass
-        if proc is not None:
-            proc.join(timeout=2)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=1)
-        if conn is not None:
-            conn.close()
+        stop_child(self._process, self._conn)
         self._process, self._conn = None, None
         if self.state == "running":
             self.state = "closed"
