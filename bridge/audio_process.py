@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from multiprocessing.connection import Connection
 from typing import Any
@@ -213,6 +214,10 @@ class AudioDevice:
 
 def audio_main(conn: Connection, cfg: dict[str, Any], log_level: int = logging.INFO) -> None:
     logging.basicConfig(level=log_level, format="%(asctime)s audio %(levelname)s %(message)s")
+    # The callback thread needs the GIL every block; with the default 5 ms switch interval a
+    # message being unpickled on this process's main thread can hold it for a whole 256-frame
+    # block (5.3 ms). Hand it over ten times sooner.
+    sys.setswitchinterval(0.0005)
     device = AudioDevice(cfg)
     retry = cfg["device"] != "default"
     while True:  # open, or wait for the device to appear
