@@ -15,6 +15,10 @@ from pathlib import Path
 from bridge import __version__
 from bridge.config import Config, ConfigError, apply_overrides, load_config
 
+#: Kept in sync with models.drum_data.DEFAULT_HELD_OUT (imported lazily: it pulls numpy only,
+#: but the CLI's startup should not depend on the model packages).
+DEFAULT_HELD_OUT_KITS = ("Millo_MultiLayered3", "VariBreaks")
+
 log = logging.getLogger("genbridge")
 
 
@@ -49,6 +53,29 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="a model folder, .ckpt or weights file, or builtin:NAME")
     e.add_argument("-o", "--out", help="output file (default: beside the model)")
     e.add_argument("--opset", type=int, default=17)
+
+    t = sub.add_parser("train", help="train or fine-tune a drum model on sample folders or Hydrogen kits")
+    t.add_argument("data", nargs="+", help="Hydrogen kit folders, a folder of kits, or sample folders "
+                   "(files labelled by sub-folder or file name: kick/, Snare 02.wav...)")
+    t.add_argument("-o", "--out", required=True,
+                   help="run folder: checkpoint.pt (resumed when present) and model/ at the end")
+    t.add_argument("--steps", type=int, default=2000, help="total optimiser steps (a resumed run goes on to this)")
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--init", help="fine-tune this model (a genbridge folder or a tiny-audio-diffusion .ckpt)")
+    t.add_argument("--arch", help="JSON file with sample_rate, length and unet (a genbridge config.json "
+                   "works) for a model from scratch (default: the shipped default's shape)")
+    t.add_argument("--instrument", help="train one instrument, unconditionally (needed to fine-tune an "
+                   "unconditional checkpoint)")
+    t.add_argument("--classes", help="comma-separated instruments for a class-conditioned model "
+                   "(default: every instrument found)")
+    t.add_argument("--hold-out", default=",".join(DEFAULT_HELD_OUT_KITS),
+                   help="comma-separated kit names kept out of training, for evaluation ('' for none)")
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default: up to 4)")
+    t.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast, 1.3x faster)")
+    t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--name", default="drums", help="model name in its card")
 
     sub.add_parser("devices", help="list audio devices and MIDI ports")
     sub.add_parser("protocol", help="print the OSC address table (Markdown)")
@@ -101,14 +128,15 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
         log.error("%s", exc)
         return 1
     steps = args.steps or inst.steps or model_cfg.steps or gen.info.default_steps
-    sampler = args.sampler or inst.sampler or model_cfg.sampler
+    sampler = args.sampler or inst.sampler or model_cfg.sampler or gen.info.default_sampler
     first = args.seed if args.seed is not None else random.randint(0, 2**31 - 1 - args.count)
     sink = FolderSink(args.out, config.output.subtype, session="")
     with tqdm(total=args.count * steps, unit="step", desc=f"{args.instrument} x{args.count}") as bar:
         for k in range(args.count):
             seed = first + k
             t0 = time.perf_counter()
-            raw = gen.generate(seed, steps, lambda done, total: bar.update(1) or True, sampler)
+            raw = gen.generate(seed, steps, lambda done, total: bar.update(1) or True, sampler,
+                               instrument=args.instrument)
             audio, report = finish_clip(raw, gen.sample_rate, config.finishing)
             meta = {"model": inst.model, "checkpoint": gen.info.source, "weights": gen.info.weights,
                     "trained": gen.info.trained, "instrument": args.instrument, "seed": seed,
@@ -148,6 +176,47 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_arch(path: str) -> dict:
+    import json
+
+    data = json.loads(Path(path).expanduser().read_text())
+    return {"sample_rate": data["sample_rate"], "length": data["length"], "unet": data["unet"]}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from bridge.model_worker import configure_threads_env
+
+    configure_threads_env(args.threads or 4)
+    from models.diffusion import ModelLoadError
+    from models.training import TrainSettings, train
+
+    try:
+        arch = _read_arch(args.arch) if args.arch else None
+    except (OSError, ValueError, KeyError) as exc:
+        log.error("cannot read the architecture file %s: %s", args.arch, exc)
+        return 2
+    settings = TrainSettings(
+        data=[str(Path(d).expanduser()) for d in args.data], out=args.out, steps=args.steps,
+        batch=args.batch, lr=args.lr, init=args.init, instrument=args.instrument,
+        classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
+        held_out=[k.strip() for k in args.hold_out.split(",") if k.strip()],
+        arch=arch, threads=args.threads, bf16=not args.fp32, checkpoint_minutes=args.checkpoint_minutes,
+        seed=args.seed, name=args.name,
+        command="genbridge " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else "",
+    )
+    try:
+        result = train(settings)
+    except (ModelLoadError, ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        log.warning("interrupted; the last checkpoint in %s resumes the run", args.out)
+        return 130
+    print(f"{result.model_dir}: {result.steps} steps, final loss {result.final_loss:.4f}, "
+          f"{result.wall_s / 60:.1f} min")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -158,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "export":
         return _export(args)
+    if args.command == "train":
+        return _train(args)
     if args.command == "protocol":
         from bridge.protocol import markdown_table
 

@@ -98,8 +98,9 @@ class ModelConfig:
     path: str = "builtin:default"
     #: Sampling steps; 0 means the model's own default.
     steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
-    #: "ddim" (the library's v-sampler) or "dpmpp2m" (DPM-Solver++ 2M: closer in fewer steps).
-    sampler: str = field(default="ddim", metadata=_check(lambda v: v in ("ddim", "dpmpp2m"), "'ddim' or 'dpmpp2m'"))
+    #: "" uses the model's own (its config.json's "sampler", else "ddim"); "ddim" (the
+    #: library's v-sampler) or "dpmpp2m" (DPM-Solver++ 2M: closer in fewer steps).
+    sampler: str = field(default="", metadata=_check(lambda v: v in ("", "ddim", "dpmpp2m"), "'', 'ddim' or 'dpmpp2m'"))
     sdpa: bool = True
     precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
     #: torch threads for this model's worker; 0 means engine.threads.

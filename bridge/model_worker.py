@@ -132,10 +132,10 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
             return True
 
         steps = int(msg.get("steps") or info["default_steps"])
-        sampler = msg.get("sampler") or options.get("sampler") or "ddim"
+        sampler = msg.get("sampler") or options.get("sampler") or info.get("default_sampler") or "ddim"
         try:
             t0 = time.perf_counter()
-            raw = generator.generate(int(msg["seed"]), steps, on_step, sampler)
+            raw = generator.generate(int(msg["seed"]), steps, on_step, sampler, instrument=msg.get("instrument"))
             gen_s = time.perf_counter() - t0
             audio, report = finish_clip(raw, generator.sample_rate, settings)
         except Cancelled:

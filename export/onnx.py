@@ -64,22 +64,28 @@ def export_denoiser(model: str | Path, out: str | Path, *, name: str = "model", 
     gen = load_generator(model, name=name, sdpa=True)
     arch = gen.arch
 
+    classes = gen.classes or []
+
     class Step(torch.nn.Module):
+        """The step with positional inputs only; a class-conditioned model takes ``label``."""
+
         def __init__(self, net: torch.nn.Module) -> None:
             super().__init__()
             self.net = net
 
-        def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            return self.net(x, sigma)
+        def forward(self, x: torch.Tensor, sigma: torch.Tensor, *label: torch.Tensor) -> torch.Tensor:
+            return self.net(x, sigma, *label)
 
     x = torch.randn(1, arch.in_channels, arch.length)
     sigma = torch.tensor([0.5])
+    inputs: tuple[torch.Tensor, ...] = (x, sigma) + ((torch.tensor([0]),) if classes else ())
+    names = ["x", "sigma"] + (["label"] if classes else [])
     say(f"exporting the denoiser step ({gen.info.parameters / 1e6:.1f} M parameters, opset {opset})")
     tmp = out.with_name(f".{out.name}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(Step(gen.net), (x, sigma), str(tmp), input_names=["x", "sigma"], output_names=["v"],
-                          dynamic_axes={"x": {0: "batch"}, "sigma": {0: "batch"}, "v": {0: "batch"}},
+        torch.onnx.export(Step(gen.net), inputs, str(tmp), input_names=names, output_names=["v"],
+                          dynamic_axes={n: {0: "batch"} for n in names + ["v"]},
                           opset_version=opset, dynamo=False)
     say("checking parity with torch")
     options = ort.SessionOptions()
@@ -90,9 +96,11 @@ def export_denoiser(model: str | Path, out: str | Path, *, name: str = "model", 
     for batch in check_batches:
         xb = torch.randn(batch, arch.in_channels, arch.length, generator=rng)
         sb = torch.rand(batch, generator=rng)
+        extra = (torch.randint(len(classes), (batch,), generator=rng),) if classes else ()
         with torch.inference_mode():
-            ref = gen.net(xb, sb).numpy()
-        got = session.run(None, {"x": xb.numpy(), "sigma": sb.numpy()})[0]
+            ref = gen.net(xb, sb, *extra).numpy()
+        feeds = {"x": xb.numpy(), "sigma": sb.numpy()} | ({"label": extra[0].numpy()} if classes else {})
+        got = session.run(None, feeds)[0]
         diff = np.abs(got - ref)
         max_abs = max(max_abs, float(diff.max()))
         max_rel = max(max_rel, float((diff / (np.abs(ref) + 1e-3)).max()))
@@ -107,6 +115,8 @@ def export_denoiser(model: str | Path, out: str | Path, *, name: str = "model", 
         "length": arch.length,
         "channels": arch.in_channels,
         "default_steps": gen.info.default_steps,
+        "default_sampler": gen.info.default_sampler,
+        "classes": gen.classes,
         "parameters": gen.info.parameters,
         "trained": gen.info.trained,
         "weights": gen.info.weights,

@@ -33,6 +33,7 @@ _NON_NET_KEYS = {"_target_", "net_t", "diffusion_t", "sampler_t", "dim"}
 EMA_PREFIX = "model_ema.ema_model.net."
 ONLINE_PREFIX = "model.net."
 GENBRIDGE_FORMAT = "genbridge-diffusion"
+CLASS_EMBEDDING_KEY = "genbridge.class_embedding"
 
 
 class ModelLoadError(RuntimeError):
@@ -174,6 +175,32 @@ def build_network(arch: UNetArch, *, init_seed: int | None = None) -> nn.Module:
     return model.net
 
 
+#: UNetV0's default modulation width: the size of a class embedding added to the time features.
+MODULATION_FEATURES = 1024
+
+
+class ConditionedUNet(nn.Module):
+    """A U-Net plus an optional class embedding added to its time modulation.
+
+    Why this shape: a_unet's time-conditioning plugin already sums an optional ``features``
+    vector into the time features, so one embedding row per instrument conditions every
+    level of the network for 6 K parameters per instrument. Keeping the embedding inside the
+    module means the ONNX export takes an integer label and the sampling loop stays the same.
+    """
+
+    def __init__(self, net: nn.Module, num_classes: int = 0, features: int = MODULATION_FEATURES) -> None:
+        super().__init__()
+        self.net = net
+        self.class_embedding = nn.Embedding(num_classes, features) if num_classes else None
+        if self.class_embedding is not None:
+            nn.init.normal_(self.class_embedding.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.class_embedding is None:
+            return self.net(x, sigma)
+        return self.net(x, sigma, features=self.class_embedding(labels))
+
+
 def alpha_beta(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     angle = sigma * math.pi / 2
     return torch.cos(angle), torch.sin(angle)
@@ -213,6 +240,8 @@ class ModelInfo:
     default_steps: int
     sdpa_layers: int
     precision: str
+    default_sampler: str = "ddim"
+    classes: list[str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -226,9 +255,26 @@ class DiffusionGenerator:
     """
 
     def __init__(self, net: nn.Module, arch: UNetArch, info: ModelInfo) -> None:
+        #: Called as net(x, sigma) or, for a class-conditioned model, net(x, sigma, labels).
         self.net = net.eval()
         self.arch = arch
         self.info = info
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.info.classes
+
+    def labels_for(self, instruments: list[str | None]) -> torch.Tensor | None:
+        """Class labels for a batch of instruments (None for an unconditional model)."""
+        if not self.classes:
+            return None
+        rows = []
+        for inst in instruments:
+            if inst not in self.classes:
+                raise ValueError(f"model {self.info.name!r} generates {', '.join(self.classes)}; "
+                                 f"{inst!r} is none of them")
+            rows.append(self.classes.index(inst))
+        return torch.tensor(rows, dtype=torch.int64)
 
     @property
     def sample_rate(self) -> int:
@@ -238,9 +284,11 @@ class DiffusionGenerator:
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         return torch.randn((1, self.arch.in_channels, self.arch.length), generator=gen)
 
-    def _v(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _v(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.info.precision == "bf16"):
-            return self.net(x, t.repeat(x.shape[0])).float()
+            if labels is None:
+                return self.net(x, t.repeat(x.shape[0])).float()
+            return self.net(x, t.repeat(x.shape[0]), labels).float()
 
     @torch.inference_mode()
     def sample(
@@ -249,6 +297,7 @@ class DiffusionGenerator:
         steps: int,
         on_step: Callable[[int, int], bool] | None = None,
         sampler: str = "ddim",
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoise ``noise`` (batch, channels, length) in ``steps`` steps on ``linspace(1, 0)``.
 
@@ -266,7 +315,7 @@ class DiffusionGenerator:
         ts = torch.linspace(1.0, 0.0, steps + 1)
         previous: tuple[torch.Tensor, float] | None = None  # (x0 prediction, h) of the last step
         for i in range(steps):
-            v_pred = self._v(x, ts[i])
+            v_pred = self._v(x, ts[i], labels)
             alpha, beta = alpha_beta(ts[i])
             alpha_next, beta_next = alpha_beta(ts[i + 1])
             x0 = alpha * x - beta * v_pred
@@ -292,11 +341,13 @@ class DiffusionGenerator:
         seed: int,
         steps: int | None = None,
         on_step: Callable[[int, int], bool] | None = None,
-        sampler: str = "ddim",
+        sampler: str | None = None,
+        instrument: str | None = None,
     ) -> np.ndarray:
         """One clip as float32 (channels, frames), unfinished (no normalisation)."""
         steps = int(steps or self.info.default_steps)
-        audio = self.sample(self.noise(seed), steps, on_step, sampler)
+        labels = self.labels_for([instrument])
+        audio = self.sample(self.noise(seed), steps, on_step, sampler or self.info.default_sampler, labels)
         return audio[0].numpy().astype(np.float32, copy=False)
 
 
@@ -415,15 +466,37 @@ def _load_strict(net: nn.Module, weights: Mapping[str, torch.Tensor], source: st
 
 
 def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str, weights: str,
-            trained: bool, default_steps: int, sdpa: bool, precision: str) -> DiffusionGenerator:
+            trained: bool, default_steps: int, sdpa: bool, precision: str,
+            config: Mapping[str, Any] | None = None,
+            extras: Mapping[str, torch.Tensor] | None = None) -> DiffusionGenerator:
     swapped = swap_attention_to_sdpa(net, arch.attention_heads) if sdpa else 0
+    config = config or {}
+    classes = list(config["classes"]) if config.get("classes") else None
+    embedding = (extras or {}).get(CLASS_EMBEDDING_KEY)
+    if classes and (embedding is None or embedding.shape[0] != len(classes)):
+        raise ModelLoadError(f"{source}: config names {len(classes)} classes but the weights hold "
+                             f"{'no' if embedding is None else embedding.shape[0]} class embeddings")
+    sampler = str(config.get("sampler", "ddim"))
+    if sampler not in SAMPLERS:
+        raise ModelLoadError(f"{source}: unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
     info = ModelInfo(
         name=name, source=source, kind=kind, weights=weights, trained=trained,
-        parameters=_count_parameters(net), sample_rate=arch.sample_rate,
+        parameters=_count_parameters(net) + (embedding.numel() if classes else 0), sample_rate=arch.sample_rate,
         channels=arch.in_channels, length=arch.length, default_steps=default_steps,
-        sdpa_layers=swapped, precision=precision,
+        sdpa_layers=swapped, precision=precision, default_sampler=sampler, classes=classes,
     )
+    if classes:
+        conditioned = ConditionedUNet(net, len(classes), int(embedding.shape[1]))
+        conditioned.class_embedding.weight.data.copy_(embedding.float())
+        net = conditioned
     return DiffusionGenerator(net, arch, info)
+
+
+def split_extras(weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(U-Net state dict, genbridge extras such as the class embedding)."""
+    net = {k: v for k, v in weights.items() if not k.startswith("genbridge.")}
+    extras = {k: v for k, v in weights.items() if k.startswith("genbridge.")}
+    return net, extras
 
 
 def load_lightning_checkpoint(path: Path, *, name: str, config: Path | None = None,
@@ -483,13 +556,15 @@ def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: 
             name, folder, seed,
         )
         return _finish(net, arch, name=name, source=str(folder), kind="genbridge", weights="random",
-                       trained=False, default_steps=default_steps, sdpa=sdpa, precision=precision)
+                       trained=False, default_steps=default_steps, sdpa=sdpa, precision=precision,
+                       config={k: v for k, v in data.items() if k != "classes"})
     weights_path = folder / weights_name
-    weights = load_state_dict_file(weights_path)
+    weights, extras = split_extras(load_state_dict_file(weights_path))
     net = build_network(arch)
     _load_strict(net, weights, str(weights_path))
     return _finish(net, arch, name=name, source=str(folder), kind="genbridge", weights=weights_name,
-                   trained=True, default_steps=default_steps, sdpa=sdpa, precision=precision)
+                   trained=True, default_steps=default_steps, sdpa=sdpa, precision=precision,
+                   config=data, extras=extras)
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -509,13 +584,20 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model_folder(folder: Path, net: nn.Module, arch: UNetArch, *, default_steps: int = 25,
-                      fp16: bool = False, card: Mapping[str, Any] | None = None) -> Path:
-    """Write a genbridge model folder that :func:`load_model_folder` reads back as is."""
+                      fp16: bool = False, card: Mapping[str, Any] | None = None,
+                      extra_config: Mapping[str, Any] | None = None,
+                      extra_tensors: Mapping[str, torch.Tensor] | None = None) -> Path:
+    """Write a genbridge model folder that :func:`load_model_folder` reads back as is.
+
+    ``extra_tensors`` (keys starting ``genbridge.``, e.g. the class embedding) are stored in
+    the same safetensors file beside the plain U-Net state dict.
+    """
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.half() if fp16 and v.is_floating_point() else v).contiguous().clone()
-             for k, v in net.state_dict().items()}
+    tensors = dict(net.state_dict()) | dict(extra_tensors or {})
+    state = {k: (v.half() if fp16 and v.is_floating_point() else v).detach().contiguous().clone()
+             for k, v in tensors.items()}
     save_file(state, str(folder / "model.safetensors"))
     config = {
         "format": GENBRIDGE_FORMAT,
@@ -526,6 +608,7 @@ def save_model_folder(folder: Path, net: nn.Module, arch: UNetArch, *, default_s
         "weights": "model.safetensors",
         "unet": {k: v for k, v in arch.to_json().items() if k not in ("sample_rate", "length", "extra")}
         | dict(arch.extra),
+        **dict(extra_config or {}),
         **({"card": dict(card)} if card else {}),
     }
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -552,10 +635,11 @@ def load_generator(path: str | Path, *, name: str, sdpa: bool = True, precision:
         data = read_genbridge_config(p.parent)
         arch = _genbridge_arch(data)
         net = build_network(arch)
-        _load_strict(net, load_state_dict_file(p), str(p))
+        weights, extras = split_extras(load_state_dict_file(p))
+        _load_strict(net, weights, str(p))
         return _finish(net, arch, name=name, source=str(p), kind="genbridge", weights=p.name,
                        trained=True, default_steps=int(data.get("default_steps", 25)),
-                       sdpa=sdpa, precision=precision)
+                       sdpa=sdpa, precision=precision, config=data, extras=extras)
     raise ModelLoadError(f"unknown model file type: {p} (expected a folder, .ckpt, .safetensors or .pt)")
 
 

@@ -30,9 +30,11 @@ class OrtStep(torch.nn.Module):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {"x": x.contiguous().numpy(), "sigma": sigma.reshape(-1).contiguous().numpy()})
-        return torch.from_numpy(out[0])
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        feeds = {"x": x.contiguous().numpy(), "sigma": sigma.reshape(-1).contiguous().numpy()}
+        if labels is not None:
+            feeds["label"] = labels.reshape(-1).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
 
 def load_onnx_generator(onnx_file: Path, *, name: str, threads: int) -> DiffusionGenerator:
@@ -42,5 +44,6 @@ def load_onnx_generator(onnx_file: Path, *, name: str, threads: int) -> Diffusio
     info = ModelInfo(name=name, source=meta["source"], kind="onnx", weights=meta.get("weights", ""),
                      trained=bool(meta.get("trained", True)), parameters=int(meta.get("parameters", 0)),
                      sample_rate=arch.sample_rate, channels=arch.in_channels, length=arch.length,
-                     default_steps=int(meta.get("default_steps", 25)), sdpa_layers=0, precision="fp32")
+                     default_steps=int(meta.get("default_steps", 25)), sdpa_layers=0, precision="fp32",
+                     default_sampler=str(meta.get("default_sampler", "ddim")), classes=meta.get("classes") or None)
     return DiffusionGenerator(OrtStep(onnx_file, threads), arch, info)

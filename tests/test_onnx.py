@@ -67,3 +67,24 @@ def test_an_export_is_reused_until_the_model_changes(tmp_path: Path, start_daemo
         signatures.append(json.loads((model / "denoiser.onnx.json").read_text())["source_signature"])
     assert ["exporting" in log for log in logs] == [True, False, True]
     assert signatures[0] == signatures[1] != signatures[2]
+
+
+def test_a_class_conditioned_model_exports_with_a_label_input(tmp_path: Path) -> None:
+    from drum_samples import write_sample_folder
+
+    from export.onnx import export_denoiser
+    from models.onnx_runtime import load_onnx_generator
+    from models.training import TrainSettings, train
+    from conftest import TINY_UNET
+
+    result = train(TrainSettings(data=[str(write_sample_folder(tmp_path / "s"))], out=str(tmp_path / "run"),
+                                 arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET},
+                                 steps=2, batch=2, held_out=[], threads=1), progress=False)
+    onnx_file = tmp_path / "drums.onnx"
+    meta = export_denoiser(result.model_dir, onnx_file)
+    assert meta["classes"] == ["kick", "snare", "hat"] and meta["parity"]["max_abs"] < 1e-4
+    ort_gen = load_onnx_generator(onnx_file, name="d", threads=1)
+    torch_gen = load_generator(result.model_dir, name="d")
+    for inst in ("kick", "hat"):
+        got, want = ort_gen.generate(5, 3, instrument=inst), torch_gen.generate(5, 3, instrument=inst)
+        assert float(np.abs(got - want).max()) < 1e-4
