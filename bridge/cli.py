@@ -74,8 +74,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: up to 4)")
     t.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast, 1.3x faster)")
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--snapshot", metavar="DIR", help="write a model folder from the run's last checkpoint "
+                   "to DIR and exit (listen to a run while it trains; give the run's own arguments)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--name", default="drums", help="model name in its card")
+
+    r = sub.add_parser("render", help="draw WAV clips (files or folders) as a PNG sheet: waveform over "
+                       "spectrogram, one column per instrument")
+    r.add_argument("clips", nargs="+", help="WAV files or folders of them (the daemon's session folders work)")
+    r.add_argument("-o", "--out", required=True, help="PNG file to write")
+    r.add_argument("--per-column", type=int, default=4, help="clips per instrument (default 4)")
+    r.add_argument("--title", default="")
 
     sub.add_parser("devices", help="list audio devices and MIDI ports")
     sub.add_parser("protocol", help="print the OSC address table (Markdown)")
@@ -176,6 +185,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _render(args: argparse.Namespace) -> int:
+    try:
+        from bridge.clip_sheet import clips_from_paths, render_sheet
+    except ImportError as exc:  # matplotlib is an extra
+        log.error("genbridge render needs matplotlib: pip install 'genbridge[tools]' (%s)", exc)
+        return 1
+    try:
+        clips = clips_from_paths(args.clips)
+        out = render_sheet(clips, args.out, per_column=args.per_column, title=args.title)
+    except (OSError, RuntimeError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(f"{out}: {len(clips)} clips")
+    return 0
+
+
 def _read_arch(path: str) -> dict:
     import json
 
@@ -205,7 +230,7 @@ def _train(args: argparse.Namespace) -> int:
         command="genbridge " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else "",
     )
     try:
-        result = train(settings)
+        result = train(settings, snapshot_to=Path(args.snapshot) if args.snapshot else None)
     except (ModelLoadError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
@@ -229,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "render":
+        return _render(args)
     if args.command == "protocol":
         from bridge.protocol import markdown_table
 

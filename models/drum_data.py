@@ -109,13 +109,16 @@ def read_hydrogen_kit(kit_dir: Path) -> list[Sample]:
     return samples
 
 
-def read_sample_folder(folder: Path) -> list[Sample]:
+def read_sample_folder(folder: Path, skip: Sequence[Path] = ()) -> list[Sample]:
     """Audio files under ``folder``, labelled by their sub-folder's name (``kick/``, ``Snares/``)
-    or, failing that, by their own file name. Unlabelled files are skipped with a log line."""
+    or, failing that, by their own file name. Unlabelled files are skipped with a log line;
+    so are files under the folders in ``skip`` (Hydrogen kits, read on their own)."""
     samples: list[Sample] = []
     skipped = 0
     for path in sorted(folder.rglob("*")):
         if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+            continue
+        if any(k in path.parents for k in skip):
             continue
         instrument = None
         for part in reversed(path.relative_to(folder).parts[:-1]):
@@ -143,11 +146,10 @@ def find_samples(sources: Iterable[Path | str]) -> list[Sample]:
             samples += read_hydrogen_kit(path)
             continue
         kits = sorted(p for p in path.iterdir() if (p / "drumkit.xml").is_file()) if path.is_dir() else []
-        if kits:
-            for kit in kits:
-                samples += read_hydrogen_kit(kit)
-        else:
-            samples += read_sample_folder(path)
+        for kit in kits:
+            samples += read_hydrogen_kit(kit)
+        # Everything else under the folder is a plain sample collection.
+        samples += read_sample_folder(path, skip=kits)
     return samples
 
 

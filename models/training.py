@@ -185,8 +185,12 @@ def load_training_data(settings: TrainSettings, arch: UNetArch, classes: Sequenc
     return data, held_kits
 
 
-def train(settings: TrainSettings, progress: bool | None = None) -> TrainResult:
-    """Run (or resume) a training run; returns where the model folder was written."""
+def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Path | None = None) -> TrainResult:
+    """Run (or resume) a training run; returns where the model folder was written.
+
+    ``snapshot_to``: write a model folder from the run's last checkpoint there and return,
+    without training or touching the checkpoint (listen to a run that is still going).
+    """
     out = Path(settings.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
@@ -231,6 +235,14 @@ def train(settings: TrainSettings, progress: bool | None = None) -> TrainResult:
         step, elapsed, losses = resume["step"], resume["elapsed_s"], resume["losses"]
         log.info("resuming %s at step %d (%.0f s trained so far)", ckpt_path, step, elapsed)
     resumed_from = step
+    if snapshot_to is not None:
+        if resume is None:
+            raise ValueError(f"no checkpoint in {out} to take a snapshot of")
+        final = float(np.mean(losses[-100:])) if losses else float("nan")
+        saved = TrainSettings(**resume["settings"])
+        write_model_folder(Path(snapshot_to), ema.module, arch, classes, saved, data, held_kits, origin,
+                           step=step, wall_s=elapsed, final_loss=final)
+        return TrainResult(Path(snapshot_to), step, final, elapsed, step)
 
     audio = torch.from_numpy(data.audio)
     labels = torch.from_numpy(data.labels)

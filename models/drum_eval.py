@@ -1,0 +1,136 @@
+"""Measure drum one-shots: the features a drummer hears, and a classifier that names the drum.
+
+Why this module exists: "does the default model make drums?" needs an answer in numbers that
+can fail. Two are used (bench/drum_quality.py): a simple classifier trained on real samples
+must name each generated clip as the instrument that was asked for, and per-instrument feature
+statistics (spectral centroid, attack time, decay time, tail noise floor) of generated clips
+must sit near held-out real clips and away from a noise-burst baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+N_FFT = 1024
+HOP = 256
+N_BANDS = 24
+N_SEGMENTS = 4
+
+
+def _stft_power(mono: np.ndarray) -> np.ndarray:
+    """(frames, bins) power spectrogram, Hann window, no padding tricks."""
+    if len(mono) < N_FFT:
+        mono = np.pad(mono, (0, N_FFT - len(mono)))
+    n = 1 + (len(mono) - N_FFT) // HOP
+    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n)[:, None]
+    frames = mono[idx] * np.hanning(N_FFT)[None, :]
+    return np.abs(np.fft.rfft(frames, axis=1)) ** 2
+
+
+def _band_edges(sample_rate: int) -> np.ndarray:
+    """Log-spaced band edges (in FFT bins) from 30 Hz to Nyquist."""
+    hz = np.geomspace(30.0, sample_rate / 2, N_BANDS + 1)
+    return np.clip(np.round(hz / sample_rate * N_FFT).astype(int), 1, N_FFT // 2 + 1)
+
+
+def classifier_features(clip: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Log band energies in four time segments of the first half (attack to body), plus the
+    whole clip's: what tells a kick (low, short) from a snare (mid + noise) from a hat (high)."""
+    mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+    power = _stft_power(mono.astype(np.float64))
+    edges = _band_edges(sample_rate)
+    bands = np.stack([power[:, lo:max(hi, lo + 1)].sum(axis=1) for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
+    total = bands.sum() + 1e-12
+    feats = [np.log10(bands.sum(axis=0) / total + 1e-9)]
+    half = max(N_SEGMENTS, len(bands) // 2)
+    for seg in np.array_split(bands[:half], N_SEGMENTS):
+        feats.append(np.log10(seg.sum(axis=0) / total + 1e-9))
+    return np.concatenate(feats).astype(np.float32)
+
+
+class DrumClassifier:
+    """A random forest (scikit-learn, 300 trees, fixed seed) on :func:`classifier_features`.
+
+    Chosen by held-out accuracy on hydrogen-drumkits (2 kits held out, 6 classes): kicks
+    100%, snares 80%, hats 92%; logistic regression on the same features got 57/80/77%.
+    """
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        from sklearn.ensemble import RandomForestClassifier
+
+        self.classes = list(classes)
+        self.model = RandomForestClassifier(n_estimators=300, random_state=0)
+
+    def fit(self, clips: np.ndarray, labels: np.ndarray, sample_rate: int) -> "DrumClassifier":
+        self.model.fit(np.stack([classifier_features(c, sample_rate) for c in clips]), labels)
+        return self
+
+    def predict(self, clips: Sequence[np.ndarray], sample_rate: int) -> list[str]:
+        x = np.stack([classifier_features(c, sample_rate) for c in clips])
+        return [self.classes[int(i)] for i in self.model.predict(x)]
+
+
+def envelope_db(clip: np.ndarray, sample_rate: int, hop_s: float = 0.002) -> np.ndarray:
+    """RMS per 2 ms hop in dBFS (all channels together)."""
+    sq = np.mean(np.square(clip.astype(np.float64)), axis=0) if clip.ndim == 2 else np.square(clip)
+    hop = max(1, int(sample_rate * hop_s))
+    n = len(sq) // hop
+    rms = np.sqrt(sq[: n * hop].reshape(n, hop).mean(axis=1))
+    return 20 * np.log10(np.maximum(rms, 1e-10))
+
+
+@dataclass
+class DrumFeatures:
+    centroid_hz: float
+    attack_ms: float
+    decay_ms: float
+    tail_floor_dbfs: float
+
+    def to_json(self) -> dict[str, float]:
+        return {k: round(float(v), 2) for k, v in self.__dict__.items()}
+
+
+def drum_features(clip: np.ndarray, sample_rate: int) -> DrumFeatures:
+    """Spectral centroid (energy-weighted over the clip); attack: envelope from 10% to 90% of its
+    peak amplitude; decay: peak until the envelope stays 40 dB below the peak; tail noise floor:
+    RMS of the last 10% of the clip in dBFS (-120 for digital silence)."""
+    mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+    power = _stft_power(mono.astype(np.float64))
+    freqs = np.fft.rfftfreq(N_FFT, 1 / sample_rate)
+    centroid = float((power * freqs[None, :]).sum() / max(power.sum(), 1e-20))
+    env = envelope_db(clip, sample_rate)
+    hop_ms = 2.0
+    peak_i = int(np.argmax(env))
+    peak = env[peak_i]
+    start = int(np.argmax(env >= peak - 20))  # 10% amplitude = -20 dB
+    top = int(np.argmax(env >= peak - 0.92))  # 90% amplitude = -0.92 dB
+    attack = max(0, top - start) * hop_ms
+    above = np.nonzero(env[peak_i:] > peak - 40)[0]
+    decay = (int(above[-1]) + 1) * hop_ms if len(above) else 0.0
+    tail = mono[-max(1, len(mono) // 10):]
+    rms = float(np.sqrt(np.mean(np.square(tail.astype(np.float64)))))
+    return DrumFeatures(centroid, attack, decay, 20 * np.log10(max(rms, 1e-6)))
+
+
+def summarise(features: Sequence[DrumFeatures]) -> dict[str, Any]:
+    """Median and interquartile range of each feature."""
+    out: dict[str, Any] = {}
+    for key in ("centroid_hz", "attack_ms", "decay_ms", "tail_floor_dbfs"):
+        values = np.array([getattr(f, key) for f in features], dtype=np.float64)
+        q1, med, q3 = np.percentile(values, [25, 50, 75]) if len(values) else (np.nan,) * 3
+        out[key] = {"median": round(float(med), 1), "q1": round(float(q1), 1), "q3": round(float(q3), 1)}
+    return out
+
+
+def noise_bursts(n: int, length: int, sample_rate: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """The baseline: white noise with an exponential decay (3-40 per second), one per clip."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length) / sample_rate
+    out = np.empty((n, channels, length), dtype=np.float32)
+    for i in range(n):
+        rate = rng.uniform(3, 40)
+        out[i] = (rng.normal(0, 0.3, (channels, length)) * np.exp(-t * rate)[None, :]).astype(np.float32)
+    return out

@@ -1,0 +1,77 @@
+"""The drum-quality benchmark and `genbridge render` run end to end on small data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from conftest import TINY_LENGTH, TINY_RATE, TINY_UNET
+from drum_samples import synth, write_hydrogen_kit, write_sample_folder
+from helpers import GENBRIDGE, REPO
+
+from models.drum_eval import DrumClassifier, drum_features, noise_bursts
+from models.training import TrainSettings, train
+
+
+def test_features_tell_a_kick_from_a_hat() -> None:
+    kick, hat = synth("kick", 1, TINY_RATE)[None, :8192], synth("hat", 1, TINY_RATE)[None, :8192]
+    fk, fh = drum_features(kick, TINY_RATE), drum_features(hat, TINY_RATE)
+    assert fk.centroid_hz < 300 < 3000 < fh.centroid_hz
+    assert fh.decay_ms < fk.decay_ms
+    silent_tail = np.concatenate([kick, np.zeros((1, 8192), np.float32)], axis=1)
+    assert drum_features(silent_tail, TINY_RATE).tail_floor_dbfs <= -119
+    assert drum_features(noise_bursts(1, 8192, TINY_RATE)[0] + 0.01, TINY_RATE).tail_floor_dbfs > -45
+
+
+def test_classifier_names_held_out_synthetic_drums() -> None:
+    train_clips = np.stack([synth(i, v, TINY_RATE)[None, :8192] for i in ("kick", "snare", "hat") for v in range(4)])
+    labels = np.repeat(np.arange(3), 4)
+    clf = DrumClassifier(["kick", "snare", "hat"]).fit(train_clips, labels, TINY_RATE)
+    test = [synth(i, 5, TINY_RATE)[None, :8192] for i in ("kick", "snare", "hat")]
+    assert clf.predict(test, TINY_RATE) == ["kick", "snare", "hat"]
+
+
+def test_benchmark_runs_on_a_trained_model_and_writes_its_table(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_sample_folder(data / "mine")
+    write_hydrogen_kit(data / "HeldKit")
+    result = train(TrainSettings(data=[str(data)], out=str(tmp_path / "run"), held_out=["HeldKit"],
+                                 arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET},
+                                 steps=2, batch=2, threads=1), progress=False)
+    sheet = tmp_path / "sheet.png"
+    run = subprocess.run([sys.executable, "bench/drum_quality.py", "--model", str(result.model_dir), "--n", "3",
+                          "--steps", "3", "--data", str(data), "--hold-out", "HeldKit", "--threads", "1",
+                          "--sheet", str(sheet), "--name", "test_drum_quality"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode in (0, 1), run.stderr  # 1 = the gate failed, which a 2-step model must
+    assert "held-out real" in run.stdout and "noise burst" in run.stdout, run.stdout
+    results = json.loads((REPO / "bench" / "results" / "test_drum_quality.json").read_text())
+    assert set(results["instruments"]) == {"kick", "snare", "hat"}
+    kick = results["instruments"]["kick"]
+    assert kick["held_out_real_clips"] == 2 and kick["held_out_real_accuracy"] == 1.0
+    assert set(kick["features"]) == {"real", "generated", "noise"}
+    assert results["instruments"]["kick"]["pass"] is False, "an untrained model cannot pass the gate"
+    assert sheet.is_file() and sheet.stat().st_size > 10_000
+
+
+def test_cli_render_draws_a_sheet_of_clips(tmp_path: Path) -> None:
+    import matplotlib.image as mpimg
+    import soundfile as sf
+
+    for name in ("kick", "hat"):
+        sf.write(tmp_path / f"{name}-1.wav", synth(name, 1, 22050), 22050)
+        (tmp_path / f"{name}-1.json").write_text(json.dumps({"instrument": name}))
+    out = tmp_path / "sheet.png"
+    run = subprocess.run([*GENBRIDGE, "render", str(tmp_path), "-o", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "2 clips" in run.stdout
+    image = mpimg.imread(out)
+    assert image.shape[1] > image.shape[0] * 0.8, "two columns side by side"
+    assert float(image[..., :3].std()) > 0.05, "not a blank image"
+    missing = subprocess.run([*GENBRIDGE, "render", str(tmp_path / "nope.wav"), "-o", str(out)], cwd=REPO,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 1 and "nope.wav" in missing.stderr
