@@ -78,6 +78,10 @@ class EngineConfig:
     threads: int = field(default=1, metadata=_check(lambda v: 1 <= v <= 256, "1-256"))
     #: Most requests waiting per model before new ones are refused as busy.
     queue_limit: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 100000, "1-100000"))
+    #: Pool refills made together in one batch (one network pass per step for all of them),
+    #: across the instruments that share a model; 1 makes them one by one. Plays that wait and
+    #: explicit generate requests are never batched: they want their one clip soonest.
+    refill_batch: int = field(default=4, metadata=_check(lambda v: 1 <= v <= 64, "1-64"))
     #: What ``drum/play`` does when an instrument's pool is empty: replay the last clip
     #: (instant, fresh=0) or wait for a new one.
     dry_policy: str = field(default="replay", metadata=_check(lambda v: v in ("replay", "wait"), "'replay' or 'wait'"))

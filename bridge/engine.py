@@ -5,11 +5,12 @@ and get clips, paths and :class:`EngineError` back. Everything here runs on the 
 thread; the only blocking work (writing WAVs) goes to one writer thread, so files are written
 in the order they were made, and models run in their own processes.
 
-Scheduling, per model worker, one clip at a time:
+Scheduling, per model worker, one dispatch at a time:
     1. plays waiting on a dry pool (policy "wait", or a cold start),
-    2. explicit ``generate`` requests, oldest first,
-    3. pool refills, the emptiest pool first.
-One clip per dispatch keeps a long ``generate`` from starving a waiting play.
+    2. explicit ``generate`` / ``vary`` requests, oldest first,
+    3. pool refills, the emptiest pool first, up to ``engine.refill_batch`` clips in one batch
+       across the instruments that share the model (one network pass per step for all).
+One clip per dispatch for 1 and 2 keeps a long ``generate`` from starving a waiting play.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class Job:
     on_clip: Callable[[Clip], None] | None = None
     on_done: Callable[["Job"], None] | None = None
     on_error: Callable[["Job", str], None] | None = None
+    #: A variation: the source clip (channels, frames at the model's rate), its name, strength.
+    source: np.ndarray | None = None
+    source_name: str = ""
+    strength: float = 0.0
     delivered: int = 0
     running: int = 0
     writing: int = 0
@@ -105,7 +110,8 @@ class ModelSlot:
     restarts: int = 0
     crashes_in_a_row: int = 0
     ready_since: float = 0.0
-    current: Task | None = None
+    #: Tasks the worker is making now (one, or a batch of refills), by task id.
+    running: dict[int, Task] = field(default_factory=dict)
     queue: list[Job] = field(default_factory=list)
     restart_handle: asyncio.TimerHandle | None = None
 
@@ -276,6 +282,40 @@ class Engine:
         return self._enqueue(slot, Priority.GENERATE, instrument, seeds, steps,
                              on_clip=on_clip, on_done=on_done, on_error=on_error)
 
+    def vary(self, instrument: str, source: str, strength: float, seed: int | None = None, steps: int = 0, *,
+             on_clip: Callable[[Clip], None] | None = None,
+             on_done: Callable[[Job], None] | None = None,
+             on_error: Callable[[Job, str], None] | None = None) -> Job:
+        """Queue a variation of ``source`` ("last": the instrument's last played clip; else a
+        file inside the shared folder) at ``strength`` (0 = the source, 1 = a new clip)."""
+        from bridge.sources import SourceError, fit_source, read_source, resolve_inside
+
+        pool, slot = self._instrument(instrument)
+        if slot.state != "ready" or not slot.info:
+            raise EngineError(f"model {slot.name!r} is {slot.state}; try again when it is ready")
+        shape = {"sample_rate": int(slot.info["sample_rate"]), "channels": int(slot.info["channels"]),
+                 "length": int(slot.info["length"])}
+        try:
+            if source == "last":
+                last = pool.last_played
+                if last is None:
+                    raise SourceError(f"no {instrument} clip has been played yet ('last' needs one)")
+                audio = fit_source(last.audio, last.sample_rate, **shape)
+                name = str(last.path or "last")
+            else:
+                path = resolve_inside(self.sink.root, source)
+                audio = read_source(path, **shape)
+                name = str(path)
+        except SourceError as exc:
+            raise EngineError(str(exc)) from None
+        if seed is None:
+            seed = self._random_seed()
+        elif not 0 <= seed <= MAX_SEED:
+            raise EngineError(f"seed must be 0-{MAX_SEED}, got {seed}")
+        return self._enqueue(slot, Priority.GENERATE, instrument, [seed], steps, on_clip=on_clip,
+                             on_done=on_done, on_error=on_error, source=audio, source_name=name,
+                             strength=float(strength))
+
     def cancel(self, job_id: int) -> Job:
         job = self.jobs.get(job_id)
         if job is None or job.priority != Priority.GENERATE:
@@ -283,8 +323,9 @@ class Engine:
         job.cancelled = True
         job.seeds.clear()
         slot = self.slots[self.config.instruments[job.instrument].model]
-        if slot.current is not None and slot.current.job is job and slot.client is not None:
-            slot.client.send({"op": "cancel", "task": slot.current.id})
+        for task in slot.running.values():
+            if task.job is job and slot.client is not None:
+                slot.client.send({"op": "cancel", "task": task.id})
         self._maybe_finish(job)
         return job
 
@@ -332,40 +373,67 @@ class Engine:
     # ------------------------------------------------------------------ scheduling
 
     def _pump(self, slot: ModelSlot) -> None:
-        """Give an idle, ready worker its next clip to make."""
-        if slot.state != "ready" or slot.current is not None or self._stopping:
+        """Give an idle, ready worker its next clip (or batch of refills) to make."""
+        if slot.state != "ready" or slot.running or self._stopping:
             return
-        task: Task | None = None
         waiting = [j for j in slot.queue if j.seeds and not j.cancelled]
+        batch: list[Task] = []
         if waiting:
             job = min(waiting, key=lambda j: (j.priority, j.id))
-            task = Task(next(self._task_ids), job.instrument, job.seeds.popleft(), job.steps, job)
+            batch.append(Task(next(self._task_ids), job.instrument, job.seeds.popleft(), job.steps, job))
             job.running += 1
         else:
-            pools = [p for name, p in self.pools.items()
-                     if self.config.instruments[name].model == slot.name and p.deficit > 0]
-            if pools:
-                pool = max(pools, key=lambda p: (p.deficit, -len(p)))
-                pool.in_flight += 1
-                task = Task(next(self._task_ids), pool.instrument, self._random_seed(),
-                            self._steps(pool.instrument), None)
+            batch = self._refill_batch(slot)
         slot.queue = [j for j in slot.queue if j.seeds and not j.cancelled]
-        if task is None:
+        if not batch:
             return
-        slot.current = task
+        slot.running = {t.id: t for t in batch}
+        first = batch[0]
+        sampler = self.config.instruments[first.instrument].sampler
         assert slot.client is not None
-        slot.client.send({"op": "generate", "task": task.id, "seed": task.seed, "steps": task.steps,
-                          "instrument": task.instrument,
-                          "sampler": self.config.instruments[task.instrument].sampler})
+        if len(batch) > 1:
+            slot.client.send({"op": "batch", "steps": first.steps, "sampler": sampler,
+                              "tasks": [{"task": t.id, "seed": t.seed, "instrument": t.instrument} for t in batch]})
+            return
+        msg = {"op": "generate", "task": first.id, "seed": first.seed, "steps": first.steps,
+               "instrument": first.instrument, "sampler": sampler}
+        if first.job is not None and first.job.source is not None:
+            msg |= {"source": first.job.source, "source_name": first.job.source_name,
+                    "strength": first.job.strength}
+        slot.client.send(msg)
+
+    def _refill_batch(self, slot: ModelSlot) -> list[Task]:
+        """Refill places for the pools of this model, dealt one at a time to the pool missing the
+        most; only pools with the same steps and sampler as the neediest share a batch."""
+        pools = [p for name, p in self.pools.items()
+                 if self.config.instruments[name].model == slot.name and p.deficit > 0]
+        if not pools:
+            return []
+
+        def settings(pool: ClipPool) -> tuple[int, str]:
+            inst = self.config.instruments[pool.instrument]
+            return inst.steps, inst.sampler
+
+        key = settings(max(pools, key=lambda p: (p.deficit, -len(p))))
+        pools = [p for p in pools if settings(p) == key]
+        batch: list[Task] = []
+        while len(batch) < max(1, self.config.engine.refill_batch):
+            open_pools = [p for p in pools if p.deficit > 0]
+            if not open_pools:
+                break
+            pool = max(open_pools, key=lambda p: (p.deficit, -len(p)))
+            pool.in_flight += 1
+            batch.append(Task(next(self._task_ids), pool.instrument, self._random_seed(),
+                              self._steps(pool.instrument), None))
+        return batch
 
     def _task_over(self, slot: ModelSlot, task_id: Any, keep_reservation: bool = False) -> Task | None:
         """Clear the worker's current task. A refill's place in the pool stays reserved
         (``in_flight``) when its clip is still on its way into the pool, so the scheduler does
         not ask for a replacement in the meantime."""
-        task = slot.current
-        if task is None or task.id != task_id:
+        task = slot.running.pop(task_id, None) if isinstance(task_id, int) else None
+        if task is None:
             return None
-        slot.current = None
         if task.job is not None:
             task.job.running -= 1
         elif not keep_reservation:
@@ -404,8 +472,7 @@ class Engine:
     def _on_exit(self, slot: ModelSlot, exitcode: int | None) -> None:
         if self._stopping or slot.state == "stopped":
             return
-        task = slot.current
-        if task is not None:
+        for task in list(slot.running.values()):
             self._task_over(slot, task.id)
             if task.job is not None:
                 self._fail_job(task.job, f"model worker {slot.name!r} died (exit code {exitcode}) while "
@@ -551,7 +618,8 @@ class Engine:
                     "error": s.error or None,
                     "pid": s.client.pid if s.client else None,
                     "restarts": s.restarts,
-                    "busy": s.current is not None,
+                    "busy": bool(s.running),
+                    "batch": len(s.running),
                     "queued_jobs": len(s.queue),
                     "info": s.info,
                 }

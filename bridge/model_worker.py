@@ -6,7 +6,9 @@ them. Here the model owns its own threads (``OMP_WAIT_POLICY=PASSIVE``, an expli
 a crash or hang costs one worker, which the engine restarts, not the set.
 
 Messages (dicts over a multiprocessing Pipe):
-    engine -> worker: {"op": "generate", "task", "seed", "steps", "instrument"}
+    engine -> worker: {"op": "generate", "task", "seed", "steps", "sampler", "instrument"
+                       [, "source" (float32 array), "source_name", "strength"]}   (a variation)
+                      {"op": "batch", "tasks": [{"task", "seed", "instrument"}...], "steps", "sampler"}
                       {"op": "cancel", "task"}   {"op": "stop"}
     worker -> engine: {"op": "ready", "info"}    {"op": "fatal", "error"}
                       {"op": "clip", "task", "audio", "sample_rate", "meta"}
@@ -115,15 +117,18 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
         op = msg.get("op")
         if op == "stop":
             return
-        if op != "generate":
+        if op not in ("generate", "batch"):
             continue  # a cancel for a task that already finished
-        task = msg["task"]
+        # One task ("generate", maybe a variation of a source clip) or several refills made in
+        # one batch ("batch": same steps and sampler, each its own seed and instrument).
+        tasks = msg["tasks"] if op == "batch" else [msg]
+        ids = {t["task"] for t in tasks}
 
         def on_step(done: int, total: int) -> bool:
             nonlocal stopping
             while conn.poll():
                 incoming = conn.recv()
-                if incoming.get("op") == "cancel" and incoming.get("task") == task:
+                if incoming.get("op") == "cancel" and incoming.get("task") in ids:
                     return False
                 if incoming.get("op") == "stop":
                     stopping = True
@@ -133,32 +138,49 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
 
         steps = int(msg.get("steps") or info["default_steps"])
         sampler = msg.get("sampler") or options.get("sampler") or info.get("default_sampler") or "ddim"
+        source = msg.get("source")
         try:
             t0 = time.perf_counter()
-            raw = generator.generate(int(msg["seed"]), steps, on_step, sampler, instrument=msg.get("instrument"))
-            gen_s = time.perf_counter() - t0
-            audio, report = finish_clip(raw, generator.sample_rate, settings)
+            if source is not None:
+                raws = [generator.vary(source, int(msg["seed"]), float(msg["strength"]), steps, on_step, sampler,
+                                       instrument=msg.get("instrument"))]
+            elif op == "batch":
+                raws = generator.generate_batch([int(t["seed"]) for t in tasks], steps, on_step, sampler,
+                                                instruments=[t.get("instrument") for t in tasks])
+            else:
+                raws = [generator.generate(int(msg["seed"]), steps, on_step, sampler,
+                                           instrument=msg.get("instrument"))]
+            gen_s = (time.perf_counter() - t0) / len(tasks)
+            finished = [finish_clip(raw, generator.sample_rate, settings) for raw in raws]
         except Cancelled:
-            conn.send({"op": "cancelled", "task": task})
+            for t in tasks:
+                conn.send({"op": "cancelled", "task": t["task"]})
             continue
         except Exception as exc:
-            log.exception("task %s failed", task)
-            conn.send({"op": "error", "task": task, "error": f"{type(exc).__name__}: {exc}"})
+            log.exception("task(s) %s failed", sorted(ids))
+            for t in tasks:
+                conn.send({"op": "error", "task": t["task"], "error": f"{type(exc).__name__}: {exc}"})
             continue
-        meta = {
-            "model": model_name,
-            "checkpoint": info["source"],
-            "weights": info["weights"],
-            "trained": info["trained"],
-            "instrument": msg.get("instrument"),
-            "seed": int(msg["seed"]),
-            "steps": steps,
-            "sampler": sampler,
-            "runtime": runtime,
-            "model_signature": info["signature"],
-            "precision": info["precision"],
-            "generation_s": round(gen_s, 4),
-            "finishing": {"settings": settings.to_json(), "applied": report},
-        }
-        conn.send({"op": "clip", "task": task, "audio": audio, "sample_rate": generator.sample_rate,
-                   "meta": meta})
+        for t, (audio, report) in zip(tasks, finished):
+            meta = {
+                "model": model_name,
+                "checkpoint": info["source"],
+                "weights": info["weights"],
+                "trained": info["trained"],
+                "instrument": t.get("instrument"),
+                "seed": int(t["seed"]),
+                "steps": steps,
+                "sampler": sampler,
+                "runtime": runtime,
+                "model_signature": info["signature"],
+                "precision": info["precision"],
+                "generation_s": round(gen_s, 4),
+                "batch": len(tasks),
+                "finishing": {"settings": settings.to_json(), "applied": report},
+            }
+            if source is not None:
+                strength = float(msg["strength"])
+                meta["variation"] = {"source": msg.get("source_name"), "strength": strength}
+                meta["steps"] = max(1, round(steps * strength)) if strength > 0 else 0  # the steps run
+            conn.send({"op": "clip", "task": t["task"], "audio": audio, "sample_rate": generator.sample_rate,
+                       "meta": meta})

@@ -92,6 +92,19 @@ class Service:
                                    on_clip=on_clip, on_done=on_done, on_error=on_error)
         reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
 
+    async def _drum_vary(self, request: Request, reply: ReplyFn) -> None:
+        v = request.values
+        rid = request.request_id
+        address = request.endpoint.address
+        seed = None if v["seed"] is None or v["seed"] < 0 else v["seed"]
+        job = self.engine.vary(
+            v["instrument"], v["source"], v["strength"], seed, v["steps"],
+            on_clip=lambda clip: reply_with(reply, "drum/ready", rid, clip.instrument, str(clip.path)),
+            on_done=lambda job: reply_with(reply, "job/done", rid, job.id, job.delivered),
+            on_error=lambda job, message: error_reply(reply, rid, address, f"job {job.id}: {message}"),
+        )
+        reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
+
     async def _capture_save(self, request: Request, reply: ReplyFn) -> None:
         if self.audio is None:
             raise AudioUnavailable("input capture needs an audio device (audio.device = none)")
