@@ -42,3 +42,5 @@ bench: setup system-deps data
 	$(PY) bench/trigger_reply.py
 	$(PY) bench/oneshot.py
 	$(PY) bench/trigger_to_sound.py
+	$(PY) bench/oneshot_throughput.py
+	$(PY) bench/fresh_ratio.py
