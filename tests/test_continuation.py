@@ -1,0 +1,63 @@
+"""MusicGen continuation in chunks: seamless, equal to the whole, cancellable, reproducible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.continuation import ContinuationCancelled, ContinuationError, ContinuationSettings, continue_audio
+from models.musicgen import load_musicgen
+
+AUDIOCRAFT = Path(__file__).resolve().parent / "fixtures" / "musicgen" / "audiocraft"
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_musicgen(AUDIOCRAFT)
+
+
+def _prompt(rate: int = 44100, seconds: float = 2.0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    left = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2
+    return np.stack([left, 0.5 * left]).astype(np.float32)  # stereo at 44.1 kHz: resampled and downmixed
+
+
+def test_chunks_join_into_the_whole_and_match_a_plain_decode(loaded) -> None:
+    chunks: list[tuple[int, np.ndarray]] = []
+    progress: list[float] = []
+    settings = ContinuationSettings(seconds=3.0, prompt_seconds=1.0, seed=5, chunk_seconds=1.0, top_k=8)
+    whole = continue_audio(loaded, _prompt(), 44100, settings, on_chunk=lambda i, c: chunks.append((i, c)),
+                           on_progress=progress.append)
+    assert whole.shape == (1, 3 * 32000)
+    assert [i for i, _ in chunks] == list(range(len(chunks))) and len(chunks) >= 2
+    assert np.array_equal(np.concatenate([c for _, c in chunks], axis=1), whole)
+    assert progress == sorted(progress) and progress[-1] == 1.0
+    assert float(np.sqrt(np.mean(whole ** 2))) > 1e-4, "not silence"
+    again = continue_audio(loaded, _prompt(), 44100, settings)
+    assert np.array_equal(again, whole), "same seed, same continuation"
+    other = continue_audio(loaded, _prompt(), 44100, ContinuationSettings(seconds=3.0, prompt_seconds=1.0, seed=6,
+                                                                          top_k=8))
+    assert not np.array_equal(other, whole)
+
+
+def test_cancel_stops_within_one_chunk(loaded) -> None:
+    chunks: list[int] = []
+    steps = {"n": 0}
+
+    def should_stop() -> bool:
+        steps["n"] += 1
+        return bool(chunks)  # cancel as soon as the first chunk is out
+
+    with pytest.raises(ContinuationCancelled):
+        continue_audio(loaded, _prompt(), 44100, ContinuationSettings(seconds=20.0, prompt_seconds=1.0, chunk_seconds=1.0),
+                       on_chunk=lambda i, c: chunks.append(i), should_stop=should_stop)
+    assert chunks == [0]
+    assert steps["n"] < 50 + 2 * 10 + 10, f"stopped within one chunk of token steps ({steps['n']})"
+
+
+def test_a_description_without_a_text_encoder_is_a_clear_error(loaded) -> None:
+    with pytest.raises(ContinuationError, match="text encoder is not available offline"):
+        continue_audio(loaded, _prompt(), 44100, ContinuationSettings(seconds=1.0, description="funky drums"))
