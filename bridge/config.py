@@ -167,6 +167,33 @@ class MidiConfig:
     programs: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class ContinuationConfig:
+    """MusicGen continuation (``/genbridge/continue``, ``genbridge continue``)."""
+
+    #: A transformers folder, an audiocraft folder (state_dict.bin + compression_state_dict.bin),
+    #: or a model id in the local Hugging Face cache; "" turns continuation off.
+    model: str = ""
+    #: A fine-tuned LM state dict (``torch.save(model.lm.state_dict())``) put over ``model``.
+    lm_weights: str = ""
+    threads: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 256, "0-256"))
+    precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
+    #: "int8": dynamic int8 quantisation of the LM's Linear layers (about 2x faster on CPU).
+    quantize: str = field(default="none", metadata=_check(lambda v: v in ("none", "int8"), "'none' or 'int8'"))
+    prompt_seconds: float = field(default=3.0, metadata=_check(lambda v: 0.1 <= v <= 30, "0.1-30"))
+    max_seconds: float = field(default=30.0, metadata=_check(lambda v: 1 <= v <= 120, "1-120"))
+    chunk_seconds: float = field(default=1.5, metadata=_check(lambda v: 0.2 <= v <= 10, "0.2-10"))
+    temperature: float = field(default=1.0, metadata=_check(lambda v: 0 < v <= 10, "0-10"))
+    top_k: int = field(default=250, metadata=_check(lambda v: 0 <= v <= 100000, "0-100000"))
+    top_p: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 1, "0-1"))
+    #: Classifier-free guidance, only when a description is given.
+    guidance_scale: float = field(default=3.0, metadata=_check(lambda v: 0 <= v <= 20, "0-20"))
+    #: Continuations waiting behind the running one before "busy" errors.
+    queue_limit: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 1000, "1-1000"))
+    #: Play each chunk on the audio output as it arrives.
+    play_chunks: bool = False
+
+
 def _default_instruments() -> dict[str, InstrumentConfig]:
     return {name: InstrumentConfig() for name in ("kick", "snare", "hat")}
 
@@ -183,6 +210,7 @@ class Config:
     instruments: dict[str, InstrumentConfig] = field(default_factory=_default_instruments)
     #: Named sets of instrument -> model, switched by MIDI program change or /genbridge/kit/select.
     kits: dict[str, dict[str, str]] = field(default_factory=dict)
+    continuation: ContinuationConfig = field(default_factory=ContinuationConfig)
 
     def validate(self) -> None:
         """Cross-field checks that a single option cannot express."""

@@ -50,6 +50,13 @@ async def run_daemon(config: Config) -> None:
     except OSError as exc:
         transport.close()
         raise StartupError(f"cannot use the output folder {config.output.dir}: {exc}") from exc
+    if config.continuation.model:
+        from bridge.continuations import Continuations
+
+        service.continuations = Continuations(config.continuation, engine, config.engine.threads,
+                                              config.engine.worker_nice)
+        service.continuations.start()
+        service.status_sections["continuation"] = service.continuations.status
     midi = MidiInput(config, service)
     service.status_sections["midi"] = midi.status
     await midi.start()
@@ -70,6 +77,8 @@ async def run_daemon(config: Config) -> None:
         midi.close()
         if audio is not None:
             audio.close()
+        if service.continuations is not None:
+            service.continuations.stop()
         await engine.stop()
         await asyncio.wait_for(osc.drain(), timeout=2)
         log.info("stopped")

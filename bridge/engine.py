@@ -69,6 +69,7 @@ class Job:
     source_name: str = ""
     strength: float = 0.0
     delivered: int = 0
+    last_path: Path | None = None
     running: int = 0
     writing: int = 0
     cancelled: bool = False
@@ -357,12 +358,16 @@ class Engine:
             self.counters["refused_busy"] += 1
             raise EngineError(f"model {slot.name!r} is busy: {len(slot.queue)} requests queued "
                               f"(engine.queue_limit)")
-        job = Job(next(self._job_ids), priority, instrument, deque(seeds), steps or self._steps(instrument),
+        job = Job(self.next_job_id(), priority, instrument, deque(seeds), steps or self._steps(instrument),
                   len(seeds), **callbacks)
         self.jobs[job.id] = job
         slot.queue.append(job)
         self._pump(slot)
         return job
+
+    def next_job_id(self) -> int:
+        """Job ids are shared with other job kinds (continuations), so /job/cancel is unambiguous."""
+        return next(self._job_ids)
 
     def _steps(self, instrument: str) -> int:
         return self.config.instruments[instrument].steps
@@ -514,6 +519,7 @@ class Engine:
                 return
             job.writing -= 1
             job.delivered += 1
+            job.last_path = clip.path
             if not job.cancelled and not job.failed and job.on_clip is not None:
                 job.on_clip(clip)
             self._maybe_finish(job)

@@ -29,6 +29,8 @@ class Arg:
     minimum: float | None = None
     maximum: float | None = None
     doc: str = ""
+    #: A string that may be "" (a description left empty).
+    allow_empty: bool = False
 
     def signature(self) -> str:
         return self.name if self.required else f"[{self.name}]"
@@ -64,7 +66,10 @@ REPLIES: dict[str, Reply] = {
         Reply(f"{PREFIX}/drum/played", ("id", "instrument", "path", "fresh")),
         Reply(f"{PREFIX}/job/started", ("id", "job_id", "instrument", "count")),
         Reply(f"{PREFIX}/drum/ready", ("id", "instrument", "path")),
-        Reply(f"{PREFIX}/job/done", ("id", "job_id", "delivered")),
+        Reply(f"{PREFIX}/job/done", ("id", "job_id", "delivered", "path")),
+        Reply(f"{PREFIX}/job/queued", ("id", "job_id", "position")),
+        Reply(f"{PREFIX}/job/progress", ("id", "job_id", "fraction")),
+        Reply(f"{PREFIX}/job/chunk", ("id", "job_id", "index", "path")),
         Reply(f"{PREFIX}/job/cancelled", ("id", "job_id")),
         Reply(f"{PREFIX}/client/registered", ("id", "port")),
         Reply(f"{PREFIX}/capture/saved", ("id", "path", "seconds")),
@@ -115,9 +120,22 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "a variation of a clip: re-noise it to the strength and denoise from there",
         examples=(("kick", "last", 0.4), ("snare", "session/snare-0001.wav", 0.5, 7)),
     ),
+    Endpoint(
+        "continue", f"{PREFIX}/continue",
+        (Arg("source", "str", doc="'capture' (the last seconds of audio input), 'last' (the last continuation) "
+                                  "or a WAV path inside the shared folder"),
+         Arg("seconds", "float", minimum=0.1, maximum=120, doc="how much new audio to make"),
+         Arg("description", "str", required=False, default="", allow_empty=True,
+             doc="text, when the model's text encoder is available; '' for none"),
+         Arg("seed", "int", required=False, default=None, minimum=-1, maximum=2**31 - 1, doc="-1 for random")),
+        ("job/queued", "job/progress", "job/chunk", "job/done"),
+        "continue the last seconds of a clip with MusicGen: progress and chunks as they are made, then "
+        "the whole continuation (job/done's path); one runs at a time, the rest queue",
+        examples=(("last", 4.0), ("capture", 8.0, "", 7)),
+    ),
     Endpoint("job.cancel", f"{PREFIX}/job/cancel",
              (Arg("job_id", "int", minimum=1),), ("job/cancelled",),
-             "cancel a generate job (clips not yet made are dropped)"),
+             "cancel a generate or continue job (what is not yet made is dropped)"),
     Endpoint("capture.save", f"{PREFIX}/capture/save",
              (Arg("seconds", "float", required=False, default=10.0, minimum=0.01, maximum=600,
                   doc="how much of what came in to save"),),
@@ -184,7 +202,7 @@ def guess_request_id(args: Sequence[Any]) -> int | str:
 
 def _convert(arg: Arg, value: Any) -> Any:
     if arg.kind == "str":
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or (not value and not arg.allow_empty):
             raise ValueError(f"{arg.name} must be a non-empty string, got {value!r}")
         return value
     if arg.kind == "int":

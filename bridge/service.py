@@ -16,6 +16,7 @@ import time
 
 from bridge import __version__
 from bridge.clip import Clip
+from bridge.continuations import Continuations
 from bridge.engine import Engine, EngineError, Job
 from bridge.protocol import REPLIES, Request
 from bridge.sinks.audio import AudioOutput, AudioUnavailable
@@ -40,6 +41,8 @@ class Service:
     def __init__(self, engine: Engine, audio: AudioOutput | None = None) -> None:
         self.engine = engine
         self.audio = audio
+        #: MusicGen continuation jobs, when [continuation] names a model.
+        self.continuations: Continuations | None = None
         #: More sections for /genbridge/status (the MIDI transport adds its own).
         self.status_sections: dict[str, Callable[[], dict[str, Any]]] = {}
 
@@ -82,7 +85,7 @@ class Service:
             reply_with(reply, "drum/ready", rid, clip.instrument, str(clip.path))
 
         def on_done(job: Job) -> None:
-            reply_with(reply, "job/done", rid, job.id, job.delivered)
+            reply_with(reply, "job/done", rid, job.id, job.delivered, str(job.last_path or ""))
 
         def on_error(job: Job, message: str) -> None:
             error_reply(reply, rid, address, f"job {job.id}: {message}")
@@ -100,7 +103,7 @@ class Service:
         job = self.engine.vary(
             v["instrument"], v["source"], v["strength"], seed, v["steps"],
             on_clip=lambda clip: reply_with(reply, "drum/ready", rid, clip.instrument, str(clip.path)),
-            on_done=lambda job: reply_with(reply, "job/done", rid, job.id, job.delivered),
+            on_done=lambda job: reply_with(reply, "job/done", rid, job.id, job.delivered, str(job.last_path or "")),
             on_error=lambda job, message: error_reply(reply, rid, address, f"job {job.id}: {message}"),
         )
         reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
@@ -121,5 +124,42 @@ class Service:
         reply_with(reply, "kit/selected", request.request_id, request.values["kit"])
 
     async def _job_cancel(self, request: Request, reply: ReplyFn) -> None:
-        job = self.engine.cancel(request.values["job_id"])
+        job_id = request.values["job_id"]
+        if self.continuations is not None and self.continuations.cancel(job_id) is not None:
+            reply_with(reply, "job/cancelled", request.request_id, job_id)
+            return
+        job = self.engine.cancel(job_id)
         reply_with(reply, "job/cancelled", request.request_id, job.id)
+
+    async def _continue(self, request: Request, reply: ReplyFn) -> None:
+        from bridge.sources import SourceError, read_tail, resolve_inside
+
+        conts = self.continuations
+        if conts is None:
+            raise EngineError("continuation is off: set [continuation] model = ... in the config")
+        v = request.values
+        rid, address, source = request.request_id, request.endpoint.address, v["source"]
+        prompt_s = conts.config.prompt_seconds
+        if source == "capture":
+            if self.audio is None:
+                raise AudioUnavailable("'capture' needs an audio device with input (audio.device = none)")
+            audio, rate, name = await self.audio.capture(prompt_s), self.audio.sample_rate, "capture"
+        elif source == "last":
+            if conts.last is None:
+                raise EngineError("no continuation has been made yet ('last' needs one)")
+            audio, rate, name = conts.last.audio, conts.last.sample_rate, str(conts.last.path)
+        else:
+            try:
+                path = resolve_inside(self.engine.sink.root, source)
+                audio, rate = read_tail(path, prompt_s)
+            except SourceError as exc:
+                raise EngineError(str(exc)) from None
+            name = str(path)
+        job, position = conts.submit(
+            audio, rate, name, v["seconds"], description=v["description"], seed=v["seed"],
+            on_progress=lambda job, f: reply_with(reply, "job/progress", rid, job.id, round(f, 4)),
+            on_chunk=lambda job, i, clip: reply_with(reply, "job/chunk", rid, job.id, i, str(clip.path)),
+            on_done=lambda job, clip: reply_with(reply, "job/done", rid, job.id, len(job.chunks), str(clip.path)),
+            on_error=lambda job, message: error_reply(reply, rid, address, f"job {job.id}: {message}"),
+        )
+        reply_with(reply, "job/queued", rid, job.id, position)

@@ -74,3 +74,19 @@ def read_source(path: Path, *, sample_rate: int, channels: int, length: int) -> 
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise SourceError(f"cannot read {path.name} as audio: {exc}") from None
     return fit_source(data.T, rate, sample_rate=sample_rate, channels=channels, length=length)
+
+
+def read_tail(path: Path, seconds: float) -> tuple[np.ndarray, int]:
+    """The last ``seconds`` of an audio file as (channels, frames) float32 and its rate: a
+    prompt never needs more, and a long file is not read whole."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+        start = max(0, info.frames - int(round(seconds * info.samplerate)))
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True, start=start)
+    except (RuntimeError, sf.LibsndfileError) as exc:
+        raise SourceError(f"cannot read {path.name} as audio: {exc}") from None
+    if not len(data):
+        raise SourceError(f"{path.name} holds no audio")
+    return np.ascontiguousarray(data.T), int(rate)

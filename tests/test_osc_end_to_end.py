@@ -32,7 +32,8 @@ def test_play_and_generate_over_liblo(tmp_path: Path, tiny_model: Path, start_da
         job_id = started.args[1]
         assert started.args[2:] == ["snare", 3]
         paths = [dump.expect("/genbridge/drum/ready").args[2] for _ in range(3)]
-        assert dump.expect("/genbridge/job/done").args == [0, job_id, 3]
+        done = dump.expect("/genbridge/job/done")
+        assert done.args[:3] == [0, job_id, 3] and done.args[3].endswith(".wav")
         assert len(set(paths)) == 3
         seeds = [assert_valid_clip(p, sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)["seed"]
                  for p in paths]
