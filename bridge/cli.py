@@ -79,6 +79,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--name", default="drums", help="model name in its card")
 
+    c = sub.add_parser("continue", help="continue a clip with MusicGen, offline, several takes")
+    c.add_argument("prompt", help="WAV (or FLAC/AIFF) whose last seconds are continued")
+    c.add_argument("--model", required=True, help="a transformers or audiocraft MusicGen folder, or a model id "
+                   "in the local Hugging Face cache")
+    c.add_argument("--lm-weights", help="a fine-tuned LM state dict (torch.save(model.lm.state_dict())) over --model")
+    c.add_argument("--seconds", type=float, required=True, help="new audio per take")
+    c.add_argument("--description", default="", help="text (needs the model's text encoder)")
+    c.add_argument("--takes", type=int, default=1, help="how many continuations (seeds seed, seed+1, ...)")
+    c.add_argument("--seed", type=int, help="first seed (random if absent)")
+    c.add_argument("--prompt-seconds", type=float, default=3.0)
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--top-k", type=int, default=250)
+    c.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the LM (faster on CPU)")
+    c.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores up to 4)")
+    c.add_argument("-o", "--out", required=True, help="folder for the takes (WAV + JSON sidecar each)")
+
     r = sub.add_parser("render", help="draw WAV clips (files or folders) as a PNG sheet: waveform over "
                        "spectrogram, one column per instrument")
     r.add_argument("clips", nargs="+", help="WAV files or folders of them (the daemon's session folders work)")
@@ -185,6 +201,63 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _continue(args: argparse.Namespace) -> int:
+    import os
+    import random
+
+    from bridge.model_worker import configure_threads_env
+
+    threads = args.threads or max(1, min(4, os.cpu_count() or 1))
+    configure_threads_env(threads)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from tqdm import tqdm
+
+    from bridge.clip import Clip
+    from bridge.sinks.folder import FolderSink
+    from bridge.sources import SourceError, read_tail
+    from models.continuation import ContinuationError, ContinuationSettings, continue_audio
+    from models.musicgen import MusicgenLoadError, load_musicgen
+
+    torch.set_num_threads(threads)
+    if args.takes < 1 or args.seconds <= 0:
+        log.error("--takes must be at least 1 and --seconds above 0")
+        return 2
+    try:
+        audio, rate = read_tail(Path(args.prompt).expanduser(), args.prompt_seconds)
+        loaded = load_musicgen(args.model, lm_weights=args.lm_weights)
+    except (SourceError, MusicgenLoadError, OSError) as exc:
+        log.error("%s", exc)
+        return 1
+    if args.int8:
+        loaded.model.decoder = torch.ao.quantization.quantize_dynamic(loaded.model.decoder, {torch.nn.Linear},
+                                                                      dtype=torch.qint8)
+    sink = FolderSink(args.out, "PCM_24", session="")
+    first = args.seed if args.seed is not None else random.randint(0, 2**31 - 1 - args.takes)
+    for take in range(args.takes):
+        settings = ContinuationSettings(seconds=args.seconds, prompt_seconds=args.prompt_seconds,
+                                        temperature=args.temperature, top_k=args.top_k, seed=first + take,
+                                        description=args.description or None)
+        t0 = time.perf_counter()
+        with tqdm(total=100, desc=f"take {take + 1}/{args.takes}", unit="%", bar_format="{l_bar}{bar}| {elapsed}<{remaining}") as bar:
+            def progress(fraction: float) -> None:
+                bar.update(int(fraction * 100) - bar.n)
+
+            try:
+                new = continue_audio(loaded, audio, rate, settings, on_progress=progress)
+            except ContinuationError as exc:
+                log.error("%s", exc)
+                return 1
+        gen_s = time.perf_counter() - t0
+        meta = {"instrument": "continue", "kind": "musicgen continuation", "model": loaded.source,
+                "model_kind": loaded.kind, "source": str(args.prompt), "seed": first + take,
+                "seconds": args.seconds, "prompt_seconds": args.prompt_seconds, "description": args.description,
+                "generation_s": round(gen_s, 3), "realtime_factor": round(args.seconds / gen_s, 3)}
+        path = sink.write_to_session(Clip(new, loaded.sample_rate, meta))
+        print(f"{path} ({args.seconds:g} s in {gen_s:.1f} s, real-time factor {args.seconds / gen_s:.2f})")
+    return 0
+
+
 def _render(args: argparse.Namespace) -> int:
     try:
         from bridge.clip_sheet import clips_from_paths, render_sheet
@@ -256,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "render":
         return _render(args)
+    if args.command == "continue":
+        return _continue(args)
     if args.command == "protocol":
         from bridge.protocol import markdown_table
 

@@ -61,3 +61,26 @@ def test_cancel_stops_within_one_chunk(loaded) -> None:
 def test_a_description_without_a_text_encoder_is_a_clear_error(loaded) -> None:
     with pytest.raises(ContinuationError, match="text encoder is not available offline"):
         continue_audio(loaded, _prompt(), 44100, ContinuationSettings(seconds=1.0, description="funky drums"))
+
+
+def test_cli_continue_writes_takes(tmp_path) -> None:
+    import json
+    import subprocess
+
+    import soundfile as sf
+    from helpers import GENBRIDGE, REPO
+
+    sf.write(tmp_path / "prompt.wav", _prompt().T, 44100)
+    run = subprocess.run([*GENBRIDGE, "continue", str(tmp_path / "prompt.wav"), "--model", str(AUDIOCRAFT),
+                          "--seconds", "1.5", "--takes", "2", "--seed", "3", "--threads", "1", "-o", str(tmp_path / "out")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    takes = sorted((tmp_path / "out").glob("*.wav"))
+    assert len(takes) == 2
+    a, b = (sf.read(p, dtype="float32")[0] for p in takes)
+    assert len(a) == len(b) == 48000 and not np.array_equal(a, b)
+    assert json.loads(takes[0].with_suffix(".json").read_text())["seed"] == 3
+    missing = subprocess.run([*GENBRIDGE, "continue", str(tmp_path / "prompt.wav"), "--model", str(tmp_path / "nope"),
+                              "--seconds", "1", "-o", str(tmp_path / "o2")], cwd=REPO, capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 1 and "huggingface-cli download" in missing.stderr
