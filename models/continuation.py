@@ -54,6 +54,9 @@ class ContinuationSettings:
     seed: int = 0
     description: str | None = None
     chunk_seconds: float = 1.5
+    #: Guidance even without text (an empty description on both passes): only benchmarks want
+    #: this, to measure what guidance costs.
+    guidance_without_text: bool = False
 
 
 def prompt_tensor(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, seconds: float) -> torch.Tensor:
@@ -168,7 +171,8 @@ def continue_audio(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, setting
     else:
         text_dim = getattr(model.config.text_encoder, "d_model", None) or model.config.text_encoder.hidden_size
         kwargs |= {"encoder_outputs": BaseModelOutput(last_hidden_state=torch.zeros(1, 1, text_dim)),
-                   "attention_mask": torch.zeros(1, 1, dtype=torch.long), "guidance_scale": None}
+                   "attention_mask": torch.zeros(1, 1, dtype=torch.long),
+                   "guidance_scale": settings.guidance_scale if settings.guidance_without_text else None}
     torch.manual_seed(int(settings.seed))
     try:
         with torch.no_grad():
