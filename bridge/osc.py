@@ -4,9 +4,12 @@ python-osc decodes packets and builds replies; we do not use its dispatcher, bec
 bundle whose timetag lies in the future it calls ``time.sleep()`` even in the asyncio server,
 which would freeze every other client. Timetags are ours to schedule (the live-audio issue).
 
-Replies go to the sender's host and port, unless that host registered a reply port with
+Replies go to the sender's host and port, unless a reply port was registered with
 ``/genbridge/client/reply_port`` (Max's ``[udpsend]`` sends from a random port and listens with
-``[udpreceive PORT]`` on a fixed one).
+``[udpreceive PORT]`` on a fixed one). A registration holds for the socket that sent it (so two
+patches on one machine, each with its own ``[udpsend]``, get their replies apart) and, for
+sockets of that host that registered nothing (``oscsend`` uses a new port every time), the
+host's latest registration applies.
 """
 
 from __future__ import annotations
@@ -38,12 +41,19 @@ def build_message(address: str, args: list[Any]) -> bytes:
     return builder.build().dgram
 
 
+#: Per-socket reply registrations kept (a flood of registrations from new ports cannot grow
+#: the table without bound; the oldest go first).
+MAX_SOCKET_REGISTRATIONS = 1024
+
+
 class OscTransport(asyncio.DatagramProtocol):
     """The daemon's UDP endpoint."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
+        #: host -> its latest registered reply port; (host, sender port) -> that socket's.
         self.reply_ports: dict[str, int] = {}
+        self.socket_reply_ports: dict[tuple[str, int], int] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = {"packets": 0, "malformed": 0, "errors_sent": 0}
@@ -57,7 +67,8 @@ class OscTransport(asyncio.DatagramProtocol):
         def reply(address: str, args: list[Any]) -> None:
             if address == protocol.REPLIES["error"].address:
                 self.counters["errors_sent"] += 1
-            self.send((host, self.reply_ports.get(host, port)), address, args)
+            target = self.socket_reply_ports.get((host, port)) or self.reply_ports.get(host, port)
+            self.send((host, target), address, args)
 
         return reply
 
@@ -100,17 +111,22 @@ class OscTransport(asyncio.DatagramProtocol):
         if at is not None:
             request = dataclasses.replace(request, at=at)
         if request.name == "client.reply_port":
-            self._register(addr[0], request.values["port"], request.request_id, reply)
+            self._register(addr[0], addr[1], request.values["port"], request.request_id, reply)
             return
         task = asyncio.ensure_future(self.service.handle(request, reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _register(self, host: str, port: int, request_id: int | str, reply: ReplyFn) -> None:
+    def _register(self, host: str, sender_port: int, port: int, request_id: int | str, reply: ReplyFn) -> None:
         if port == 0:
             self.reply_ports.pop(host, None)
+            self.socket_reply_ports.pop((host, sender_port), None)
         else:
             self.reply_ports[host] = port
+            self.socket_reply_ports.pop((host, sender_port), None)
+            self.socket_reply_ports[(host, sender_port)] = port
+            while len(self.socket_reply_ports) > MAX_SOCKET_REGISTRATIONS:  # oldest first
+                self.socket_reply_ports.pop(next(iter(self.socket_reply_ports)))
         log.info("replies for %s now go to port %s", host, port or "the sender's")
         reply_with(reply, "client/registered", request_id, port)
 

@@ -98,3 +98,28 @@ def test_untrained_default_is_announced_and_shutdown_is_clean(tmp_path: Path, ti
     except ProcessLookupError:
         alive = False
     assert not alive, "the model worker outlived the daemon"
+
+
+def test_two_patches_on_one_host_get_their_own_replies(tmp_path: Path, tiny_model: Path, start_daemon) -> None:
+    """Each [udpsend] + [udpreceive] pair registers from its own socket; a socket that registered
+    nothing (oscsend) gets the host's latest registration."""
+    from helpers import OscClient
+
+    daemon, _ = start_daemon(write_config(tmp_path / "c.toml", tiny_model, pool=0))
+    pads_send, pads_listen = OscClient(daemon.port), OscClient(daemon.port)
+    cont_send, cont_listen = OscClient(daemon.port), OscClient(daemon.port)
+    other = OscClient(daemon.port)
+    try:
+        pads_send.send("/genbridge/client/reply_port", pads_listen.port)
+        assert pads_listen.expect("/genbridge/client/registered").args == [0, pads_listen.port]
+        cont_send.send("/genbridge/client/reply_port", cont_listen.port)
+        assert cont_listen.expect("/genbridge/client/registered").args == [0, cont_listen.port]
+        pads_send.send("/genbridge/ping", 1)
+        cont_send.send("/genbridge/ping", 2)
+        assert pads_listen.expect("/genbridge/pong").args[0] == 1
+        assert cont_listen.expect("/genbridge/pong").args[0] == 2
+        other.send("/genbridge/ping", 3)
+        assert cont_listen.expect("/genbridge/pong").args[0] == 3, "the host's latest registration"
+    finally:
+        for c in (pads_send, pads_listen, cont_send, cont_listen, other):
+            c.close()
