@@ -18,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bridge.config import ServerConfig  # noqa: E402
-from bridge.protocol import ProtocolError, parse  # noqa: E402
+from bridge.protocol import BY_ADDRESS, ProtocolError, parse  # noqa: E402
 from pd_file import read_pd  # noqa: E402
 
 EXAMPLE_NUMBER = 100.0  # what a $1 / a velocity inlet stands for when checking
@@ -38,7 +38,24 @@ def _atom(token: str) -> Any:
         return token
 
 
+EXAMPLE_PATH = "prompt.wav"  # what a $1 in a string argument's place stands for
+
+
+def _fill_placeholders(address: str, args: list[Any]) -> list[Any]:
+    """Replace $1, $2 ... (filled in at run time by Max or Pd) by an example of the kind the
+    address table expects in that place: a number, or a file name for a string argument."""
+    endpoint = BY_ADDRESS.get(address)
+    out = []
+    for i, value in enumerate(args):
+        if isinstance(value, str) and value.lstrip("\\").startswith("$"):
+            kind = endpoint.args[i].kind if endpoint is not None and i < len(endpoint.args) else "float"
+            value = EXAMPLE_PATH if kind == "str" else EXAMPLE_NUMBER
+        out.append(value)
+    return out
+
+
 def _check_send(report: Report, address: str, args: list[Any]) -> None:
+    args = _fill_placeholders(address, args)
     report.sends.append((address, args))
     try:
         parse(address, args)
@@ -77,7 +94,7 @@ def check_pd(path: Path) -> Report:
             return None  # scripted or external input
         if name in ("moses", "f", "float", "route"):
             return [[EXAMPLE_NUMBER]]
-        if name in ("metro", "bng", "loadbang", "t"):
+        if name in ("metro", "bng", "loadbang", "t", "b", "bang"):
             return [[]]
         return None
 
@@ -103,7 +120,7 @@ def check_maxpat(path: Path) -> Report:
         text = box.get("text", "")
         if box["maxclass"] == "message" and text.startswith("/genbridge/"):
             words = text.split()
-            args = [EXAMPLE_NUMBER if w.startswith("$") else _atom(w) for w in words[1:]]
+            args = [_atom(w) for w in words[1:]]
             _check_send(report, words[0], args)
         if box["maxclass"] == "newobj" and text.startswith("udpsend"):
             port = int(text.split()[2])
@@ -131,7 +148,7 @@ def check(path: Path) -> Report:
 
 
 def all_patches() -> list[Path]:
-    return sorted([*HERE.glob("*.maxpat"), *HERE.glob("*.amxd"), *HERE.glob("pd/*.pd")])
+    return sorted([*HERE.glob("*.maxpat"), *HERE.glob("m4l/*.maxpat"), *HERE.glob("*.amxd"), *HERE.glob("pd/*.pd")])
 
 
 if __name__ == "__main__":

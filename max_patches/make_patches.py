@@ -24,7 +24,12 @@ PADS = ("kick", "snare", "hat")
 PLAY = "/genbridge/drum/play"
 REGISTER = "/genbridge/client/reply_port"
 STATUS = "/genbridge/status"
-for _address in (PLAY, REGISTER, STATUS):
+CONTINUE = "/genbridge/continue"
+CANCEL = "/genbridge/job/cancel"
+#: The continue patches listen on their own port, so they can be open beside the pads patches
+#: (the daemon keeps a reply port per sending socket).
+CONTINUE_REPLY_PORT = REPLY_PORT + 1
+for _address in (PLAY, REGISTER, STATUS, CONTINUE, CANCEL):
     assert _address in BY_ADDRESS, _address
 #: The pad notes: General MIDI (and Ableton Drum Rack) kick, snare, closed hat.
 NOTE_OF = {"kick": 36, "snare": 38, "hat": 42}
@@ -271,11 +276,211 @@ def max_pads() -> str:
     return m.text()
 
 
+def pd_continue() -> str:
+    """Record (capture), continue the last result, or a file; progress, chunks, the result, cancel."""
+    p = PdPatch(900, 700)
+    p.comment(20, 10, f"genbridge continue: MusicGen continues what you played - daemon on udp {DAEMON_PORT}, "
+              f"replies on {CONTINUE_REPLY_PORT}")
+    load = p.obj(20, 40, "loadbang")
+    order = p.obj(20, 70, "t b b")
+    connect = p.msg(120, 100, f"connect 127.0.0.1 {DAEMON_PORT}")
+    send = p.obj(20, 400, "netsend -u -b")
+    register = p.msg(20, 100, f"{CONTINUE_REPLY_PORT}")
+    register_osc = p.obj(20, 130, f"oscformat {osc_words(REGISTER)}")
+    p.connect(load, 0, order)
+    p.connect(order, 1, connect)
+    p.connect(order, 0, register)
+    p.connect(connect, 0, send)
+    p.connect(register, 0, register_osc)
+    p.connect(register_osc, 0, send)
+    cont_osc = p.obj(20, 360, f"oscformat {osc_words(CONTINUE)}")
+    p.connect(cont_osc, 0, send)
+    seconds = p.obj(300, 170, "nbx 4 14 1 120 0 0 empty empty seconds 0 -8 0 10 #fcfcfc #000000 #000000 4 256")
+    p.comment(360, 170, "seconds of new audio")
+    for i, (label, source) in enumerate((("record + continue", "capture"), ("continue the last result", "last"))):
+        x = 20 + i * 140
+        button = p.obj(x, 200, f"bng 40 250 50 0 empty empty {source} 0 -8 0 12 #e0e0e0 #000000 #000000")
+        p.comment(x, 250, label)
+        value = p.obj(x, 280, "f 4")
+        p.connect(seconds, 0, value, 1)
+        request = p.msg(x, 310, f"{source} $1")
+        p.connect(button, 0, value)
+        p.connect(value, 0, request)
+        p.connect(request, 0, cont_osc)
+    # scripted: pd -send "gb-continue-request prompt.wav 4" (a file inside the shared folder)
+    scripted = p.obj(330, 310, "r gb-continue-request")
+    as_list = p.obj(330, 335, "list")
+    p.connect(scripted, 0, as_list)
+    p.connect(as_list, 0, cont_osc)
+    cancel_button = p.obj(520, 200, "bng 40 250 50 0 empty empty cancel 0 -8 0 12 #f0c0c0 #000000 #000000")
+    job = p.obj(520, 280, "f")
+    cancel_osc = p.obj(520, 310, f"oscformat {osc_words(CANCEL)}")
+    p.connect(cancel_button, 0, job)
+    p.connect(job, 0, cancel_osc)
+    p.connect(cancel_osc, 0, send)
+    # replies
+    listen = p.obj(20, 440, f"netreceive -u -b {CONTINUE_REPLY_PORT}")
+    parse = p.obj(20, 470, "oscparse")
+    trim = p.obj(20, 500, "list trim")
+    top = p.obj(20, 530, "route genbridge")
+    kind = p.obj(20, 560, "route job error")
+    what = p.obj(20, 590, "route queued progress chunk done cancelled")
+    queued = p.obj(20, 620, "unpack f f f")
+    p.connect(queued, 1, job, 1)  # remember the job id for cancel
+    position = p.obj(20, 650, "print genbridge-queued")
+    p.connect(queued, 2, position)
+    progress = p.obj(140, 620, "unpack f f f")
+    bar = p.obj(140, 650, "hsl 200 15 0 1 0 0 empty empty progress -2 -8 0 10 #fcfcfc #000000 #000000 0 1")
+    p.connect(progress, 2, bar)
+    chunk = p.obj(380, 620, "unpack f f f s")
+    read_chunk = p.msg(380, 650, "read -resize $1 gb-chunk")
+    chunk_filer = p.obj(380, 680, "soundfiler")
+    chunk_print = p.obj(380, 710, "print genbridge-chunk-samples")
+    p.connect(chunk, 3, read_chunk)
+    p.connect(read_chunk, 0, chunk_filer)
+    p.connect(chunk_filer, 0, chunk_print)
+    done = p.obj(600, 620, "unpack f f f s")
+    read_done = p.msg(600, 650, "read -resize $1 gb-continue")
+    done_filer = p.obj(600, 680, "soundfiler")
+    done_print = p.obj(600, 710, "print genbridge-continue-samples")
+    path_print = p.obj(760, 650, "print genbridge-continue-path")
+    p.connect(done, 3, read_done)
+    p.connect(done, 3, path_print)
+    p.connect(read_done, 0, done_filer)
+    p.connect(done_filer, 0, done_print)
+    error = p.obj(760, 560, "print genbridge-error")
+    p.connect(listen, 0, parse)
+    p.connect(parse, 0, trim)
+    p.connect(trim, 0, top)
+    p.connect(top, 0, kind)
+    p.connect(kind, 0, what)
+    p.connect(kind, 1, error)
+    p.connect(what, 0, queued)
+    p.connect(what, 1, progress)
+    p.connect(what, 2, chunk)
+    p.connect(what, 3, done)
+    # play the result
+    play_button = p.obj(600, 740, "bng 30 250 50 0 empty empty play 0 -8 0 12 #c0f0c0 #000000 #000000")
+    player = p.obj(600, 780, "tabplay~ gb-continue")
+    dac = p.obj(600, 810, "dac~")
+    p.connect(play_button, 0, player)
+    p.connect(player, 0, dac, 0)
+    p.connect(player, 0, dac, 1)
+    p.array("gb-chunk", 640, 40)
+    p.array("gb-continue", 640, 300)
+    return p.text()
+
+
+def max_continue(m4l: bool = False) -> str:
+    """The continue patch for Max; ``m4l``: audio in/out through plugin~/plugout~ (save as a device)."""
+    m = MaxPatch()
+    title = ("genbridge continue (Max for Live): record what plays into the track, continue it with MusicGen."
+             if m4l else "genbridge continue: record, continue with MusicGen, drag the result into your set.")
+    m.comment(20, 10, f"{title} Daemon on udp {DAEMON_PORT}, replies on {CONTINUE_REPLY_PORT}.", w=760)
+    if m4l:
+        m.comment(20, 30, "To make the device: open in Max for Live, then File > Save As Device (.amxd).", w=760)
+    send = m.obj(20, 400, f"udpsend 127.0.0.1 {DAEMON_PORT}", inlets=1, outlets=0)
+    load = m.obj(20, 60, "loadbang", outlets=1)
+    register = m.msg(20, 90, f"{REGISTER} {CONTINUE_REPLY_PORT}")
+    m.connect(load, 0, register)
+    m.connect(register, 0, send)
+    seconds = m.box("flonum", 300, 130, w=60, inlets=1, outlets=2)
+    m.comment(365, 130, "seconds of new audio", w=160)
+    for i, source in enumerate(("capture", "last")):
+        x = 20 + i * 140
+        button = m.box("button", x, 130, w=40, inlets=1, outlets=1)
+        m.comment(x, 175, "record + continue" if source == "capture" else "continue the result", w=130)
+        value = m.obj(x, 200, "f 4", inlets=2, outlets=1, w=60)
+        request = m.msg(x, 230, f"{CONTINUE} {source} $1", w=250)
+        m.connect(seconds, 0, value, 1)
+        m.connect(button, 0, value)
+        m.connect(value, 0, request)
+        m.connect(request, 0, send)
+    pick = m.box("button", 300, 200, w=30, inlets=1, outlets=1)
+    m.comment(335, 200, "a file in the shared folder", w=200)
+    dialog = m.obj(300, 260, "opendialog sound", inlets=1, outlets=2, w=120)
+    with_seconds = m.obj(300, 290, "pak s 4.", inlets=2, outlets=1, w=80)
+    request_file = m.msg(300, 320, f"{CONTINUE} $1 $2", w=250)
+    m.connect(pick, 0, dialog)
+    m.connect(dialog, 0, with_seconds, 0)
+    m.connect(seconds, 0, with_seconds, 1)
+    m.connect(with_seconds, 0, request_file)
+    m.connect(request_file, 0, send)
+    cancel = m.box("button", 600, 130, w=40, inlets=1, outlets=1)
+    m.comment(645, 130, "cancel", w=80)
+    job = m.obj(600, 200, "i", inlets=2, outlets=1, w=40)
+    cancel_msg = m.msg(600, 230, f"{CANCEL} $1", w=200)
+    m.connect(cancel, 0, job)
+    m.connect(job, 0, cancel_msg)
+    m.connect(cancel_msg, 0, send)
+    recv = m.obj(20, 450, f"udpreceive {CONTINUE_REPLY_PORT}", inlets=1, outlets=1)
+    route = m.obj(20, 480, "route /genbridge/job/queued /genbridge/job/progress /genbridge/job/chunk "
+                  "/genbridge/job/done /genbridge/error", outlets=6, w=620)
+    m.connect(recv, 0, route)
+    queued = m.obj(20, 510, "unpack 0 0 0", outlets=3, w=90)
+    m.connect(route, 0, queued)
+    m.connect(queued, 1, job, 1)
+    progress = m.obj(140, 510, "unpack 0 0 0.", outlets=3, w=90)
+    bar = m.box("slider", 140, 540, w=200, inlets=1, outlets=1, size=1.0, floatoutput=1, orientation=1)
+    m.connect(route, 1, progress)
+    m.connect(progress, 2, bar)
+    chunk = m.obj(360, 510, "unpack 0 0 0 s", outlets=4, w=110)
+    m.connect(route, 2, chunk)
+    chunk_load = m.obj(360, 540, "prepend replace", w=110)
+    chunk_buffer = m.obj(360, 570, "buffer~ gb-chunk", inlets=1, outlets=2, w=120)
+    m.connect(chunk, 3, chunk_load)
+    m.connect(chunk_load, 0, chunk_buffer)
+    done = m.obj(500, 510, "unpack 0 0 0 s", outlets=4, w=110)
+    m.connect(route, 3, done)
+    done_load = m.obj(500, 540, "prepend replace", w=110)
+    done_buffer = m.obj(500, 570, "buffer~ gb-continue", inlets=1, outlets=2, w=130)
+    path_view = m.msg(500, 610, "", w=340)
+    m.comment(500, 635, "the result's path: drag it from the folder into your set", w=340)
+    m.connect(done, 3, done_load)
+    m.connect(done_load, 0, done_buffer)
+    m.connect(done, 3, path_view, 1)
+    error_view = m.msg(20, 610, "", w=340)
+    m.connect(route, 4, error_view, 1)
+    play = m.box("button", 20, 660, w=30, inlets=1, outlets=1)
+    m.comment(55, 660, "play the result", w=120)
+    start = m.msg(20, 700, "start 0", w=60)
+    player = m.obj(20, 730, "play~ gb-continue", inlets=2, outlets=2, w=130)
+    m.connect(play, 0, start)
+    m.connect(start, 0, player)
+    out = m.obj(20, 770, "plugout~" if m4l else "ezdac~", inlets=2, outlets=0, w=60)
+    m.connect(player, 0, out, 0)
+    m.connect(player, 0, out, 1)
+    if m4l:
+        # the track's audio passes through and is what the daemon's input captures when it is routed there
+        plugin = m.obj(300, 700, "plugin~", inlets=1, outlets=2, w=60)
+        m.connect(plugin, 0, out, 0)
+        m.connect(plugin, 1, out, 1)
+        m.comment(370, 700, "the track passes through; route it to the daemon's audio input for 'record'", w=400)
+    return m.text()
+
+
+def max_pads_m4l() -> str:
+    """The pads patch as a Max for Live device body: plugout~ instead of ezdac~, MIDI from the track."""
+    text = max_pads().replace('"text": "ezdac~"', '"text": "plugout~"')
+    data = json.loads(text)
+    data["patcher"]["boxes"].insert(0, {"box": {
+        "id": "obj-m4l-note", "maxclass": "comment", "numinlets": 1, "numoutlets": 0,
+        "patching_rect": [20, 28, 760, 22],
+        "text": "Max for Live: open in a MIDI track's device, File > Save As Device (.amxd). "
+                "Pads answer the track's MIDI notes; clips play through plugout~."}})
+    return json.dumps(data, indent=1) + "\n"
+
+
 def main() -> None:
     (HERE / "pd").mkdir(exist_ok=True)
+    (HERE / "m4l").mkdir(exist_ok=True)
     (HERE / "pd" / "genbridge_pads.pd").write_text(pd_pads())
+    (HERE / "pd" / "genbridge_continue.pd").write_text(pd_continue())
     (HERE / "genbridge_pads.maxpat").write_text(max_pads())
-    print("wrote max_patches/genbridge_pads.maxpat and max_patches/pd/genbridge_pads.pd")
+    (HERE / "genbridge_continue.maxpat").write_text(max_continue())
+    (HERE / "m4l" / "genbridge_pads_m4l.maxpat").write_text(max_pads_m4l())
+    (HERE / "m4l" / "genbridge_continue_m4l.maxpat").write_text(max_continue(m4l=True))
+    print("wrote the pads and continue patches for Max, Max for Live (m4l/) and Pd (pd/)")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def render(path: Path) -> str:
 def main() -> None:
     img = HERE / "img"
     img.mkdir(exist_ok=True)
-    for patch in sorted([*HERE.glob("*.maxpat"), *HERE.glob("pd/*.pd")]):
+    for patch in sorted([*HERE.glob("*.maxpat"), *HERE.glob("m4l/*.maxpat"), *HERE.glob("pd/*.pd")]):
         target = img / f"{patch.stem}{'_pd' if patch.suffix == '.pd' else ''}.svg"
         target.write_text(render(patch))
         print(f"wrote {target.relative_to(HERE.parent)}")
