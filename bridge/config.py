@@ -38,6 +38,16 @@ class ServerConfig:
     osc_port: int = field(default=9000, metadata=_check(lambda v: 1 <= v <= 65535, "a port 1-65535"))
     #: Largest ``count`` a single ``drum/generate`` may ask for.
     max_count: int = field(default=32, metadata=_check(lambda v: 1 <= v <= 10000, "1-10000"))
+    #: Client networks allowed to talk to the daemon (e.g. ["192.168.1.0/24"]). Required when
+    #: ``host`` is not a loopback address; packets from elsewhere are dropped and counted.
+    allow: list[str] = field(default_factory=list)
+    #: Packets larger than this are refused unread; OSC from a patch is a few hundred bytes.
+    max_packet_bytes: int = field(default=8192, metadata=_check(lambda v: 64 <= v <= 65507, "64-65507"))
+    #: Error replies per second per client host (burst as large); more are counted, not sent,
+    #: so a flood of bad packets cannot make the daemon flood back.
+    error_replies_per_s: float = field(default=20.0, metadata=_check(lambda v: 0 < v <= 100000, "> 0"))
+    #: Requests being served at once; more are dropped (and counted) until some finish.
+    max_in_flight: int = field(default=256, metadata=_check(lambda v: 1 <= v <= 100000, "1-100000"))
 
 
 @dataclass
@@ -213,6 +223,21 @@ class Config:
     continuation: ContinuationConfig = field(default_factory=ContinuationConfig)
 
     def validate(self) -> None:
+        import ipaddress
+
+        networks = []
+        for i, net in enumerate(self.server.allow):
+            try:
+                networks.append(ipaddress.ip_network(net, strict=False))
+            except ValueError:
+                raise ConfigError(f"server.allow[{i}]", f"expected a network like 192.168.1.0/24, got {net!r}") from None
+        try:
+            loopback = ipaddress.ip_address(self.server.host).is_loopback
+        except ValueError:
+            loopback = self.server.host == "localhost"
+        if not loopback and not networks:
+            raise ConfigError("server.allow", f"listening on {self.server.host} (beyond this machine) needs an "
+                              "allow-list of client networks, e.g. allow = [\"192.168.1.0/24\"]")
         """Cross-field checks that a single option cannot express."""
         if not self.instruments:
             raise ConfigError("instruments", "at least one instrument is needed")

@@ -41,7 +41,7 @@ async def run_daemon(config: Config) -> None:
     engine = Engine(config, sink, prepare=audio.prepare if audio else None)
     service = Service(engine, audio)
     try:
-        transport, osc = await serve_osc(service, config.server.host, config.server.osc_port)
+        transport, osc = await serve_osc(service, config.server)
     except OSError as exc:
         raise StartupError(f"cannot listen for OSC on udp {config.server.host}:{config.server.osc_port}: "
                            f"{exc.strerror or exc}") from exc
@@ -57,6 +57,7 @@ async def run_daemon(config: Config) -> None:
                                               config.engine.worker_nice)
         service.continuations.start()
         service.status_sections["continuation"] = service.continuations.status
+    service.status_sections["osc"] = osc.status
     midi = MidiInput(config, service)
     service.status_sections["midi"] = midi.status
     await midi.start()

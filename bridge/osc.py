@@ -24,6 +24,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from bridge import protocol
+from bridge.config import ServerConfig
 from bridge.protocol import ProtocolError
 from bridge.service import ReplyFn, Service, error_reply, reply_with
 
@@ -41,6 +42,59 @@ def build_message(address: str, args: list[Any]) -> bytes:
     return builder.build().dgram
 
 
+#: Bundles nested deeper than this are refused (python-osc would recurse into any depth).
+MAX_BUNDLE_DEPTH = 4
+#: Messages one packet may carry.
+MAX_MESSAGES_PER_PACKET = 64
+
+
+class PacketRefused(ValueError):
+    """A packet refused before parsing (too deep, too many elements, inconsistent sizes)."""
+
+
+def check_bundle(data: bytes, depth: int = 1, budget: list[int] | None = None) -> None:
+    """Walk a bundle's structure without decoding messages: nesting depth, element count and
+    element sizes must be sane before python-osc is let loose on it."""
+    budget = budget if budget is not None else [MAX_MESSAGES_PER_PACKET]
+    if not data.startswith(b"#bundle\0"):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise PacketRefused(f"more than {MAX_MESSAGES_PER_PACKET} messages in one packet")
+        return
+    if depth > MAX_BUNDLE_DEPTH:
+        raise PacketRefused(f"bundle nested deeper than {MAX_BUNDLE_DEPTH}")
+    pos = 16
+    while pos < len(data):
+        if pos + 4 > len(data):
+            raise PacketRefused("truncated bundle element size")
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        pos += 4
+        if size <= 0 or size % 4 or pos + size > len(data):
+            raise PacketRefused(f"bundle element of {size} bytes does not fit the packet")
+        check_bundle(data[pos:pos + size], depth + 1, budget)
+        pos += size
+
+
+class _ErrorBudget:
+    """Token bucket per client host: error replies beyond the rate are counted, not sent."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens: dict[str, tuple[float, float]] = {}
+
+    def take(self, host: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self.tokens.get(host, (self.rate, now))
+        tokens = min(self.rate, tokens + (now - last) * self.rate)
+        if len(self.tokens) > 4096:
+            self.tokens.clear()
+        if tokens < 1.0:
+            self.tokens[host] = (tokens, now)
+            return False
+        self.tokens[host] = (tokens - 1.0, now)
+        return True
+
+
 #: Per-socket reply registrations kept (a flood of registrations from new ports cannot grow
 #: the table without bound; the oldest go first).
 MAX_SOCKET_REGISTRATIONS = 1024
@@ -49,14 +103,23 @@ MAX_SOCKET_REGISTRATIONS = 1024
 class OscTransport(asyncio.DatagramProtocol):
     """The daemon's UDP endpoint."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, *, allow: list[str] | None = None, max_packet_bytes: int = 8192,
+                 error_replies_per_s: float = 20.0, max_in_flight: int = 256) -> None:
+        import ipaddress
+
         self.service = service
+        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow or []]
+        self.max_packet_bytes = max_packet_bytes
+        self.max_in_flight = max_in_flight
+        self.error_budget = _ErrorBudget(error_replies_per_s)
         #: host -> its latest registered reply port; (host, sender port) -> that socket's.
         self.reply_ports: dict[str, int] = {}
         self.socket_reply_ports: dict[tuple[str, int], int] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.counters = {"packets": 0, "malformed": 0, "errors_sent": 0}
+        self.counters = {"packets": 0, "malformed": 0, "errors_sent": 0, "errors_suppressed": 0,
+                         "dropped_not_allowed": 0, "dropped_oversize": 0, "dropped_busy": 0}
+        self._allowed: dict[str, bool] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -66,6 +129,9 @@ class OscTransport(asyncio.DatagramProtocol):
 
         def reply(address: str, args: list[Any]) -> None:
             if address == protocol.REPLIES["error"].address:
+                if not self.error_budget.take(host):
+                    self.counters["errors_suppressed"] += 1
+                    return
                 self.counters["errors_sent"] += 1
             target = self.socket_reply_ports.get((host, port)) or self.reply_ports.get(host, port)
             self.send((host, target), address, args)
@@ -80,10 +146,40 @@ class OscTransport(asyncio.DatagramProtocol):
         except Exception as exc:  # unencodable argument, unreachable host: log, keep serving
             log.warning("cannot send %s to %s:%s: %s", address, target[0], target[1], exc)
 
+    def is_allowed(self, host: str) -> bool:
+        if not self.allow:
+            return True
+        allowed = self._allowed.get(host)
+        if allowed is None:
+            import ipaddress
+
+            try:
+                ip = ipaddress.ip_address(host)
+                allowed = any(ip in net for net in self.allow)
+            except ValueError:
+                allowed = False
+            if len(self._allowed) > 4096:
+                self._allowed.clear()
+            self._allowed[host] = allowed
+        return allowed
+
     def datagram_received(self, data: bytes, addr: Address) -> None:
         self.counters["packets"] += 1
+        if not self.is_allowed(addr[0]):
+            self.counters["dropped_not_allowed"] += 1  # no reply: an outsider learns nothing
+            return
         reply = self.replier(addr)
+        if len(data) > self.max_packet_bytes:
+            self.counters["dropped_oversize"] += 1
+            error_reply(reply, 0, "", f"packet of {len(data)} bytes refused (server.max_packet_bytes "
+                                      f"= {self.max_packet_bytes})")
+            return
+        if len(self._tasks) >= self.max_in_flight:
+            self.counters["dropped_busy"] += 1
+            error_reply(reply, 0, "", f"busy: {len(self._tasks)} requests in flight (server.max_in_flight)")
+            return
         try:
+            check_bundle(data)
             packet = OscPacket(data)
         except Exception as exc:  # ParseError, and more than that on junk (python-osc)
             self.counters["malformed"] += 1
@@ -133,12 +229,19 @@ class OscTransport(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP error (a client's port closed?): %s", exc)
 
+    def status(self) -> dict[str, Any]:
+        return {**self.counters, "in_flight": len(self._tasks), "allow": [str(n) for n in self.allow] or None,
+                "registered_reply_ports": len(self.socket_reply_ports)}
+
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def serve_osc(service: Service, host: str, port: int) -> tuple[asyncio.DatagramTransport, OscTransport]:
+async def serve_osc(service: Service, server: ServerConfig) -> tuple[asyncio.DatagramTransport, OscTransport]:
     loop = asyncio.get_running_loop()
-    transport, proto = await loop.create_datagram_endpoint(lambda: OscTransport(service), local_addr=(host, port))
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: OscTransport(service, allow=server.allow, max_packet_bytes=server.max_packet_bytes,
+                             error_replies_per_s=server.error_replies_per_s, max_in_flight=server.max_in_flight),
+        local_addr=(server.host, server.osc_port))
     return transport, proto  # type: ignore[return-value]

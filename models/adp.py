@@ -44,6 +44,7 @@ def import_adp() -> types.ModuleType:
     """Return the ``audio_diffusion_pytorch`` module, standing in for torchaudio if needed."""
     if "audio_diffusion_pytorch" in sys.modules:
         return sys.modules["audio_diffusion_pytorch"]
+    standing_in = False
     try:
         importlib.import_module("torchaudio")
     except Exception:  # ImportError, or OSError from a CUDA-linked build on a CPU machine
@@ -51,6 +52,7 @@ def import_adp() -> types.ModuleType:
         stand_in = _stand_in()
         sys.modules[_STAND_IN_NAME] = stand_in
         sys.modules[f"{_STAND_IN_NAME}.transforms"] = stand_in.transforms  # type: ignore[attr-defined]
+        standing_in = True
     try:
         return importlib.import_module("audio_diffusion_pytorch")
     except ModuleNotFoundError as exc:
@@ -60,3 +62,9 @@ def import_adp() -> types.ModuleType:
             "audio-diffusion-pytorch is not installed; install it without its torchaudio "
             "requirement: pip install --no-deps -r requirements/no-deps.txt"
         ) from exc
+    finally:
+        if standing_in:
+            # audio_diffusion_pytorch holds its own reference now. Out of sys.modules again, so
+            # other libraries (transformers probes find_spec("torchaudio")) see that there is none.
+            sys.modules.pop(_STAND_IN_NAME, None)
+            sys.modules.pop(f"{_STAND_IN_NAME}.transforms", None)
