@@ -53,6 +53,14 @@ class ServerConfig:
 @dataclass
 class OutputConfig:
     dir: str = "~/genbridge-out"
+    #: Size cap of the session folders in MB (the oldest clips go first); 0 = none.
+    max_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    #: Clips older than this many hours are removed; 0 = keep.
+    max_age_h: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    #: Never remove a clip younger than this (a DAW may be loading it).
+    min_age_s: float = field(default=600.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    #: How often the caps are applied.
+    sweep_every_s: float = field(default=60.0, metadata=_check(lambda v: v > 0, "> 0"))
     #: libsndfile subtype of written WAVs.
     subtype: str = field(default="PCM_24", metadata=_check(
         lambda v: v in ("PCM_16", "PCM_24", "PCM_32", "FLOAT"), "one of PCM_16, PCM_24, PCM_32, FLOAT"))

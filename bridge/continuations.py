@@ -194,6 +194,15 @@ class Continuations:
                 return job
         return None
 
+    def protected_paths(self) -> list:
+        """Files the folder sweep must keep: sources of queued and running jobs, the last result."""
+        from pathlib import Path
+
+        paths = [Path(j.source_name) for j in ([self.running] if self.running else []) + list(self.waiting)]
+        if self.last is not None and self.last.path is not None:
+            paths.append(self.last.path)
+        return paths
+
     def _pump(self) -> None:
         if self.state != "ready" or self.running is not None or not self.waiting or self._stopping:
             return

@@ -56,6 +56,7 @@ async def run_daemon(config: Config) -> None:
         service.continuations = Continuations(config.continuation, engine, config.engine.threads,
                                               config.engine.worker_nice)
         service.continuations.start()
+        engine.protected_paths.append(service.continuations.protected_paths)
         service.status_sections["continuation"] = service.continuations.status
     service.status_sections["osc"] = osc.status
     midi = MidiInput(config, service)

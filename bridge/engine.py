@@ -153,7 +153,9 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.counters: dict[str, int] = {"refused_busy": 0, "worker_crashes": 0, "write_errors": 0,
-                                         "tasks_cancelled": 0}
+                                         "tasks_cancelled": 0, "swept_files": 0, "swept_bytes": 0}
+        #: More paths the folder sweep must keep (a running continuation's source...).
+        self.protected_paths: list[Callable[[], list[Path]]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -164,6 +166,37 @@ class Engine:
         await self._loop.run_in_executor(self._writer, self._restore_pools)
         for slot in self.slots.values():
             self._start_worker(slot)
+        out = self.config.output
+        if out.max_mb > 0 or out.max_age_h > 0:
+            self._spawn(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        """Apply output.max_mb / max_age_h every sweep_every_s, on the writer thread."""
+        from bridge.housekeeping import sweep
+
+        out = self.config.output
+        while not self._stopping:
+            protected = [p.last_played.path for p in self.pools.values()
+                         if p.last_played is not None and p.last_played.path is not None]
+            for provider in self.protected_paths:
+                protected += provider()
+            assert self._loop is not None
+            try:
+                result = await self._loop.run_in_executor(
+                    self._writer, lambda: sweep(self.sink.root, max_bytes=int(out.max_mb * 1e6),
+                                                max_age_s=out.max_age_h * 3600, min_age_s=out.min_age_s,
+                                                protected=protected, current_session=self.sink.session_dir))
+            except (OSError, RuntimeError) as exc:
+                log.warning("folder sweep failed: %s", exc)
+            else:
+                if result.removed:
+                    log.info("folder sweep removed %d old clips (%.1f MB)", result.removed, result.freed_bytes / 1e6)
+                self.counters["swept_files"] += result.removed
+                self.counters["swept_bytes"] += result.freed_bytes
+            for _ in range(int(out.sweep_every_s * 10)):
+                if self._stopping:
+                    return
+                await asyncio.sleep(0.1)
 
     def _restore_pools(self) -> None:
         """Adopt never-played clips an earlier run left in the pool folders, so a restarted

@@ -68,13 +68,13 @@ class FolderSink:
         self._lock = threading.Lock()
 
     def open(self) -> None:
-        """Create the folders and remove temporary files a killed run left behind."""
+        """Create the folders and remove what a killed run left behind (temporary files of
+        interrupted writes in every session and pool folder, sidecars without their WAV)."""
+        from bridge.housekeeping import clean_leftovers
+
         self.session_dir.mkdir(parents=True, exist_ok=True)
         self.pool_root.mkdir(parents=True, exist_ok=True)
-        for folder in (self.session_dir, *self.pool_root.glob("*")):
-            if folder.is_dir():
-                for stale in folder.glob(f".*{TMP_MARK}*"):
-                    stale.unlink(missing_ok=True)
+        clean_leftovers(self.root, self.pool_root)
 
     def pool_dir(self, instrument: str) -> Path:
         return self.pool_root / instrument
