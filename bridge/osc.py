@@ -44,6 +44,8 @@ def build_message(address: str, args: list[Any]) -> bytes:
 
 #: Bundles nested deeper than this are refused (python-osc would recurse into any depth).
 MAX_BUNDLE_DEPTH = 4
+#: Kernel receive buffer asked for (Linux caps it at net.core.rmem_max).
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 #: Messages one packet may carry.
 MAX_MESSAGES_PER_PACKET = 64
 
@@ -244,4 +246,12 @@ async def serve_osc(service: Service, server: ServerConfig) -> tuple[asyncio.Dat
         lambda: OscTransport(service, allow=server.allow, max_packet_bytes=server.max_packet_bytes,
                              error_replies_per_s=server.error_replies_per_s, max_in_flight=server.max_in_flight),
         local_addr=(server.host, server.osc_port))
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        import socket
+
+        try:  # a burst of packets waits in the kernel instead of being dropped there
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        except OSError:
+            pass
     return transport, proto  # type: ignore[return-value]
