@@ -146,9 +146,11 @@ class _Run:
 def continue_audio(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, settings: ContinuationSettings, *,
                    on_chunk: Callable[[int, np.ndarray], None] | None = None,
                    on_progress: Callable[[float], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> np.ndarray:
+                   should_stop: Callable[[], bool] | None = None,
+                   on_codes: Callable[[torch.Tensor, int], None] | None = None) -> np.ndarray:
     """Continue the last ``prompt_seconds`` of ``audio``; returns the new audio (channels, frames)
-    at the model's rate, which equals the chunks handed to ``on_chunk`` joined in order."""
+    at the model's rate, which equals the chunks handed to ``on_chunk`` joined in order.
+    ``on_codes(codes, prompt_frames)`` receives every frame's codes (K, frames) at the end."""
     from transformers import StoppingCriteriaList
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -189,6 +191,8 @@ def continue_audio(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, setting
         run.emit(run.last_codes, run.emitted, new_frames)
     if on_progress is not None:
         on_progress(1.0)
+    if on_codes is not None and run.last_codes is not None:
+        on_codes(run.last_codes[:, : run.p + new_frames], run.p)
     return np.concatenate(run.chunks, axis=1)
 
 

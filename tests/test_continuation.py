@@ -29,12 +29,18 @@ def test_chunks_join_into_the_whole_and_match_a_plain_decode(loaded) -> None:
     chunks: list[tuple[int, np.ndarray]] = []
     progress: list[float] = []
     settings = ContinuationSettings(seconds=3.0, prompt_seconds=1.0, seed=5, chunk_seconds=1.0, top_k=8)
+    codes: dict = {}
     whole = continue_audio(loaded, _prompt(), 44100, settings, on_chunk=lambda i, c: chunks.append((i, c)),
-                           on_progress=progress.append)
+                           on_progress=progress.append, on_codes=lambda c, p: codes.update(c=c, p=p))
     assert whole.shape == (1, 3 * 32000)
     assert [i for i, _ in chunks] == list(range(len(chunks))) and len(chunks) >= 2
     assert np.array_equal(np.concatenate([c for _, c in chunks], axis=1), whole)
     assert progress == sorted(progress) and progress[-1] == 1.0
+    # seamless: the chunks, each decoded from a window, equal one decode of all the codes
+    with torch.no_grad():
+        full = loaded.model.audio_encoder.decode(codes["c"][None, None], [None])[0][0].numpy()
+    hop = 640
+    assert float(np.abs(full[:, codes["p"] * hop:] - whole).max()) < 1e-4
     assert float(np.sqrt(np.mean(whole ** 2))) > 1e-4, "not silence"
     again = continue_audio(loaded, _prompt(), 44100, settings)
     assert np.array_equal(again, whole), "same seed, same continuation"
