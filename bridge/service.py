@@ -108,6 +108,12 @@ class Service:
         )
         reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
 
+    def _chunk_ready(self, reply: ReplyFn, rid: int | str, job_id: int, index: int, clip: Clip) -> None:
+        """Announce a chunk; with continuation.play_chunks, also play it as it arrives."""
+        reply_with(reply, "job/chunk", rid, job_id, index, str(clip.path))
+        if self.continuations is not None and self.continuations.config.play_chunks and self.audio is not None:
+            self.audio.play(clip, "continue", 1.0)
+
     async def _capture_save(self, request: Request, reply: ReplyFn) -> None:
         if self.audio is None:
             raise AudioUnavailable("input capture needs an audio device (audio.device = none)")
@@ -158,7 +164,7 @@ class Service:
         job, position = conts.submit(
             audio, rate, name, v["seconds"], description=v["description"], seed=v["seed"],
             on_progress=lambda job, f: reply_with(reply, "job/progress", rid, job.id, round(f, 4)),
-            on_chunk=lambda job, i, clip: reply_with(reply, "job/chunk", rid, job.id, i, str(clip.path)),
+            on_chunk=lambda job, i, clip: self._chunk_ready(reply, rid, job.id, i, clip),
             on_done=lambda job, clip: reply_with(reply, "job/done", rid, job.id, len(job.chunks), str(clip.path)),
             on_error=lambda job, message: error_reply(reply, rid, address, f"job {job.id}: {message}"),
         )
