@@ -266,7 +266,7 @@
      "numoutlets": 2,
      "patching_rect": [
       300,
-      260,
+      240,
       120,
       22
      ],
@@ -276,6 +276,21 @@
    {
     "box": {
      "id": "obj-18",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      430,
+      240,
+      180,
+      22
+     ],
+     "text": "conformpath native absolute"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-19",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -290,7 +305,7 @@
    },
    {
     "box": {
-     "id": "obj-19",
+     "id": "obj-20",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -305,7 +320,7 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-21",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -319,7 +334,7 @@
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-22",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -334,7 +349,7 @@
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-23",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -349,7 +364,7 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-24",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -364,7 +379,7 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-25",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -379,7 +394,7 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-26",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 6,
@@ -394,7 +409,7 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-27",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -409,7 +424,7 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-28",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -424,7 +439,7 @@
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-29",
      "maxclass": "slider",
      "numinlets": 1,
      "numoutlets": 1,
@@ -441,7 +456,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-30",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -456,7 +471,7 @@
    },
    {
     "box": {
-     "id": "obj-30",
+     "id": "obj-31",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -471,7 +486,7 @@
    },
    {
     "box": {
-     "id": "obj-31",
+     "id": "obj-32",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -486,7 +501,7 @@
    },
    {
     "box": {
-     "id": "obj-32",
+     "id": "obj-33",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -501,7 +516,7 @@
    },
    {
     "box": {
-     "id": "obj-33",
+     "id": "obj-34",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -516,7 +531,7 @@
    },
    {
     "box": {
-     "id": "obj-34",
+     "id": "obj-35",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -531,7 +546,7 @@
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-36",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -545,7 +560,7 @@
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-37",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -560,7 +575,7 @@
    },
    {
     "box": {
-     "id": "obj-37",
+     "id": "obj-38",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -574,7 +589,7 @@
    },
    {
     "box": {
-     "id": "obj-38",
+     "id": "obj-39",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -588,7 +603,7 @@
    },
    {
     "box": {
-     "id": "obj-39",
+     "id": "obj-40",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -603,7 +618,7 @@
    },
    {
     "box": {
-     "id": "obj-40",
+     "id": "obj-41",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -618,7 +633,7 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-42",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -633,7 +648,7 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-43",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 0,
@@ -795,11 +810,23 @@
    {
     "patchline": {
      "source": [
+      "obj-18",
+      0
+     ],
+     "destination": [
+      "obj-19",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-5",
       0
      ],
      "destination": [
-      "obj-18",
+      "obj-19",
       1
      ]
     }
@@ -807,23 +834,11 @@
    {
     "patchline": {
      "source": [
-      "obj-18",
-      0
-     ],
-     "destination": [
-      "obj-19",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-19",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-20",
       0
      ]
     }
@@ -835,31 +850,31 @@
       0
      ],
      "destination": [
-      "obj-22",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-22",
-      0
-     ],
-     "destination": [
-      "obj-23",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-23",
-      0
-     ],
-     "destination": [
       "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-21",
+      0
+     ],
+     "destination": [
+      "obj-23",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-23",
+      0
+     ],
+     "destination": [
+      "obj-24",
       0
      ]
     }
@@ -871,7 +886,7 @@
       0
      ],
      "destination": [
-      "obj-25",
+      "obj-2",
       0
      ]
     }
@@ -892,19 +907,7 @@
     "patchline": {
      "source": [
       "obj-26",
-      1
-     ],
-     "destination": [
-      "obj-22",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-25",
-      1
+      0
      ],
      "destination": [
       "obj-27",
@@ -916,7 +919,19 @@
     "patchline": {
      "source": [
       "obj-27",
-      2
+      1
+     ],
+     "destination": [
+      "obj-23",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-26",
+      1
      ],
      "destination": [
       "obj-28",
@@ -927,7 +942,7 @@
    {
     "patchline": {
      "source": [
-      "obj-25",
+      "obj-28",
       2
      ],
      "destination": [
@@ -939,8 +954,8 @@
    {
     "patchline": {
      "source": [
-      "obj-29",
-      3
+      "obj-26",
+      2
      ],
      "destination": [
       "obj-30",
@@ -952,7 +967,7 @@
     "patchline": {
      "source": [
       "obj-30",
-      0
+      3
      ],
      "destination": [
       "obj-31",
@@ -963,8 +978,8 @@
    {
     "patchline": {
      "source": [
-      "obj-25",
-      3
+      "obj-31",
+      0
      ],
      "destination": [
       "obj-32",
@@ -975,7 +990,7 @@
    {
     "patchline": {
      "source": [
-      "obj-32",
+      "obj-26",
       3
      ],
      "destination": [
@@ -988,7 +1003,7 @@
     "patchline": {
      "source": [
       "obj-33",
-      0
+      3
      ],
      "destination": [
       "obj-34",
@@ -999,11 +1014,23 @@
    {
     "patchline": {
      "source": [
-      "obj-32",
-      3
+      "obj-34",
+      0
      ],
      "destination": [
       "obj-35",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-33",
+      3
+     ],
+     "destination": [
+      "obj-36",
       1
      ]
     }
@@ -1011,11 +1038,11 @@
    {
     "patchline": {
      "source": [
-      "obj-25",
+      "obj-26",
       4
      ],
      "destination": [
-      "obj-37",
+      "obj-38",
       1
      ]
     }
@@ -1023,19 +1050,7 @@
    {
     "patchline": {
      "source": [
-      "obj-38",
-      0
-     ],
-     "destination": [
-      "obj-40",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-40",
+      "obj-39",
       0
      ],
      "destination": [
@@ -1059,11 +1074,23 @@
    {
     "patchline": {
      "source": [
-      "obj-41",
+      "obj-42",
       0
      ],
      "destination": [
+      "obj-43",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-42",
+      0
+     ],
+     "destination": [
+      "obj-43",
       1
      ]
     }

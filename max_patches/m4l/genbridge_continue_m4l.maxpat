@@ -281,7 +281,7 @@
      "numoutlets": 2,
      "patching_rect": [
       300,
-      260,
+      240,
       120,
       22
      ],
@@ -291,6 +291,21 @@
    {
     "box": {
      "id": "obj-19",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      430,
+      240,
+      180,
+      22
+     ],
+     "text": "conformpath native absolute"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-20",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -305,7 +320,7 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-21",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -320,7 +335,7 @@
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-22",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -334,7 +349,7 @@
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-23",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -349,7 +364,7 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-24",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -364,7 +379,7 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-25",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -379,7 +394,7 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-26",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -394,7 +409,7 @@
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-27",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 6,
@@ -409,7 +424,7 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-28",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -424,7 +439,7 @@
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-29",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
@@ -439,7 +454,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-30",
      "maxclass": "slider",
      "numinlets": 1,
      "numoutlets": 1,
@@ -456,7 +471,7 @@
    },
    {
     "box": {
-     "id": "obj-30",
+     "id": "obj-31",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -471,7 +486,7 @@
    },
    {
     "box": {
-     "id": "obj-31",
+     "id": "obj-32",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -486,7 +501,7 @@
    },
    {
     "box": {
-     "id": "obj-32",
+     "id": "obj-33",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -501,7 +516,7 @@
    },
    {
     "box": {
-     "id": "obj-33",
+     "id": "obj-34",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -516,7 +531,7 @@
    },
    {
     "box": {
-     "id": "obj-34",
+     "id": "obj-35",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -531,7 +546,7 @@
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-36",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -546,7 +561,7 @@
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-37",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -560,7 +575,7 @@
    },
    {
     "box": {
-     "id": "obj-37",
+     "id": "obj-38",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -575,7 +590,7 @@
    },
    {
     "box": {
-     "id": "obj-38",
+     "id": "obj-39",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -589,7 +604,7 @@
    },
    {
     "box": {
-     "id": "obj-39",
+     "id": "obj-40",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -603,7 +618,7 @@
    },
    {
     "box": {
-     "id": "obj-40",
+     "id": "obj-41",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -618,7 +633,7 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-42",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -633,7 +648,7 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-43",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -648,7 +663,7 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-44",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 0,
@@ -663,7 +678,7 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-45",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -678,7 +693,7 @@
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-46",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -840,11 +855,23 @@
    {
     "patchline": {
      "source": [
+      "obj-19",
+      0
+     ],
+     "destination": [
+      "obj-20",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-6",
       0
      ],
      "destination": [
-      "obj-19",
+      "obj-20",
       1
      ]
     }
@@ -852,23 +879,11 @@
    {
     "patchline": {
      "source": [
-      "obj-19",
-      0
-     ],
-     "destination": [
-      "obj-20",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-20",
       0
      ],
      "destination": [
-      "obj-3",
+      "obj-21",
       0
      ]
     }
@@ -880,31 +895,31 @@
       0
      ],
      "destination": [
-      "obj-23",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-23",
-      0
-     ],
-     "destination": [
-      "obj-24",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-24",
-      0
-     ],
-     "destination": [
       "obj-3",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-22",
+      0
+     ],
+     "destination": [
+      "obj-24",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-24",
+      0
+     ],
+     "destination": [
+      "obj-25",
       0
      ]
     }
@@ -916,7 +931,7 @@
       0
      ],
      "destination": [
-      "obj-26",
+      "obj-3",
       0
      ]
     }
@@ -937,19 +952,7 @@
     "patchline": {
      "source": [
       "obj-27",
-      1
-     ],
-     "destination": [
-      "obj-23",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-26",
-      1
+      0
      ],
      "destination": [
       "obj-28",
@@ -961,7 +964,19 @@
     "patchline": {
      "source": [
       "obj-28",
-      2
+      1
+     ],
+     "destination": [
+      "obj-24",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-27",
+      1
      ],
      "destination": [
       "obj-29",
@@ -972,7 +987,7 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
+      "obj-29",
       2
      ],
      "destination": [
@@ -984,8 +999,8 @@
    {
     "patchline": {
      "source": [
-      "obj-30",
-      3
+      "obj-27",
+      2
      ],
      "destination": [
       "obj-31",
@@ -997,7 +1012,7 @@
     "patchline": {
      "source": [
       "obj-31",
-      0
+      3
      ],
      "destination": [
       "obj-32",
@@ -1008,8 +1023,8 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
-      3
+      "obj-32",
+      0
      ],
      "destination": [
       "obj-33",
@@ -1020,7 +1035,7 @@
    {
     "patchline": {
      "source": [
-      "obj-33",
+      "obj-27",
       3
      ],
      "destination": [
@@ -1033,7 +1048,7 @@
     "patchline": {
      "source": [
       "obj-34",
-      0
+      3
      ],
      "destination": [
       "obj-35",
@@ -1044,11 +1059,23 @@
    {
     "patchline": {
      "source": [
-      "obj-33",
-      3
+      "obj-35",
+      0
      ],
      "destination": [
       "obj-36",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-34",
+      3
+     ],
+     "destination": [
+      "obj-37",
       1
      ]
     }
@@ -1056,59 +1083,11 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
+      "obj-27",
       4
      ],
      "destination": [
-      "obj-38",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
       "obj-39",
-      0
-     ],
-     "destination": [
-      "obj-41",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-41",
-      0
-     ],
-     "destination": [
-      "obj-42",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-42",
-      0
-     ],
-     "destination": [
-      "obj-43",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-42",
-      0
-     ],
-     "destination": [
-      "obj-43",
       1
      ]
     }
@@ -1116,7 +1095,19 @@
    {
     "patchline": {
      "source": [
-      "obj-44",
+      "obj-40",
+      0
+     ],
+     "destination": [
+      "obj-42",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-42",
       0
      ],
      "destination": [
@@ -1128,11 +1119,47 @@
    {
     "patchline": {
      "source": [
+      "obj-43",
+      0
+     ],
+     "destination": [
       "obj-44",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-43",
+      0
+     ],
+     "destination": [
+      "obj-44",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-45",
+      0
+     ],
+     "destination": [
+      "obj-44",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-45",
       1
      ],
      "destination": [
-      "obj-43",
+      "obj-44",
       1
      ]
     }
