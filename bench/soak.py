@@ -16,6 +16,7 @@ restarts, the daemon's RSS growth, ping latency during the flood, and partial fi
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
 import signal
@@ -62,6 +63,28 @@ def mutate(rng: random.Random, base: bytes) -> bytes:
     return bytes(data)
 
 
+def _sender(kind: str, port: int, rate: float, stop, count, seeds: list[bytes]) -> None:
+    """A paced UDP sender in its own process: valid pings ("flood") or mutated packets ("fuzz")."""
+    rng = random.Random(1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    ping = osc_message("/genbridge/ping", 7)
+    start, n = time.monotonic(), 0
+    while not stop.is_set():
+        try:
+            s.sendto(ping if kind == "flood" else mutate(rng, rng.choice(seeds)), ("127.0.0.1", port))
+        except OSError:
+            pass
+        n += 1
+        if n % 100 == 0:
+            count.value = n
+        ahead = start + n / rate - time.monotonic()
+        if ahead > 0:
+            time.sleep(ahead)
+    count.value = n
+    s.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=300.0)
@@ -101,33 +124,13 @@ def main() -> None:
                 if ahead > 0:
                     time.sleep(ahead)
 
-        def flood() -> None:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
-            ping = osc_message("/genbridge/ping", 7)
-
-            def one() -> None:
-                try:
-                    s.sendto(ping, ("127.0.0.1", daemon.port))
-                    sent["flood"] += 1
-                except OSError:
-                    pass
-            paced(args.flood, one)
-            s.close()
-
-        def fuzz() -> None:
-            rng = random.Random(1)
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
-
-            def one() -> None:
-                try:
-                    s.sendto(mutate(rng, rng.choice(seeds)), ("127.0.0.1", daemon.port))
-                    sent["fuzz"] += 1
-                except OSError:
-                    pass
-            paced(args.fuzz, one)
-            s.close()
+        # The flood and the fuzz run in their own processes: in this one they would hold the
+        # GIL against the probe and the probe would time the benchmark, not the daemon.
+        ctx = multiprocessing.get_context("spawn")
+        proc_stop = ctx.Event()
+        counts = {"flood": ctx.Value("q", 0), "fuzz": ctx.Value("q", 0)}
+        senders = [ctx.Process(target=_sender, args=("flood", daemon.port, args.flood, proc_stop, counts["flood"], seeds)),
+                   ctx.Process(target=_sender, args=("fuzz", daemon.port, args.fuzz, proc_stop, counts["fuzz"], seeds))]
 
         def pads() -> None:
             pad = OscClient(daemon.port)
@@ -184,21 +187,28 @@ def main() -> None:
                     sent["kills"] += 1
             status_client.close()
 
-        threads = [threading.Thread(target=f, daemon=True) for f in (flood, fuzz, pads, probe, watcher)]
+        threads = [threading.Thread(target=f, daemon=True) for f in (pads, probe, watcher)]
         if args.kill_every > 0:
             threads.append(threading.Thread(target=killer, daemon=True))
         print(f"soak for {args.seconds:g} s: flood {args.flood:g}/s, fuzz {args.fuzz:g}/s, plays 4/s, "
               f"probe 20/s, worker kill every {args.kill_every:g} s", flush=True)
         t0 = time.monotonic()
+        for p in senders:
+            p.start()
         for t in threads:
             t.start()
         while time.monotonic() - t0 < args.seconds:
             time.sleep(min(10.0, args.seconds - (time.monotonic() - t0)))
+            sent["flood"], sent["fuzz"] = counts["flood"].value, counts["fuzz"].value
             print(f"  {time.monotonic() - t0:5.0f} s: flood {sent['flood']}, fuzz {sent['fuzz']}, probes "
                   f"{len(latencies)} ok / {lost_probes[0]} lost, RSS {rss_mb(pid):.0f} MB", flush=True)
         stop.set()
+        proc_stop.set()
         for t in threads:
             t.join(5)
+        for p in senders:
+            p.join(5)
+        sent["flood"], sent["fuzz"] = counts["flood"].value, counts["fuzz"].value
         elapsed = time.monotonic() - t0
         final = control.status()
         alive = control.request("/genbridge/ping", 99, reply="/genbridge/pong").args[0] == 99
@@ -212,7 +222,7 @@ def main() -> None:
         ["packets sent: plays", sent["plays"]], ["packets sent: probe pings", sent["probe"]],
         ["packets received by the daemon", osc["packets"]], ["malformed", osc["malformed"]],
         ["error replies sent", osc["errors_sent"]], ["error replies suppressed (rate limit)", osc["errors_suppressed"]],
-        ["dropped: busy", osc["dropped_busy"]], ["dropped: oversize", osc["dropped_oversize"]],
+        ["dropped: busy", osc["dropped_busy"]], ["dropped: rate per client", osc["dropped_rate"]], ["dropped: oversize", osc["dropped_oversize"]],
         ["dropped: not allowed", osc["dropped_not_allowed"]], ["engine refused busy", counters["refused_busy"]],
         ["worker kills / restarts", f"{sent['kills']} / {restarts}"],
         ["RSS start / peak / growth MB", f"{rss0:.0f} / {rss_peak[0]:.0f} / {rss_peak[0] - rss0:.1f}"],

@@ -46,6 +46,9 @@ class ServerConfig:
     #: Error replies per second per client host (burst as large); more are counted, not sent,
     #: so a flood of bad packets cannot make the daemon flood back.
     error_replies_per_s: float = field(default=20.0, metadata=_check(lambda v: 0 < v <= 100000, "> 0"))
+    #: Packets per second one client socket may send (burst as large); more are dropped unread
+    #: and counted, so one runaway sender cannot queue up everyone else's requests.
+    max_rate_per_client: float = field(default=1000.0, metadata=_check(lambda v: v > 0, "> 0"))
     #: Requests being served at once; more are dropped (and counted) until some finish.
     max_in_flight: int = field(default=256, metadata=_check(lambda v: 1 <= v <= 100000, "1-100000"))
 

@@ -78,13 +78,13 @@ def check_bundle(data: bytes, depth: int = 1, budget: list[int] | None = None) -
 
 
 class _ErrorBudget:
-    """Token bucket per client host: error replies beyond the rate are counted, not sent."""
+    """Token bucket per key (a client host for error replies, a client socket for packets)."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
         self.tokens: dict[str, tuple[float, float]] = {}
 
-    def take(self, host: str) -> bool:
+    def take(self, host: Any) -> bool:
         now = time.monotonic()
         tokens, last = self.tokens.get(host, (self.rate, now))
         tokens = min(self.rate, tokens + (now - last) * self.rate)
@@ -106,7 +106,8 @@ class OscTransport(asyncio.DatagramProtocol):
     """The daemon's UDP endpoint."""
 
     def __init__(self, service: Service, *, allow: list[str] | None = None, max_packet_bytes: int = 8192,
-                 error_replies_per_s: float = 20.0, max_in_flight: int = 256) -> None:
+                 error_replies_per_s: float = 20.0, max_in_flight: int = 256,
+                 max_rate_per_client: float = 1000.0) -> None:
         import ipaddress
 
         self.service = service
@@ -114,13 +115,14 @@ class OscTransport(asyncio.DatagramProtocol):
         self.max_packet_bytes = max_packet_bytes
         self.max_in_flight = max_in_flight
         self.error_budget = _ErrorBudget(error_replies_per_s)
+        self.packet_budget = _ErrorBudget(max_rate_per_client)
         #: host -> its latest registered reply port; (host, sender port) -> that socket's.
         self.reply_ports: dict[str, int] = {}
         self.socket_reply_ports: dict[tuple[str, int], int] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = {"packets": 0, "malformed": 0, "errors_sent": 0, "errors_suppressed": 0,
-                         "dropped_not_allowed": 0, "dropped_oversize": 0, "dropped_busy": 0}
+                         "dropped_not_allowed": 0, "dropped_oversize": 0, "dropped_busy": 0, "dropped_rate": 0}
         self._allowed: dict[str, bool] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -169,6 +171,9 @@ class OscTransport(asyncio.DatagramProtocol):
         self.counters["packets"] += 1
         if not self.is_allowed(addr[0]):
             self.counters["dropped_not_allowed"] += 1  # no reply: an outsider learns nothing
+            return
+        if not self.packet_budget.take((addr[0], addr[1])):
+            self.counters["dropped_rate"] += 1  # unread and unanswered: answering is what costs
             return
         reply = self.replier(addr)
         if len(data) > self.max_packet_bytes:
@@ -244,7 +249,8 @@ async def serve_osc(service: Service, server: ServerConfig) -> tuple[asyncio.Dat
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_datagram_endpoint(
         lambda: OscTransport(service, allow=server.allow, max_packet_bytes=server.max_packet_bytes,
-                             error_replies_per_s=server.error_replies_per_s, max_in_flight=server.max_in_flight),
+                             error_replies_per_s=server.error_replies_per_s, max_in_flight=server.max_in_flight,
+                             max_rate_per_client=server.max_rate_per_client),
         local_addr=(server.host, server.osc_port))
     sock = transport.get_extra_info("socket")
     if sock is not None:

@@ -59,7 +59,10 @@ def mutated_packets(draw) -> list[bytes]:
 
 def test_twenty_thousand_mutated_packets_leave_the_daemon_answering(tmp_path: Path, tiny_model: Path,
                                                                     start_daemon) -> None:
-    daemon, client = start_daemon(write_config(tmp_path / "c.toml", tiny_model, pool=1))
+    config = write_config(tmp_path / "c.toml", tiny_model, pool=1)
+    # every mutated packet must reach the parser: no per-client rate limit in this test
+    config.write_text("[server]\nmax_rate_per_client = 1000000.0\n" + config.read_text())
+    daemon, client = start_daemon(config)
     client.wait_until(lambda s: s["models"]["m"]["state"] == "ready", what="the worker")
     rss_before = _rss_kb(daemon.proc.pid)
     fuzzer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -153,3 +156,19 @@ def test_a_burst_of_bad_requests_is_answered_at_a_bounded_rate(tmp_path: Path, t
         pass
     assert 1 <= errors <= 40, errors  # the burst of 20, and what refilled while they were read
     assert client.status()["osc"]["errors_suppressed"] >= 150
+
+
+def test_a_runaway_sender_is_rate_limited_and_others_are_still_served(tmp_path: Path, tiny_model: Path,
+                                                                      start_daemon) -> None:
+    daemon, client = start_daemon(write_config(tmp_path / "c.toml", tiny_model, pool=0))
+    runaway = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    runaway.bind(("127.0.0.1", 0))
+    ping = osc_message("/genbridge/ping", 1)
+    try:
+        for _ in range(5000):  # far above server.max_rate_per_client (1000/s, burst 1000)
+            runaway.sendto(ping, ("127.0.0.1", daemon.port))
+        assert client.request("/genbridge/ping", 2, reply="/genbridge/pong").args[0] == 2
+        osc = client.status()["osc"]
+        assert osc["dropped_rate"] >= 2000, osc
+    finally:
+        runaway.close()
