@@ -242,6 +242,10 @@ class ModelInfo:
     precision: str
     default_sampler: str = "ddim"
     classes: list[str] | None = None
+    #: The model works on audio x data_scale (training scaled its data so its std was ~0.5:
+    #: drum one-shots are mostly quiet tails, std ~0.05, which noise drowns at almost every
+    #: diffusion time). Outputs are divided by it, sources of variations multiplied.
+    data_scale: float = 1.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -353,7 +357,7 @@ class DiffusionGenerator:
         labels = self.labels_for(instruments or [None] * len(seeds))
         noise = torch.cat([self.noise(s) for s in seeds])
         audio = self.sample(noise, steps, on_step, sampler or self.info.default_sampler, labels)
-        return [a.numpy().astype(np.float32, copy=False) for a in audio]
+        return [(a / self.info.data_scale).numpy().astype(np.float32, copy=False) for a in audio]
 
     def vary(
         self,
@@ -371,18 +375,18 @@ class DiffusionGenerator:
         new clip that ignores it. The same seed, source and strength give the same result."""
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be 0-1, got {strength}")
-        x0 = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None]
+        x0 = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None] * self.info.data_scale
         if tuple(x0.shape[1:]) != (self.arch.in_channels, self.arch.length):
             raise ValueError(f"source must be {self.arch.in_channels} ch x {self.arch.length} frames, "
                              f"got {tuple(x0.shape[1:])}")
         if strength == 0.0:
-            return x0[0].numpy().copy()
+            return (x0[0] / self.info.data_scale).numpy().astype(np.float32)
         steps = max(1, round(int(steps or self.info.default_steps) * strength))
         alpha, beta = alpha_beta(torch.tensor(float(strength)))
         x = alpha * x0 + beta * self.noise(seed)
         audio = self.sample(x, steps, on_step, sampler or self.info.default_sampler,
                             self.labels_for([instrument]), start=strength)
-        return audio[0].numpy().astype(np.float32, copy=False)
+        return (audio[0] / self.info.data_scale).numpy().astype(np.float32, copy=False)
 
     def generate(
         self,
@@ -396,7 +400,7 @@ class DiffusionGenerator:
         steps = int(steps or self.info.default_steps)
         labels = self.labels_for([instrument])
         audio = self.sample(self.noise(seed), steps, on_step, sampler or self.info.default_sampler, labels)
-        return audio[0].numpy().astype(np.float32, copy=False)
+        return (audio[0] / self.info.data_scale).numpy().astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------- loading
@@ -532,6 +536,7 @@ def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str
         parameters=_count_parameters(net) + (embedding.numel() if classes else 0), sample_rate=arch.sample_rate,
         channels=arch.in_channels, length=arch.length, default_steps=default_steps,
         sdpa_layers=swapped, precision=precision, default_sampler=sampler, classes=classes,
+        data_scale=float(config.get("data_scale", 1.0)),
     )
     if classes:
         conditioned = ConditionedUNet(net, len(classes), int(embedding.shape[1]))

@@ -45,5 +45,6 @@ def load_onnx_generator(onnx_file: Path, *, name: str, threads: int) -> Diffusio
                      trained=bool(meta.get("trained", True)), parameters=int(meta.get("parameters", 0)),
                      sample_rate=arch.sample_rate, channels=arch.in_channels, length=arch.length,
                      default_steps=int(meta.get("default_steps", 25)), sdpa_layers=0, precision="fp32",
-                     default_sampler=str(meta.get("default_sampler", "ddim")), classes=meta.get("classes") or None)
+                     default_sampler=str(meta.get("default_sampler", "ddim")), classes=meta.get("classes") or None,
+                     data_scale=float(meta.get("data_scale", 1.0)))
     return DiffusionGenerator(OrtStep(onnx_file, threads), arch, info)

@@ -79,6 +79,9 @@ class TrainSettings:
     warmup: int = 200
     ema_decay: float = 0.999
     seed: int = 0
+    #: Training audio is multiplied by this (None: chosen from the data so its std is 0.5) and
+    #: the model folder records it, so generation divides it out again.
+    data_scale: float | None = None
     threads: int = 0
     bf16: bool = True
     checkpoint_minutes: float = 5.0
@@ -128,9 +131,16 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def _ema_model(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    return torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
-    )
+    """EMA of the weights with a warm-up: the decay grows as (1 + n) / (10 + n) up to ``decay``,
+    so a short run's EMA is not still mostly the random initial weights (0.999^3000 = 5%)."""
+
+    @torch.no_grad()
+    def ema_update(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        d = min(decay, (1.0 + n) / (10.0 + n))
+        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=ema_update, use_buffers=True)
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -173,6 +183,11 @@ def _build(settings: TrainSettings, classes_found: Sequence[str]) -> tuple[Condi
         return ConditionedUNet(net, 0), arch, None, "trained from scratch"
     classes = list(settings.classes or classes_found)
     return ConditionedUNet(net, len(classes)), arch, classes, "trained from scratch"
+
+
+def model_info_scale(path: str) -> float:
+    """The data scale a model to be fine-tuned was trained at (1.0 for tiny-audio-diffusion's)."""
+    return load_generator(path, name="init", sdpa=False).info.data_scale
 
 
 def load_training_data(settings: TrainSettings, arch: UNetArch, classes: Sequence[str] | None) -> tuple[DrumSet, list[str]]:
@@ -244,6 +259,13 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
                            step=step, wall_s=elapsed, final_loss=final)
         return TrainResult(Path(snapshot_to), step, final, elapsed, step)
 
+    if resume is not None:
+        settings.data_scale = resume["settings"].get("data_scale") or settings.data_scale
+    if settings.data_scale is None:
+        settings.data_scale = round(0.5 / max(float(data.audio.std()), 1e-4), 2)
+        if settings.init:  # a model being fine-tuned keeps the scale it was trained at
+            settings.data_scale = model_info_scale(settings.init)
+    log.info("data scale %.2f (training audio std %.4f)", settings.data_scale, float(data.audio.std()))
     audio = torch.from_numpy(data.audio)
     labels = torch.from_numpy(data.labels)
 
@@ -267,7 +289,7 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     running = float(np.mean(losses[-50:])) if losses else float("nan")
     while step < settings.steps:
         idx = torch.randint(len(labels), (settings.batch,), generator=gen)
-        x0 = augment(audio[idx], gen)
+        x0 = augment(audio[idx], gen) * settings.data_scale
         loss = v_loss(model, x0, labels[idx] if classes else None, gen, settings.bf16)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -324,7 +346,7 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
         "licenses": licenses,
         "settings": settings.to_json(),
     }
-    extra = {"classes": list(classes)} if classes else {}
+    extra = ({"classes": list(classes)} if classes else {}) | {"data_scale": settings.data_scale or 1.0}
     save_model_folder(folder, model.net, arch, default_steps=settings.default_steps,
                       fp16=settings.fp16_weights, card=card, extra_config=extra | {"sampler": settings.sampler},
                       extra_tensors={"genbridge.class_embedding": model.class_embedding.weight.detach()}
