@@ -33,7 +33,6 @@ from torch import nn
 
 from models.diffusion import (
     ConditionedUNet,
-    ModelLoadError,
     UNetArch,
     alpha_beta,
     build_network,

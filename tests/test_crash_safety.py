@@ -4,7 +4,6 @@ shutdown is quick and leaves no process behind; the folder stays within its caps
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path

@@ -32,7 +32,7 @@ def test_instrument_names_from_hydrogen_kits_and_file_names() -> None:
 
 
 def test_kits_and_folders_are_found_labelled_and_prepared(tmp_path: Path) -> None:
-    kit = write_hydrogen_kit(tmp_path / "kits" / "TestKit")
+    write_hydrogen_kit(tmp_path / "kits" / "TestKit")
     folder = write_sample_folder(tmp_path / "mine")
     samples = find_samples([tmp_path / "kits", folder])
     by_kit = {(s.kit, s.instrument) for s in samples}
