@@ -80,6 +80,14 @@ REPLIES: dict[str, Reply] = {
 
 _INSTRUMENT = Arg("instrument", "str", doc="an instrument name from the config (kick, snare, hat ...)")
 
+
+def _seed(doc: str) -> Arg:
+    return Arg("seed", "int", required=False, default=None, minimum=-1, maximum=2**31 - 1, doc=doc)
+
+
+def _steps(doc: str) -> Arg:
+    return Arg("steps", "int", required=False, default=0, minimum=0, maximum=1000, doc=doc)
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("ping", f"{PREFIX}/ping", (), ("pong",), "health check"),
     Endpoint("status", f"{PREFIX}/status", (), ("status/reply",),
@@ -97,10 +105,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "drum.generate", f"{PREFIX}/drum/generate",
         (_INSTRUMENT,
          Arg("count", "int", required=False, default=1, minimum=1, doc="clips to make"),
-         Arg("seed", "int", required=False, default=None, minimum=-1, maximum=2**31 - 1,
-             doc="first seed; clip k uses seed + k; -1 for random"),
-         Arg("steps", "int", required=False, default=0, minimum=0, maximum=1000,
-             doc="sampling steps; 0 for the instrument's setting")),
+         _seed("first seed; clip k uses seed + k; -1 for random"),
+         _steps("sampling steps; 0 for the instrument's setting")),
         ("job/started", "drum/ready", "job/done"),
         "generate new clips now (ahead of pool refills); one drum/ready per clip",
         examples=(("snare", 3, 7),),
@@ -112,10 +118,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                                   "shared folder (absolute, or relative to it)"),
          Arg("strength", "float", minimum=0.0, maximum=1.0,
              doc="0 returns the source, 1 ignores it; 0.3-0.6 keeps its character"),
-         Arg("seed", "int", required=False, default=None, minimum=-1, maximum=2**31 - 1,
-             doc="-1 for random; the same seed, source and strength give the same clip"),
-         Arg("steps", "int", required=False, default=0, minimum=0, maximum=1000,
-             doc="steps for a full denoise; a variation runs strength x steps")),
+         _seed("-1 for random; the same seed, source and strength give the same clip"),
+         _steps("steps for a full denoise; a variation runs strength x steps")),
         ("job/started", "drum/ready", "job/done"),
         "a variation of a clip: re-noise it to the strength and denoise from there",
         examples=(("kick", "last", 0.4), ("snare", "session/snare-0001.wav", 0.5, 7)),
@@ -127,7 +131,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
          Arg("seconds", "float", minimum=0.1, maximum=120, doc="how much new audio to make"),
          Arg("description", "str", required=False, default="", allow_empty=True,
              doc="text, when the model's text encoder is available; '' for none"),
-         Arg("seed", "int", required=False, default=None, minimum=-1, maximum=2**31 - 1, doc="-1 for random")),
+         _seed("-1 for random")),
         ("job/queued", "job/progress", "job/chunk", "job/done"),
         "continue the last seconds of a clip with MusicGen: progress and chunks as they are made, then "
         "the whole continuation (job/done's path); one runs at a time, the rest queue",

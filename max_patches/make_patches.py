@@ -80,15 +80,13 @@ def osc_words(address: str) -> str:
     return " ".join(address.strip("/").split("/"))
 
 
-def pd_pads() -> str:
-    p = PdPatch()
-    p.comment(20, 10, f"genbridge pads: click a pad (or send MIDI notes) - daemon on udp {DAEMON_PORT}, "
-              f"replies on {REPLY_PORT}")
+def pd_connection(p: PdPatch, reply_port: int, send_y: int) -> int:
+    """On load: connect [netsend] to the daemon and register the reply port; returns [netsend]."""
     load = p.obj(20, 40, "loadbang")
     order = p.obj(20, 70, "t b b")
     connect = p.msg(120, 100, f"connect 127.0.0.1 {DAEMON_PORT}")
-    send = p.obj(20, 470, "netsend -u -b")
-    register = p.msg(20, 100, f"{REPLY_PORT}")
+    send = p.obj(20, send_y, "netsend -u -b")
+    register = p.msg(20, 100, f"{reply_port}")
     register_osc = p.obj(20, 130, f"oscformat {osc_words(REGISTER)}")
     p.connect(load, 0, order)
     p.connect(order, 1, connect)
@@ -96,6 +94,14 @@ def pd_pads() -> str:
     p.connect(connect, 0, send)
     p.connect(register, 0, register_osc)
     p.connect(register_osc, 0, send)
+    return send
+
+
+def pd_pads() -> str:
+    p = PdPatch()
+    p.comment(20, 10, f"genbridge pads: click a pad (or send MIDI notes) - daemon on udp {DAEMON_PORT}, "
+              f"replies on {REPLY_PORT}")
+    send = pd_connection(p, REPLY_PORT, 470)
     play_osc = p.obj(20, 420, f"oscformat {osc_words(PLAY)}")
     p.connect(play_osc, 0, send)
     # MIDI notes (General MIDI drum map) play the same pads with their velocity; [notein]
@@ -281,18 +287,7 @@ def pd_continue() -> str:
     p = PdPatch(900, 700)
     p.comment(20, 10, f"genbridge continue: MusicGen continues what you played - daemon on udp {DAEMON_PORT}, "
               f"replies on {CONTINUE_REPLY_PORT}")
-    load = p.obj(20, 40, "loadbang")
-    order = p.obj(20, 70, "t b b")
-    connect = p.msg(120, 100, f"connect 127.0.0.1 {DAEMON_PORT}")
-    send = p.obj(20, 400, "netsend -u -b")
-    register = p.msg(20, 100, f"{CONTINUE_REPLY_PORT}")
-    register_osc = p.obj(20, 130, f"oscformat {osc_words(REGISTER)}")
-    p.connect(load, 0, order)
-    p.connect(order, 1, connect)
-    p.connect(order, 0, register)
-    p.connect(connect, 0, send)
-    p.connect(register, 0, register_osc)
-    p.connect(register_osc, 0, send)
+    send = pd_connection(p, CONTINUE_REPLY_PORT, 400)
     cont_osc = p.obj(20, 360, f"oscformat {osc_words(CONTINUE)}")
     p.connect(cont_osc, 0, send)
     seconds = p.obj(300, 170, "nbx 4 14 1 120 0 0 empty empty seconds 0 -8 0 10 #fcfcfc #000000 #000000 4 256")
