@@ -254,6 +254,7 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
             raise ValueError(f"no checkpoint in {out} to take a snapshot of")
         final = float(np.mean(losses[-100:])) if losses else float("nan")
         saved = TrainSettings(**resume["settings"])
+        origin += f"; a snapshot at step {step} of a run to {saved.steps} steps"
         write_model_folder(Path(snapshot_to), ema.module, arch, classes, saved, data, held_kits, origin,
                            step=step, wall_s=elapsed, final_loss=final)
         return TrainResult(Path(snapshot_to), step, final, elapsed, step)
