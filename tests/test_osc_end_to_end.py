@@ -76,28 +76,50 @@ def test_default_config_serves_the_shipped_model(tmp_path: Path, start_daemon) -
                       channels=info["channels"])
 
 
-def test_untrained_default_is_announced_and_shutdown_is_clean(tmp_path: Path, tiny_model: Path) -> None:
+def test_the_default_config_serves_the_shipped_trained_model(tmp_path: Path) -> None:
     import os
 
     from helpers import Daemon, OscClient
 
-    daemon = Daemon(tmp_path / "out")  # the default config: the shipped (untrained) model
+    daemon = Daemon(tmp_path / "out")  # the default config: the shipped default model
     daemon.wait_for_ping()
     client = OscClient(daemon.port)
     status = client.wait_until(lambda s: s["models"]["default"]["state"] == "ready", what="default model")
+    info = status["models"]["default"]["info"]
+    assert info["trained"] is True and {"kick", "snare", "hat"} <= set(info["classes"])
+    reply = client.request("/genbridge/drum/play", "kick", 100, reply="/genbridge/drum/played", timeout=120)
+    meta = assert_valid_clip(reply.args[2], sample_rate=info["sample_rate"], frames=info["length"],
+                             channels=info["channels"])
+    assert meta["trained"] is True and meta["instrument"] == "kick"
     client.close()
     pid = status["models"]["default"]["pid"]
-    assert status["models"]["default"]["info"]["trained"] is False
     assert daemon.stop() == 0
-    log = daemon.log()
-    assert "has no trained weights" in log and "UNTRAINED" in log
-    assert "stopped" in log
+    assert "stopped" in daemon.log() and "UNTRAINED" not in daemon.log()
     try:
         os.kill(pid, 0)
         alive = True
     except ProcessLookupError:
         alive = False
     assert not alive, "the model worker outlived the daemon"
+
+
+def test_a_model_folder_without_weights_is_announced_untrained(tmp_path: Path, caplog) -> None:
+    import json
+    import logging
+
+    from models.diffusion import load_generator
+
+    folder = tmp_path / "placeholder"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "format": "genbridge-diffusion", "version": 1, "sample_rate": TINY_RATE, "length": TINY_LENGTH,
+        "default_steps": 4, "weights": None, "init_seed": 0,
+        "unet": {"in_channels": 1, "channels": [8, 16, 32], "factors": [1, 4, 4], "items": [1, 1, 1],
+                 "attentions": [0, 0, 1], "attention_heads": 2, "attention_features": 16}}))
+    with caplog.at_level(logging.WARNING):
+        gen = load_generator(folder, name="p")
+    assert gen.info.trained is False and gen.info.weights == "random"
+    assert "has no trained weights" in caplog.text
 
 
 def test_two_patches_on_one_host_get_their_own_replies(tmp_path: Path, tiny_model: Path, start_daemon) -> None:
