@@ -67,6 +67,14 @@ class Continuations:
         self._conn: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        #: Writes and finishes under way (asyncio keeps only weak references to tasks).
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def _spawn(self, coro: Any) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # ------------------------------------------------------------------ worker
 
@@ -133,10 +141,10 @@ class Continuations:
             job.sample_rate = int(msg["sample_rate"])
             index = int(msg["index"])
             clip = Clip(audio, job.sample_rate, self._meta(job, f"continue-j{job.id}-chunk{index:02d}") | {"chunk": index})
-            job.writes.append(asyncio.ensure_future(self._write_chunk(job, index, clip)))
+            job.writes.append(self._spawn(self._write_chunk(job, index, clip)))
         elif op == "done":
             self.running = None
-            asyncio.ensure_future(self._finish(job, float(msg.get("generation_s", 0.0))))
+            self._spawn(self._finish(job, float(msg.get("generation_s", 0.0))))
             self._pump()
         elif op == "error":
             self.running = None
