@@ -8,7 +8,7 @@ fresh ratio per instrument, the lowest pool level seen, and how many clips the w
 per second during the run.
 
 Usage: python bench/fresh_ratio.py [--seconds 60] [--rate 3] [--runtime torch|onnx]
-       [--precision fp32|bf16] [--refill-batch 4] [--steps N] [--config FILE]
+       [--precision fp32|bf16] [--refill-batch 4] [--steps N] [--threads 1] [--config FILE]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ PATTERN = ("kick", "hat", "snare", "hat")
 
 
 def _config(path: Path, args: argparse.Namespace) -> Path:
-    lines = ["[audio]", 'device = "none"', "", "[engine]", f"refill_batch = {args.refill_batch}", "",
+    lines = ["[audio]", 'device = "none"', "", "[engine]", f"refill_batch = {args.refill_batch}",
+             f"threads = {args.threads}", "",
              "[models.default]", 'path = "builtin:default"', f'runtime = "{args.runtime}"',
              f'precision = "{args.precision}"', f"steps = {args.steps}", ""]
     for inst in sorted(set(PATTERN)):
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--refill-batch", type=int, default=4)
     ap.add_argument("--pool", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1, help="engine.threads: the model worker's torch/ORT threads")
     ap.add_argument("--steps", type=int, default=0, help="0: the model's default")
     ap.add_argument("--config", help="use this config instead of the one built from the options")
     args = ap.parse_args()
@@ -108,7 +110,7 @@ def main() -> None:
     print(table(["instrument", "hits", "fresh", "fresh ratio", "lowest pool"], rows))
     print(f"{len(replies)} hits in {elapsed:.1f} s ({len(replies) / elapsed:.2f} hits/s)")
     path = save("fresh_ratio", {"seconds": args.seconds, "rate": args.rate, "runtime": args.runtime,
-                                "precision": args.precision, "refill_batch": args.refill_batch, "pool": args.pool,
+                                "precision": args.precision, "refill_batch": args.refill_batch, "pool": args.pool, "threads": args.threads,
                                 "model_info": info, "instruments": per, "fresh_ratio": total_fresh / len(replies),
                                 "end_status_counters": end_status.get("counters")})
     print(f"wrote {path}")
