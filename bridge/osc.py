@@ -77,7 +77,7 @@ def check_bundle(data: bytes, depth: int = 1, budget: list[int] | None = None) -
         pos += size
 
 
-class _ErrorBudget:
+class _TokenBucket:
     """Token bucket per key (a client host for error replies, a client socket for packets)."""
 
     def __init__(self, rate: float) -> None:
@@ -114,8 +114,8 @@ class OscTransport(asyncio.DatagramProtocol):
         self.allow = [ipaddress.ip_network(n, strict=False) for n in allow or []]
         self.max_packet_bytes = max_packet_bytes
         self.max_in_flight = max_in_flight
-        self.error_budget = _ErrorBudget(error_replies_per_s)
-        self.packet_budget = _ErrorBudget(max_rate_per_client)
+        self.error_budget = _TokenBucket(error_replies_per_s)
+        self.packet_budget = _TokenBucket(max_rate_per_client)
         #: host -> its latest registered reply port; (host, sender port) -> that socket's.
         self.reply_ports: dict[str, int] = {}
         self.socket_reply_ports: dict[tuple[str, int], int] = {}

@@ -40,7 +40,7 @@ from models.diffusion import (
     save_model_folder,
     swap_attention_to_sdpa,
 )
-from models.drum_data import DEFAULT_HELD_OUT, DrumSet, find_samples, load_drum_set, split_held_out
+from models.drum_data import DEFAULT_HELD_OUT, DrumSet, Sample, find_samples, load_drum_set, split_held_out
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +159,10 @@ class TrainResult:
     resumed_from: int
 
 
-def _build(settings: TrainSettings, classes_found: Sequence[str]) -> tuple[ConditionedUNet, UNetArch, list[str] | None, str]:
-    """The model to train: fresh from :data:`DEFAULT_ARCH`, or the network of ``init``."""
+def _build(settings: TrainSettings, classes_found: Sequence[str]
+           ) -> tuple[ConditionedUNet, UNetArch, list[str] | None, str, float | None]:
+    """The model to train: fresh from :data:`DEFAULT_ARCH`, or the network of ``init``; last, the
+    data scale ``init`` was trained at (a fine-tuned model keeps it), None for a fresh model."""
     if settings.init:
         gen = load_generator(settings.init, name="init", sdpa=True)
         arch = gen.arch
@@ -170,7 +172,7 @@ def _build(settings: TrainSettings, classes_found: Sequence[str]) -> tuple[Condi
         if not classes and not settings.instrument:
             raise ValueError(f"{settings.init} has no instrument classes: an unconditional model "
                              "learns one instrument, pass --instrument (e.g. --instrument kick)")
-        return model, arch, list(classes) if classes else None, source
+        return model, arch, list(classes) if classes else None, source, gen.info.data_scale
     spec = settings.arch or {"sample_rate": DEFAULT_SAMPLE_RATE, "length": DEFAULT_LENGTH, "unet": DEFAULT_ARCH}
     try:
         arch = UNetArch.from_mapping(spec["unet"], sample_rate=spec["sample_rate"], length=spec["length"])
@@ -179,18 +181,13 @@ def _build(settings: TrainSettings, classes_found: Sequence[str]) -> tuple[Condi
     net = build_network(arch, init_seed=settings.seed)
     swap_attention_to_sdpa(net, arch.attention_heads)
     if settings.instrument:
-        return ConditionedUNet(net, 0), arch, None, "trained from scratch"
+        return ConditionedUNet(net, 0), arch, None, "trained from scratch", None
     classes = list(settings.classes or classes_found)
-    return ConditionedUNet(net, len(classes)), arch, classes, "trained from scratch"
+    return ConditionedUNet(net, len(classes)), arch, classes, "trained from scratch", None
 
 
-def model_info_scale(path: str) -> float:
-    """The data scale a model to be fine-tuned was trained at (1.0 for tiny-audio-diffusion's)."""
-    return load_generator(path, name="init", sdpa=False).info.data_scale
-
-
-def load_training_data(settings: TrainSettings, arch: UNetArch, classes: Sequence[str] | None) -> tuple[DrumSet, list[str]]:
-    samples = find_samples(settings.data)
+def load_training_data(settings: TrainSettings, samples: Sequence[Sample], arch: UNetArch,
+                       classes: Sequence[str] | None) -> tuple[DrumSet, list[str]]:
     train, held = split_held_out(samples, settings.held_out)
     wanted = [settings.instrument] if settings.instrument else classes
     data = load_drum_set(train, sample_rate=arch.sample_rate, channels=arch.in_channels,
@@ -213,7 +210,8 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     torch.manual_seed(settings.seed)
 
     # Which classes does the data hold? (cheap: names only, no audio read yet)
-    found = sorted({s.instrument for s in split_held_out(find_samples(settings.data), settings.held_out)[0]})
+    samples = find_samples(settings.data)
+    found = sorted({s.instrument for s in split_held_out(samples, settings.held_out)[0]})
     from models.drum_data import INSTRUMENTS
 
     found = [c for c in INSTRUMENTS if c in found]
@@ -225,10 +223,10 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
                 raise ValueError(f"{ckpt_path} was written with {key}={saved.get(key)!r}, this run asks "
                                  f"for {getattr(settings, key)!r}: use another --out or the same settings")
         found = resume["classes"] or found
-    model, arch, classes, origin = _build(settings, found)
+    model, arch, classes, origin, init_scale = _build(settings, found)
     if resume is not None and resume["classes"] is not None:
         classes = resume["classes"]
-    data, held_kits = load_training_data(settings, arch, classes)
+    data, held_kits = load_training_data(settings, samples, arch, classes)
     if classes is not None and list(data.classes) != list(classes):
         classes = list(data.classes)
         model = ConditionedUNet(model.net, len(classes))
@@ -261,10 +259,8 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
 
     if resume is not None:
         settings.data_scale = resume["settings"].get("data_scale") or settings.data_scale
-    if settings.data_scale is None:
-        settings.data_scale = round(0.5 / max(float(data.audio.std()), 1e-4), 2)
-        if settings.init:  # a model being fine-tuned keeps the scale it was trained at
-            settings.data_scale = model_info_scale(settings.init)
+    if settings.data_scale is None:  # a model being fine-tuned keeps the scale it was trained at
+        settings.data_scale = init_scale or round(0.5 / max(float(data.audio.std()), 1e-4), 2)
     log.info("data scale %.2f (training audio std %.4f)", settings.data_scale, float(data.audio.std()))
     audio = torch.from_numpy(data.audio)
     labels = torch.from_numpy(data.labels)
