@@ -163,6 +163,22 @@ class OscDump:
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
+        self._wait_bound()
+
+    def _wait_bound(self, timeout: float = 10.0) -> None:
+        """Return once oscdump holds its UDP port: a reply sent before that is lost (seen on a
+        loaded CI machine). The port is taken when binding it here fails."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind(("127.0.0.1", self.port))
+                except OSError:
+                    return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.01)  # polling the port's state; oscdump gives no ready signal
+        raise AssertionError(f"oscdump did not bind port {self.port}")
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
