@@ -186,14 +186,17 @@ class ConditionedUNet(nn.Module):
     vector into the time features, so one embedding row per instrument conditions every
     level of the network for 6 K parameters per instrument. Keeping the embedding inside the
     module means the ONNX export takes an integer label and the sampling loop stays the same.
+
+    The rows start at N(0, 1) (nn.Embedding's own init), not small: the time features they are
+    added to have norms of 30-80 (measured on the first default model), and rows started at
+    std 0.02 (norm 0.6) grew only to norm ~1 in 4500 steps - the classes stayed nearly
+    indistinguishable to the network and kicks came out as toms.
     """
 
     def __init__(self, net: nn.Module, num_classes: int = 0, features: int = MODULATION_FEATURES) -> None:
         super().__init__()
         self.net = net
         self.class_embedding = nn.Embedding(num_classes, features) if num_classes else None
-        if self.class_embedding is not None:
-            nn.init.normal_(self.class_embedding.weight, std=0.02)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         if self.class_embedding is None:
@@ -218,6 +221,35 @@ def _lambda(t: torch.Tensor) -> float:
         return math.inf
     angle = tf * math.pi / 2
     return math.log(math.cos(angle) / math.sin(angle))
+
+
+#: DPM-Solver++ steps are spaced evenly in log-SNR between -LAMBDA_EDGE and +LAMBDA_EDGE (then
+#: a last step to clean audio). Measured on the first default model (3 seeds x kick/snare/hat,
+#: distance to a 200-step reference; DDIM-25: 0.394): at 8 steps an edge of 2.5 gives 0.515,
+#: 3: 0.406, 4: 0.380, 5: 0.534, 6: 0.735, and the even-in-time grid 0.845 (it needs 20 steps).
+LAMBDA_EDGE = 4.0
+
+
+def time_grid(steps: int, start: float, sampler: str) -> torch.Tensor:
+    """The ``steps + 1`` diffusion times a sampler visits, from ``start`` down to 0.
+
+    DDIM keeps audio-diffusion-pytorch's VSampler grid (even in time). DPM-Solver++ takes even
+    steps in log-SNR, clipped to +-:data:`LAMBDA_EDGE`: even-in-time steps spend most of a
+    short budget where little changes and cross the high-SNR end (the attack and the tail's
+    detail) in one or two big steps.
+    """
+    if sampler != "dpmpp2m" or steps < 2:
+        return torch.linspace(float(start), 0.0, steps + 1)
+    # Beyond 25 steps the edge widens slowly (x ln(steps) / ln(25)), so that the grid still
+    # converges to the ODE's solution as steps grow; the last step's error shrinks with the edge.
+    edge = LAMBDA_EDGE * max(1.0, math.log(steps) / math.log(25))
+    low = max(_lambda(torch.tensor(float(start))), -edge)
+    if low >= edge:  # a variation so light it starts beyond the edge
+        return torch.linspace(float(start), 0.0, steps + 1)
+    lambdas = torch.linspace(low, edge, steps, dtype=torch.float64)
+    ts = torch.atan(torch.exp(-lambdas)) * 2 / math.pi
+    ts[0] = float(start)
+    return torch.cat([ts, torch.zeros(1, dtype=torch.float64)]).float()
 
 
 class Cancelled(Exception):
@@ -304,7 +336,8 @@ class DiffusionGenerator:
         labels: torch.Tensor | None = None,
         start: float = 1.0,
     ) -> torch.Tensor:
-        """Denoise ``noise`` (batch, channels, length) in ``steps`` steps on ``linspace(start, 0)``.
+        """Denoise ``noise`` (batch, channels, length) in ``steps`` steps from ``start`` to 0
+        (on :func:`time_grid`).
 
         ``start`` < 1: ``noise`` is a partly noised clip at diffusion time ``start`` (a variation).
 
@@ -319,7 +352,7 @@ class DiffusionGenerator:
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
         x = noise
-        ts = torch.linspace(float(start), 0.0, steps + 1)
+        ts = time_grid(steps, start, sampler)
         previous: tuple[torch.Tensor, float] | None = None  # (x0 prediction, h) of the last step
         for i in range(steps):
             v_pred = self._v(x, ts[i], labels)
