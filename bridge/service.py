@@ -8,11 +8,11 @@ in the transport, because only it knows hosts and ports.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any, Callable
-
 import time
+from typing import Any, Callable
 
 from bridge import __version__
 from bridge.clip import Clip
@@ -157,7 +157,8 @@ class Service:
         else:
             try:
                 path = resolve_inside(self.engine.sink.root, source)
-                audio, rate = read_tail(path, prompt_s)
+                # off the event loop: a long file on a slow disk must not hold up other triggers
+                audio, rate = await asyncio.to_thread(read_tail, path, prompt_s)
             except SourceError as exc:
                 raise EngineError(str(exc)) from None
             name = str(path)
