@@ -33,9 +33,9 @@ test: setup system-deps
 data:
 	@test -d /usr/share/hydrogen/data/drumkits || (apt-get update -qq && apt-get install -y -qq --no-install-recommends hydrogen-drumkits)
 
-# Retrain the shipped default (about 2 hours on 2 cores; resumes from runs/default/checkpoint.pt).
+# Retrain the shipped default (about 80 minutes on 2 idle cores; resumes from runs/default/checkpoint.pt).
 train-default: setup data
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/genbridge train /usr/share/hydrogen/data/drumkits -o runs/default --steps 6000 --threads 2 --name default
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/genbridge train /usr/share/hydrogen/data/drumkits -o runs/default --steps 8000 --threads 2 --name default
 
 bench: setup system-deps data
 	$(PY) bench/drum_quality.py --sheet bench/results/default_sheet.png
