@@ -286,8 +286,8 @@ class ModelInfo:
 class DiffusionGenerator:
     """A loaded U-Net that turns seeds into one-shots.
 
-    Sampling is the plain v-DDIM schedule of audio-diffusion-pytorch's ``VSampler``
-    (``sigmas = linspace(1, 0, steps + 1)``); the same seed and step count give the same clip.
+    Sampling is audio-diffusion-pytorch's v-DDIM step (``VSampler``) or DPM-Solver++(2M), on the
+    times :func:`time_grid` gives; the same seed, step count and sampler give the same clip.
     """
 
     def __init__(self, net: nn.Module, arch: UNetArch, info: ModelInfo) -> None:
