@@ -32,6 +32,9 @@ def _check(predicate: Callable[[Any], bool], hint: str) -> dict[str, Any]:
     return {"check": predicate, "hint": hint}
 
 
+#: Sampler names a config may give ("" = the model's own); models.diffusion.SAMPLERS runs them.
+SAMPLER_NAMES = ("", "ddim", "dpmpp2m", "dpmpp2m_logsnr")
+
 @dataclass
 class ServerConfig:
     host: str = "127.0.0.1"
@@ -124,8 +127,9 @@ class ModelConfig:
     #: Sampling steps; 0 means the model's own default.
     steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
     #: "" uses the model's own (its config.json's "sampler", else "ddim"); "ddim" (the
-    #: library's v-sampler) or "dpmpp2m" (DPM-Solver++ 2M: closer in fewer steps).
-    sampler: str = field(default="", metadata=_check(lambda v: v in ("", "ddim", "dpmpp2m"), "'', 'ddim' or 'dpmpp2m'"))
+    #: library's v-sampler) or "dpmpp2m" / "dpmpp2m_logsnr" (DPM-Solver++ 2M, steps even in time
+    #: or in log-SNR: closer in fewer steps).
+    sampler: str = field(default="", metadata=_check(lambda v: v in SAMPLER_NAMES, "'', " + ", ".join(SAMPLER_NAMES[1:])))
     sdpa: bool = True
     precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
     #: torch threads for this model's worker; 0 means engine.threads.
@@ -149,8 +153,8 @@ class InstrumentConfig:
     pool: int = field(default=4, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
     #: Sampling steps for this instrument; 0 means the model's setting.
     steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
-    #: "" uses the model's sampler; "ddim" or "dpmpp2m".
-    sampler: str = field(default="", metadata=_check(lambda v: v in ("", "ddim", "dpmpp2m"), "'', 'ddim' or 'dpmpp2m'"))
+    #: "" uses the model's sampler; "ddim", "dpmpp2m" or "dpmpp2m_logsnr".
+    sampler: str = field(default="", metadata=_check(lambda v: v in SAMPLER_NAMES, "'', " + ", ".join(SAMPLER_NAMES[1:])))
     gain_db: float = field(default=0.0, metadata=_check(lambda v: -60 <= v <= 24, "-60..24"))
     #: -1 left .. 1 right.
     pan: float = field(default=0.0, metadata=_check(lambda v: -1 <= v <= 1, "-1..1"))

@@ -88,7 +88,7 @@ class TrainSettings:
     checkpoint_minutes: float = 5.0
     fp16_weights: bool = True
     default_steps: int = 25
-    sampler: str = "dpmpp2m"
+    sampler: str = "dpmpp2m_logsnr"
     name: str = "drums"
     command: str = ""
 

@@ -40,14 +40,15 @@ def test_both_samplers_converge_and_dpmpp2m_is_closer_at_few_steps() -> None:
         return float((gen.sample(noise, steps, sampler=sampler) - exact).abs().max())
 
     # both converge to the exact answer as steps grow
-    for sampler in ("ddim", "dpmpp2m"):
+    for sampler in ("ddim", "dpmpp2m", "dpmpp2m_logsnr"):
         errors = [err(sampler, n) for n in (10, 50, 200)]
         assert errors[0] > errors[1] > errors[2], (sampler, errors)
-    assert err("dpmpp2m", 200) < 0.01  # values reach about 4 s = 1.2: under 1 %
-    # the second-order solver buys steps: 20 of them beat 50 plain DDIM steps
-    for steps in (10, 20, 50):
-        assert err("dpmpp2m", steps) < 0.6 * err("ddim", steps), steps
-    assert err("dpmpp2m", 20) < err("ddim", 50)
+    for dpm in ("dpmpp2m", "dpmpp2m_logsnr"):
+        assert err(dpm, 200) < 0.01  # values reach about 4 s = 1.2: under 1 %
+        # the second-order solver buys steps: 20 of them beat 50 plain DDIM steps
+        for steps in (10, 20, 50):
+            assert err(dpm, steps) < 0.6 * err("ddim", steps), (dpm, steps)
+        assert err(dpm, 20) < err("ddim", 50), dpm
 
 
 def test_dpmpp2m_keeps_the_seed_contract() -> None:
