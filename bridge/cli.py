@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from bridge import __version__
-from bridge.config import Config, ConfigError, apply_overrides, load_config
+from bridge.config import SAMPLER_NAMES, Config, ConfigError, apply_overrides, load_config
 
 #: Kept in sync with models.drum_data.DEFAULT_HELD_OUT (imported lazily: it pulls numpy only,
 #: but the CLI's startup should not depend on the model packages).
@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-n", "--count", type=int, default=1)
     g.add_argument("--seed", type=int, help="first seed (clip k uses seed + k); random if absent")
     g.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
-    g.add_argument("--sampler", choices=["ddim", "dpmpp2m", "dpmpp2m_logsnr"], help="default: the instrument's, then the model's")
+    g.add_argument("--sampler", choices=SAMPLER_NAMES[1:], help="default: the instrument's, then the model's")
     g.add_argument("-o", "--out", required=True, help="folder to write WAV + JSON sidecars into")
     g.add_argument("--config", help="TOML config file (for instruments, models, finishing)")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: engine.threads)")

@@ -237,8 +237,8 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     ema = _ema_model(model, settings.ema_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     # No weight decay on the class embedding: decay would pull the instruments' rows together.
-    embedding = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("class_embedding.")]
-    others = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("class_embedding.")]
+    embedding = list(model.class_embedding.parameters()) if model.class_embedding is not None else []
+    others = [p for p in params if all(p is not e for e in embedding)]
     groups = [{"params": others}] + ([{"params": embedding, "weight_decay": 0.0}] if embedding else [])
     opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup)))
