@@ -163,19 +163,36 @@ class Player:
         self.client = server.client(f"play{uuid.uuid4().hex[:4]}")
         self.signal = signal.astype(np.float32)  # (frames, channels)
         self.pos = 0
+        self.xruns = 0
+        self.finished = threading.Event()  # set by the process callback once the last frame went out
+        # Ports can only be connected once the client is active, and JACK runs the process
+        # callback from activation on: the signal starts only after the connections exist,
+        # else its first blocks go into an unconnected port and are lost.
+        self._connected = False
         self.outputs = [self.client.outports.register(f"out_{i}") for i in range(len(targets))]
         self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
         self.client.activate()
         for port, dst in zip(self.outputs, targets):
             self.client.connect(port, dst)
+        self._connected = True
+
+    def _xrun(self, delayed_usecs: float) -> None:
+        self.xruns += 1
 
     def _process(self, frames: int) -> None:
+        if not self._connected:
+            for port in self.outputs:
+                port.get_array().fill(0.0)
+            return
         chunk = self.signal[self.pos : self.pos + frames]
         for i, port in enumerate(self.outputs):
             buf = port.get_array()
             buf.fill(0.0)
             buf[: len(chunk)] = chunk[:, i]
         self.pos += frames
+        if self.pos >= len(self.signal):
+            self.finished.set()
 
     @property
     def done(self) -> bool:

@@ -211,20 +211,26 @@ def test_capture_save_returns_what_came_in(tmp_path, tiny_model, jack_server, st
     t = np.arange(RATE) / RATE
     signal = np.stack([0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(RATE),
                        0.2 * rng.standard_normal(RATE)], axis=1)
-    player = Player(jack_server, ins, signal)
-    try:
-        deadline = time.monotonic() + 10
-        while not player.done and time.monotonic() < deadline:
-            time.sleep(0.01)
-        reply = client.request("/genbridge/capture/save", 2.0, "cap", reply="/genbridge/capture/saved")
+    for attempt in range(3):
+        audio = client.status()["audio"]
+        player = Player(jack_server, ins, signal)
+        try:
+            assert player.finished.wait(10), "the JACK player never finished"
+            reply = client.request("/genbridge/capture/save", 2.0, "cap", reply="/genbridge/capture/saved")
+        finally:
+            player.close()
         assert reply.args[0] == "cap" and abs(reply.args[2] - 2.0) < 1e-3
         saved, rate = sf.read(reply.args[1], dtype="float32", always_2d=True)
         assert rate == RATE and saved.shape == (2 * RATE, 2)
-        lag, corr, level = align(saved, signal.astype(np.float32))
-        assert corr > 0.999, corr
         assert Path(reply.args[1]).with_suffix(".json").is_file()
-    finally:
-        player.close()
+        # a sample-exact comparison cannot survive a dropped cycle on this shared machine: a
+        # JACK xrun (the player was late) or an overflow the daemon counted means take again
+        after = client.status()["audio"]
+        if player.xruns == 0 and after["overflows"] == audio["overflows"]:
+            break
+    lag, corr, level = align(saved, signal.astype(np.float32))
+    assert corr > 0.999, (corr, attempt, player.xruns)
+    assert abs(level) < 0.1, level
 
 
 def test_jack_restarted_mid_run_plays_again(tmp_path, tiny_model, jack_server, start_daemon):
