@@ -73,7 +73,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="comma-separated kit names kept out of training, for evaluation ('' for none)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: up to 4)")
     t.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast, 1.3x faster)")
+    t.add_argument("--device", default="auto", help="where the network trains: auto (a CUDA GPU when torch "
+                   "sees one, else the CPU), cpu, cuda or cuda:N")
+    t.add_argument("--balance", type=float, default=0.0, metavar="0..1",
+                   help="draw instruments equally often (1) or as often as the data holds them (0, default); "
+                   "helps rare instruments (few kicks among many percussion clips)")
+    t.add_argument("--default-steps", type=int, default=25,
+                   help="sampling steps the model folder asks for by default")
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    t.add_argument("--snapshot-every", type=int, default=0, metavar="STEPS",
+                   help="also write a model folder every STEPS steps to OUT/snapshots/ (pick the best one "
+                   "with bench/drum_quality.py)")
     t.add_argument("--snapshot", metavar="DIR", help="write a model folder from the run's last checkpoint "
                    "to DIR and exit (listen to a run while it trains; give the run's own arguments)")
     t.add_argument("--seed", type=int, default=0)
@@ -299,6 +309,8 @@ def _train(args: argparse.Namespace) -> int:
         classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
         held_out=[k.strip() for k in args.hold_out.split(",") if k.strip()],
         arch=arch, threads=args.threads, bf16=not args.fp32, checkpoint_minutes=args.checkpoint_minutes,
+        device=args.device, balance=args.balance, default_steps=args.default_steps,
+        snapshot_every=args.snapshot_every,
         seed=args.seed, name=args.name,
         command="genbridge " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else "",
     )

@@ -15,6 +15,7 @@ fine-tuned unconditionally on one instrument.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -84,8 +85,22 @@ class TrainSettings:
     #: the model folder records it, so generation divides it out again.
     data_scale: float | None = None
     threads: int = 0
+    #: "auto" (CUDA when torch sees a GPU, else CPU), "cpu" or "cuda[:N]". Only where the
+    #: network runs: batches, noise and the random stream are drawn on the CPU, so a run's
+    #: data order does not depend on the device.
+    device: str = "auto"
+    #: How batches draw instruments: 0 = as often as the data holds them, 1 = every instrument
+    #: equally often; in between, clip weights go as count ** -balance. The kits hold 47 kicks
+    #: against 132 percussion clips: without it the rarest instruments are learned last.
+    balance: float = 0.0
     bf16: bool = True
+    #: Filled in by :func:`train`: the machine the run trains on, for the card.
+    machine: str = ""
     checkpoint_minutes: float = 5.0
+    #: Write a model folder every this many steps to out/snapshots/step-NNNNNN (0: none): a
+    #: long run can overshoot its best point (the hats of one run got worse after 2100 steps),
+    #: and a loss curve does not show that, only listening or bench/drum_quality.py does.
+    snapshot_every: int = 0
     fp16_weights: bool = True
     default_steps: int = 25
     sampler: str = "dpmpp2m_logsnr"
@@ -97,38 +112,72 @@ class TrainSettings:
 
 
 def v_loss(model: ConditionedUNet, x0: torch.Tensor, labels: torch.Tensor | None,
-           generator: torch.Generator, bf16: bool) -> torch.Tensor:
-    """audio-diffusion-pytorch's VDiffusion loss for one batch."""
+           generator: torch.Generator, bf16: bool, noise_generator: torch.Generator | None = None) -> torch.Tensor:
+    """audio-diffusion-pytorch's VDiffusion loss for one batch, on the device ``x0`` is on.
+
+    sigma comes from the CPU ``generator``; the noise too on the CPU. On a GPU, drawing and
+    copying the noise would cost more than the step, so it is drawn there by ``noise_generator``,
+    re-seeded every step from ``generator``: a run still follows from its seed and resumes exactly."""
+    device = x0.device
     b = x0.shape[0]
-    sigma = torch.rand(b, generator=generator)
+    sigma = torch.rand(b, generator=generator).to(device)
+    if device.type == "cpu" or noise_generator is None:
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+    else:
+        noise_generator.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        noise = torch.randn(x0.shape, generator=noise_generator, device=device)
     alpha, beta = alpha_beta(sigma[:, None, None])
-    noise = torch.randn(x0.shape, generator=generator)
     x_t = alpha * x0 + beta * noise
     target = alpha * noise - beta * x0
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        pred = model(x_t, sigma, labels)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        pred = model(x_t, sigma, labels.to(device) if labels is not None else None)
     return F.mse_loss(pred.float(), target)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when torch sees a GPU, else the CPU; a named device must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: cpu, cuda or auto")
+    return device
+
+
+def clip_weights(labels: np.ndarray, balance: float) -> torch.Tensor:
+    """Sampling weight per clip so that instrument i is drawn in proportion to count_i ** (1 - balance)."""
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"balance must be within 0..1, not {balance}")
+    counts = np.bincount(labels).astype(np.float64)
+    return torch.from_numpy(counts[labels] ** -balance)
 
 
 def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Light augmentation a drum still sounds like itself under: gain (-4..+1 dB), pitch
-    (+-1 semitone, by resampling, so the hit also gets shorter or longer) and polarity."""
+    (+-1 semitone, by resampling, so the hit also gets shorter or longer) and polarity.
+
+    The resampling is F.interpolate's linear one (align_corners=False: output frame j reads the
+    input at (j + 0.5) * n / new_len - 0.5, clamped), written out for the whole batch at once so
+    it runs as a few kernels on whatever device ``batch`` is on; the random draws stay on the CPU
+    ``generator``."""
     b, c, n = batch.shape
-    out = torch.empty_like(batch)
+    device = batch.device
     semis = torch.rand(b, generator=generator) * 2 - 1
     gains = 10 ** ((torch.rand(b, generator=generator) * 5 - 4) / 20)
     signs = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
-    for i in range(b):
-        ratio = 2 ** (float(semis[i]) / 12)  # > 1: higher and shorter
-        new_len = max(8, int(round(n / ratio)))
-        shifted = F.interpolate(batch[i : i + 1], size=new_len, mode="linear", align_corners=False)[0]
-        if new_len >= n:
-            out[i] = shifted[:, :n]
-        else:
-            out[i].zero_()
-            out[i, :, :new_len] = shifted
-        out[i] *= gains[i] * signs[i]
-    return out
+    ratios = 2 ** (semis.double() / 12)  # > 1: higher and shorter
+    new_len = torch.clamp(torch.round(n / ratios), min=8)
+    frames = torch.arange(n, dtype=torch.float64)
+    src = ((frames[None] + 0.5) * (n / new_len)[:, None] - 0.5).clamp(min=0.0)
+    i0 = src.floor().long().clamp(max=n - 1)
+    i1 = (i0 + 1).clamp(max=n - 1)
+    w = (src - i0).float().to(device)[:, None]
+    i0, i1 = i0.to(device)[:, None].expand(b, c, n), i1.to(device)[:, None].expand(b, c, n)
+    out = batch.gather(2, i0) * (1 - w) + batch.gather(2, i1) * w
+    inside = (frames[None] < new_len[:, None]).float().to(device)[:, None]  # a shortened hit ends in silence
+    return out * inside * (gains * signs).to(device)[:, None, None]
 
 
 def _ema_model(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
@@ -234,6 +283,13 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
         model = ConditionedUNet(model.net, len(classes))
     log.info("training data: %d clips %s; held out: %s", len(data.labels), data.counts(), ", ".join(held_kits) or "none")
 
+    device = resolve_device(settings.device)
+    weights = clip_weights(data.labels, settings.balance)  # checks the range, even for 0
+    weights = weights if settings.balance > 0 else None  # 0: uniform draws, as runs before it drew
+    model.to(device)
+    settings.machine = describe_machine(settings, device)
+    if device.type == "cuda":
+        log.info("training on %s (%s)", device, torch.cuda.get_device_name(device))
     ema = _ema_model(model, settings.ema_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     # No weight decay on the class embedding: decay would pull the instruments' rows together.
@@ -259,7 +315,7 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
         final = float(np.mean(losses[-100:])) if losses else float("nan")
         saved = TrainSettings(**resume["settings"])
         origin += f"; a snapshot at step {step} of a run to {saved.steps} steps"
-        write_model_folder(Path(snapshot_to), ema.module, arch, classes, saved, data, held_kits, origin,
+        write_model_folder(Path(snapshot_to), _on_cpu(ema.module), arch, classes, saved, data, held_kits, origin,
                            step=step, wall_s=elapsed, final_loss=final)
         return TrainResult(Path(snapshot_to), step, final, elapsed, step)
 
@@ -268,8 +324,9 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     if settings.data_scale is None:  # a model being fine-tuned keeps the scale it was trained at
         settings.data_scale = init_scale or round(0.5 / max(float(data.audio.std()), 1e-4), 2)
     log.info("data scale %.2f (training audio std %.4f)", settings.data_scale, float(data.audio.std()))
-    audio = torch.from_numpy(data.audio)
+    audio = torch.from_numpy(data.audio).to(device)  # a few hundred clips: a few MB
     labels = torch.from_numpy(data.labels)
+    noise_gen = torch.Generator(device=device) if device.type != "cpu" else None
 
     def checkpoint() -> None:
         _save_atomic({
@@ -290,9 +347,12 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     t_start = time.monotonic() - elapsed
     running = float(np.mean(losses[-50:])) if losses else float("nan")
     while step < settings.steps:
-        idx = torch.randint(len(labels), (settings.batch,), generator=gen)
-        x0 = augment(audio[idx], gen) * settings.data_scale
-        loss = v_loss(model, x0, labels[idx] if classes else None, gen, settings.bf16)
+        if weights is None:
+            idx = torch.randint(len(labels), (settings.batch,), generator=gen)
+        else:
+            idx = torch.multinomial(weights, settings.batch, replacement=True, generator=gen)
+        x0 = augment(audio[idx.to(device)], gen) * settings.data_scale
+        loss = v_loss(model, x0, labels[idx] if classes else None, gen, settings.bf16, noise_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -312,6 +372,11 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
             log.info("step %d/%d loss %.4f %.2f steps/s ETA %.0f min", step, settings.steps, running,
                      rate, (settings.steps - step) / max(rate, 1e-9) / 60)
             last_log = now
+        if settings.snapshot_every and step % settings.snapshot_every == 0:
+            folder = out / "snapshots" / f"step-{step:06d}"
+            write_model_folder(folder, _on_cpu(ema.module), arch, classes, settings, data, held_kits,
+                               origin + f"; a snapshot at step {step} of a run to {settings.steps} steps",
+                               step=step, wall_s=elapsed, final_loss=float(np.mean(losses[-100:])))
         if now - last_ckpt > settings.checkpoint_minutes * 60:
             checkpoint()
             last_ckpt = now
@@ -319,10 +384,24 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     checkpoint()
     final_loss = float(np.mean(losses[-100:])) if losses else float("nan")
     model_dir = out / "model"
-    write_model_folder(model_dir, ema.module, arch, classes, settings, data, held_kits, origin,
+    write_model_folder(model_dir, _on_cpu(ema.module), arch, classes, settings, data, held_kits, origin,
                        step=step, wall_s=elapsed, final_loss=final_loss)
     log.info("wrote %s (%d steps, %.1f min, final loss %.4f)", model_dir, step, elapsed / 60, final_loss)
     return TrainResult(model_dir, step, final_loss, elapsed, resumed_from)
+
+
+def _on_cpu(model: ConditionedUNet) -> ConditionedUNet:
+    """A CPU copy to write (the model folder is for the daemon, which loads on the CPU)."""
+    return copy.deepcopy(model).cpu() if any(p.device.type != "cpu" for p in model.parameters()) else model
+
+
+def describe_machine(settings: TrainSettings, device: torch.device) -> str:
+    """Where a run trains, for its card (kept in the checkpoint, so a snapshot taken on another
+    machine still names the one that trained)."""
+    where = (f"{torch.cuda.get_device_name(device)} GPU" if device.type == "cuda"
+             else f"{settings.threads or min(4, os.cpu_count() or 1)} threads")
+    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {where}, "
+            f"{'bf16 autocast' if settings.bf16 else 'fp32'}")
 
 
 def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, classes: Sequence[str] | None,
@@ -340,9 +419,7 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
         "batch": settings.batch,
         "wall_time_s": round(wall_s, 1),
         "final_loss": round(final_loss, 5),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{settings.threads or min(4, os.cpu_count() or 1)} threads, "
-                   f"{'bf16 autocast' if settings.bf16 else 'fp32'}",
+        "machine": settings.machine,
         "data": {"clips": len(data.labels), "per_instrument": data.counts(),
                  "kits": sorted(licenses), "held_out_kits": list(held_kits)},
         "licenses": licenses,
@@ -359,7 +436,7 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
         f"- {origin}; {step} steps at batch {settings.batch}, {wall_s / 60:.1f} min wall time; "
         f"final loss {final_loss:.4f} (mean of the last 100 steps).",
         f"- Command: `{settings.command}`" if settings.command else "- Command: (called from Python)",
-        f"- Machine: {card['machine']}.",
+        f"- Machine: {card['machine'] or 'not recorded'}.",
         f"- Instruments: {', '.join(classes) if classes else settings.instrument} "
         f"({arch.sample_rate} Hz, {arch.in_channels} ch, {arch.length} frames); sampler "
         f"{settings.sampler}, {settings.default_steps} steps by default.",

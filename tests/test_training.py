@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import TINY_LENGTH, TINY_RATE, TINY_UNET, write_config
 from drum_samples import write_hydrogen_kit, write_sample_folder
 from helpers import GENBRIDGE, REPO, assert_valid_clip
@@ -17,7 +18,7 @@ from test_checkpoints import build_tiny_audio_diffusion_ckpt
 
 from models.diffusion import ConditionedUNet, load_generator
 from models.drum_data import TARGET_RMS_DB, find_samples, instrument_for, load_drum_set, split_held_out
-from models.training import TrainSettings, train
+from models.training import TrainSettings, augment, clip_weights, train
 
 
 def test_instrument_names_from_hydrogen_kits_and_file_names() -> None:
@@ -69,9 +70,14 @@ def test_cli_trains_resumes_and_the_daemon_serves_the_model(tmp_path: Path, star
     run = tmp_path / "run"
     base = [*GENBRIDGE, "train", str(data), "-o", str(run), "--arch", str(_arch_file(tmp_path)),
             "--batch", "2", "--threads", "1", "--hold-out", ""]
-    first = subprocess.run(base + ["--steps", "3"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    first = subprocess.run(base + ["--steps", "3", "--snapshot-every", "2"], cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert torch.load(run / "checkpoint.pt", weights_only=False)["step"] == 3
+    snapshot = run / "snapshots" / "step-000002"
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-000002"]
+    assert "a snapshot at step 2" in json.loads((snapshot / "config.json").read_text())["card"]["origin"]
+    assert load_generator(snapshot, name="snap").classes == ["kick", "snare", "hat"]
     second = subprocess.run(base + ["--steps", "5"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     assert "resuming" in second.stderr and "at step 3" in second.stderr
@@ -142,3 +148,45 @@ def test_fine_tuning_a_tiny_audio_diffusion_checkpoint(tmp_path: Path) -> None:
     assert card["origin"].startswith("fine-tuned from") and card["data"]["per_instrument"] == {"kick": 3}
     clip = tuned.generate(3, 4)
     assert clip.shape == (1, TINY_LENGTH) and float(np.abs(clip).max()) > 0
+
+
+def test_augmentation_resamples_like_interpolate_and_keeps_gain_and_polarity_in_range() -> None:
+    """The batched resampler must match F.interpolate clip by clip (what it replaced), and a hit
+    pitched up must end in silence rather than wrap or repeat."""
+    clips = torch.randn(16, 1, 4096)
+    out = augment(clips, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the same draws, in the same order
+    semis = torch.rand(16, generator=g) * 2 - 1
+    gains = 10 ** ((torch.rand(16, generator=g) * 5 - 4) / 20)
+    signs = torch.where(torch.rand(16, generator=g) < 0.5, -1.0, 1.0)
+    for i in range(16):
+        new_len = max(8, round(4096 / 2 ** (float(semis[i]) / 12)))
+        ref = F.interpolate(clips[i : i + 1], size=new_len, mode="linear", align_corners=False)[0, :, :4096]
+        ref = ref * gains[i] * signs[i]
+        got = out[i, :, : ref.shape[1]]
+        assert float((got - ref).abs().max()) < 0.01 * float(ref.abs().max()), i
+        assert not out[i, :, ref.shape[1] :].any(), "a shortened hit ends in silence"
+    assert 10 ** (-4.1 / 20) < float(gains.min()) and float(gains.max()) < 10 ** (1.1 / 20)
+
+
+def test_balance_draws_rare_instruments_as_often_as_common_ones() -> None:
+    labels = np.repeat(np.arange(3), [47, 132, 22])  # kicks, percussion, claps: as uneven as the kits
+    share = {}
+    for balance in (0.0, 1.0):
+        draws = torch.multinomial(clip_weights(labels, balance), 60000, replacement=True,
+                                  generator=torch.Generator().manual_seed(0))
+        share[balance] = np.bincount(labels[draws.numpy()], minlength=3) / 60000
+    assert np.allclose(share[0.0], [47 / 201, 132 / 201, 22 / 201], atol=0.01), share[0.0]
+    assert np.allclose(share[1.0], [1 / 3] * 3, atol=0.01), share[1.0]
+    with pytest.raises(ValueError, match="0..1"):
+        clip_weights(labels, 1.5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: --device cuda would train")
+def test_asking_for_a_gpu_that_is_not_there_is_a_clear_error(tmp_path: Path) -> None:
+    data = write_sample_folder(tmp_path / "samples")
+    run = subprocess.run([*GENBRIDGE, "train", str(data), "-o", str(tmp_path / "run"), "--arch",
+                          str(_arch_file(tmp_path)), "--steps", "1", "--hold-out", "", "--device", "cuda"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1 and "sees no CUDA GPU" in run.stderr, run.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
