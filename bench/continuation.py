@@ -34,8 +34,13 @@ from models.musicgen import LoadedMusicgen  # noqa: E402
 
 def musicgen_small(seed: int = 0):
     """facebook/musicgen-small's architecture (T5-base, EnCodec 32 kHz, 24-layer 1024-wide LM)."""
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
 
     torch.manual_seed(seed)
     config = MusicgenConfig(
@@ -118,8 +123,10 @@ def main() -> None:
     print()
     print(table(["variant", "guidance", "total s", "first chunk s", "RTF", "ms/frame", "LM weights/frame"], rows))
     if base_t:
-        print("speed vs fp32 with guidance: " + ", ".join(f"{k} {base_t / v['total_s']:.2f}x" for k, v in results.items()))
-    path = save("continuation", {"seconds": args.seconds, "prompt_s": args.prompt, "threads": args.threads,
+        ratios = ", ".join(f"{k} {base_t / v['total_s']:.2f}x" for k, v in results.items())
+        print(f"speed vs fp32 with guidance: {ratios}")
+    path = save("continuation", {"seconds": args.seconds, "prompt_s": args.prompt,
+                                 "threads": args.threads,
                                  "rounds": args.rounds, "variants": results})
     print(f"wrote {path}")
 

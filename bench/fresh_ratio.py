@@ -110,7 +110,8 @@ def main() -> None:
     print(table(["instrument", "hits", "fresh", "fresh ratio", "lowest pool"], rows))
     print(f"{len(replies)} hits in {elapsed:.1f} s ({len(replies) / elapsed:.2f} hits/s)")
     path = save("fresh_ratio", {"seconds": args.seconds, "rate": args.rate, "runtime": args.runtime,
-                                "precision": args.precision, "refill_batch": args.refill_batch, "pool": args.pool, "threads": args.threads,
+                                "precision": args.precision, "refill_batch": args.refill_batch, "pool": args.pool,
+                                "threads": args.threads,
                                 "model_info": info, "instruments": per, "fresh_ratio": total_fresh / len(replies),
                                 "end_status_counters": end_status.get("counters")})
     print(f"wrote {path}")

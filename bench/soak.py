@@ -129,8 +129,10 @@ def main() -> None:
         ctx = multiprocessing.get_context("spawn")
         proc_stop = ctx.Event()
         counts = {"flood": ctx.Value("q", 0), "fuzz": ctx.Value("q", 0)}
-        senders = [ctx.Process(target=_sender, args=("flood", daemon.port, args.flood, proc_stop, counts["flood"], seeds)),
-                   ctx.Process(target=_sender, args=("fuzz", daemon.port, args.fuzz, proc_stop, counts["fuzz"], seeds))]
+        senders = [ctx.Process(target=_sender,
+                               args=("flood", daemon.port, args.flood, proc_stop, counts["flood"], seeds)),
+                   ctx.Process(target=_sender,
+                               args=("fuzz", daemon.port, args.fuzz, proc_stop, counts["fuzz"], seeds))]
 
         def pads() -> None:
             pad = OscClient(daemon.port)
@@ -222,8 +224,10 @@ def main() -> None:
         ["packets sent: plays", sent["plays"]], ["packets sent: probe pings", sent["probe"]],
         ["packets received by the daemon", osc["packets"]], ["malformed", osc["malformed"]],
         ["error replies sent", osc["errors_sent"]], ["error replies suppressed (rate limit)", osc["errors_suppressed"]],
-        ["dropped: busy", osc["dropped_busy"]], ["dropped: rate per client", osc["dropped_rate"]], ["dropped: oversize", osc["dropped_oversize"]],
-        ["dropped: not allowed", osc["dropped_not_allowed"]], ["engine refused busy", counters["refused_busy"]],
+        ["dropped: busy", osc["dropped_busy"]], ["dropped: rate per client", osc["dropped_rate"]],
+        ["dropped: oversize", osc["dropped_oversize"]],
+        ["dropped: not allowed", osc["dropped_not_allowed"]],
+        ["engine refused busy", counters["refused_busy"]],
         ["worker kills / restarts", f"{sent['kills']} / {restarts}"],
         ["RSS start / peak / growth MB", f"{rss0:.0f} / {rss_peak[0]:.0f} / {rss_peak[0] - rss0:.1f}"],
         ["probe ping p50 / p99 / max ms", f"{percentile(latencies, 50):.2f} / {percentile(latencies, 99):.2f} / "

@@ -249,7 +249,8 @@ def _continue(args: argparse.Namespace) -> int:
                                         temperature=args.temperature, top_k=args.top_k, seed=first + take,
                                         description=args.description or None)
         t0 = time.perf_counter()
-        with tqdm(total=100, desc=f"take {take + 1}/{args.takes}", unit="%", bar_format="{l_bar}{bar}| {elapsed}<{remaining}") as bar:
+        with tqdm(total=100, desc=f"take {take + 1}/{args.takes}", unit="%",
+                  bar_format="{l_bar}{bar}| {elapsed}<{remaining}") as bar:
             def progress(fraction: float) -> None:
                 bar.update(int(fraction * 100) - bar.n)
 

@@ -34,6 +34,9 @@ def _check(predicate: Callable[[Any], bool], hint: str) -> dict[str, Any]:
 
 #: Sampler names a config may give ("" = the model's own); models.diffusion.SAMPLERS runs them.
 SAMPLER_NAMES = ("", "ddim", "dpmpp2m", "dpmpp2m_logsnr")
+#: How a config error lists them ("" is the model's own).
+SAMPLER_CHOICES = "'', " + ", ".join(SAMPLER_NAMES[1:])
+
 
 @dataclass
 class ServerConfig:
@@ -129,7 +132,7 @@ class ModelConfig:
     #: "" uses the model's own (its config.json's "sampler", else "ddim"); "ddim" (the
     #: library's v-sampler) or "dpmpp2m" / "dpmpp2m_logsnr" (DPM-Solver++ 2M, steps even in time
     #: or in log-SNR: closer in fewer steps).
-    sampler: str = field(default="", metadata=_check(lambda v: v in SAMPLER_NAMES, "'', " + ", ".join(SAMPLER_NAMES[1:])))
+    sampler: str = field(default="", metadata=_check(lambda v: v in SAMPLER_NAMES, SAMPLER_CHOICES))
     sdpa: bool = True
     precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
     #: torch threads for this model's worker; 0 means engine.threads.
@@ -154,7 +157,7 @@ class InstrumentConfig:
     #: Sampling steps for this instrument; 0 means the model's setting.
     steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
     #: "" uses the model's sampler; "ddim", "dpmpp2m" or "dpmpp2m_logsnr".
-    sampler: str = field(default="", metadata=_check(lambda v: v in SAMPLER_NAMES, "'', " + ", ".join(SAMPLER_NAMES[1:])))
+    sampler: str = field(default="", metadata=_check(lambda v: v in SAMPLER_NAMES, SAMPLER_CHOICES))
     gain_db: float = field(default=0.0, metadata=_check(lambda v: -60 <= v <= 24, "-60..24"))
     #: -1 left .. 1 right.
     pan: float = field(default=0.0, metadata=_check(lambda v: -1 <= v <= 1, "-1..1"))
@@ -245,7 +248,8 @@ class Config:
             try:
                 networks.append(ipaddress.ip_network(net, strict=False))
             except ValueError:
-                raise ConfigError(f"server.allow[{i}]", f"expected a network like 192.168.1.0/24, got {net!r}") from None
+                raise ConfigError(f"server.allow[{i}]",
+                                  f"expected a network like 192.168.1.0/24, got {net!r}") from None
         try:
             loopback = ipaddress.ip_address(self.server.host).is_loopback
         except ValueError:

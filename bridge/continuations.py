@@ -140,7 +140,8 @@ class Continuations:
             job.chunks.append(audio)
             job.sample_rate = int(msg["sample_rate"])
             index = int(msg["index"])
-            clip = Clip(audio, job.sample_rate, self._meta(job, f"continue-j{job.id}-chunk{index:02d}") | {"chunk": index})
+            meta = self._meta(job, f"continue-j{job.id}-chunk{index:02d}") | {"chunk": index}
+            clip = Clip(audio, job.sample_rate, meta)
             job.writes.append(self._spawn(self._write_chunk(job, index, clip)))
         elif op == "done":
             self.running = None
@@ -165,7 +166,8 @@ class Continuations:
         if self.state == "failed":
             raise EngineError(f"MusicGen failed to load: {self.error}")
         if not 0 < seconds <= self.config.max_seconds:
-            raise EngineError(f"seconds must be 0-{self.config.max_seconds:g} (continuation.max_seconds), got {seconds:g}")
+            raise EngineError(f"seconds must be 0-{self.config.max_seconds:g} (continuation.max_seconds), "
+                              f"got {seconds:g}")
         if len(self.waiting) >= self.config.queue_limit:
             raise EngineError(f"{len(self.waiting)} continuations are queued (continuation.queue_limit); try later")
         if description and self.info and not self.info.get("text"):

@@ -279,7 +279,8 @@ def markdown_table() -> str:
         replies = "<br>".join(REPLIES[r].signature() for r in e.replies)
         lines.append(f"| {e.signature()} | {replies} | {e.doc} |")
     err = REPLIES["error"]
-    lines.append(f"| anything invalid | {err.signature()} | unknown address, wrong types, bad values, malformed packet |")
+    lines.append(f"| anything invalid | {err.signature()} "
+                 "| unknown address, wrong types, bad values, malformed packet |")
     return "\n".join(lines)
 
 

@@ -59,7 +59,8 @@ class LoadedMusicgen:
 # --------------------------------------------------------------------------- key conversion
 
 
-def convert_lm_state(state: Mapping[str, torch.Tensor], hidden: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def convert_lm_state(state: Mapping[str, torch.Tensor],
+                     hidden: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """audiocraft LM keys -> (MusicgenForCausalLM state dict, enc_to_dec_proj state dict).
 
     emb.k -> embed_tokens.k; linear1/2 -> fc1/2; norm1 -> self_attn_layer_norm, norm_cross ->
@@ -72,7 +73,8 @@ def convert_lm_state(state: Mapping[str, torch.Tensor], hidden: int) -> tuple[di
     renames = (
         (r"^emb\.(\d+)\.", r"model.decoder.embed_tokens.\1."),
         (r"^transformer\.layers\.(\d+)\.self_attn\.out_proj\.", r"model.decoder.layers.\1.self_attn.out_proj."),
-        (r"^transformer\.layers\.(\d+)\.cross_attention\.out_proj\.", r"model.decoder.layers.\1.encoder_attn.out_proj."),
+        (r"^transformer\.layers\.(\d+)\.cross_attention\.out_proj\.",
+         r"model.decoder.layers.\1.encoder_attn.out_proj."),
         (r"^transformer\.layers\.(\d+)\.linear1\.", r"model.decoder.layers.\1.fc1."),
         (r"^transformer\.layers\.(\d+)\.linear2\.", r"model.decoder.layers.\1.fc2."),
         (r"^transformer\.layers\.(\d+)\.norm1\.", r"model.decoder.layers.\1.self_attn_layer_norm."),
@@ -168,7 +170,8 @@ def encodec_config_from_audiocraft(cfg: Mapping[str, Any]) -> Any:
         norm_type=str(seanet.get("norm", "weight_norm")), pad_mode=str(seanet.get("pad_mode", "reflect")),
         use_causal_conv=bool(seanet.get("causal", False)), compress=int(seanet.get("compress", 2)),
         residual_kernel_size=int(seanet.get("residual_kernel_size", 3)), kernel_size=int(seanet.get("kernel_size", 7)),
-        last_kernel_size=int(seanet.get("last_kernel_size", 7)), dilation_growth_rate=int(seanet.get("dilation_base", 2)),
+        last_kernel_size=int(seanet.get("last_kernel_size", 7)),
+        dilation_growth_rate=int(seanet.get("dilation_base", 2)),
         use_conv_shortcut=not bool(seanet.get("true_skip", True)),
         trim_right_ratio=float((seanet.get("decoder") or {}).get("trim_right_ratio", 1.0)),
         normalize=bool(enc.get("renormalize", False)),

@@ -281,7 +281,8 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     if classes is not None and list(data.classes) != list(classes):
         classes = list(data.classes)
         model = ConditionedUNet(model.net, len(classes))
-    log.info("training data: %d clips %s; held out: %s", len(data.labels), data.counts(), ", ".join(held_kits) or "none")
+    log.info("training data: %d clips %s; held out: %s", len(data.labels), data.counts(),
+             ", ".join(held_kits) or "none")
 
     device = resolve_device(settings.device)
     weights = clip_weights(data.labels, settings.balance)  # checks the range, even for 0

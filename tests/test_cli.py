@@ -19,7 +19,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_generate_writes_n_clips_with_progress(tmp_path: Path, tiny_model: Path) -> None:
     config = write_config(tmp_path / "c.toml", tiny_model)
     out = tmp_path / "clips"
-    result = _run("generate", "snare", "-n", "3", "--seed", "40", "--steps", "3", "--sampler", "dpmpp2m", "-o", str(out),
+    result = _run("generate", "snare", "-n", "3", "--seed", "40", "--steps", "3", "--sampler", "dpmpp2m",
+                  "-o", str(out),
                   "--config", str(config))
     assert result.returncode == 0, result.stderr
     wavs = sorted(out.glob("*.wav"))

@@ -57,8 +57,9 @@ def test_cancel_stops_within_one_chunk(loaded) -> None:
         steps["n"] += 1
         return bool(chunks)  # cancel as soon as the first chunk is out
 
+    settings = ContinuationSettings(seconds=20.0, prompt_seconds=1.0, chunk_seconds=1.0)
     with pytest.raises(ContinuationCancelled):
-        continue_audio(loaded, _prompt(), 44100, ContinuationSettings(seconds=20.0, prompt_seconds=1.0, chunk_seconds=1.0),
+        continue_audio(loaded, _prompt(), 44100, settings,
                        on_chunk=lambda i, c: chunks.append(i), should_stop=should_stop)
     assert chunks == [0]
     assert steps["n"] < 50 + 2 * 10 + 10, f"stopped within one chunk of token steps ({steps['n']})"
@@ -78,7 +79,8 @@ def test_cli_continue_writes_takes(tmp_path) -> None:
 
     sf.write(tmp_path / "prompt.wav", _prompt().T, 44100)
     run = subprocess.run([*GENBRIDGE, "continue", str(tmp_path / "prompt.wav"), "--model", str(AUDIOCRAFT),
-                          "--seconds", "1.5", "--takes", "2", "--seed", "3", "--threads", "1", "-o", str(tmp_path / "out")],
+                          "--seconds", "1.5", "--takes", "2", "--seed", "3", "--threads", "1",
+                          "-o", str(tmp_path / "out")],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     takes = sorted((tmp_path / "out").glob("*.wav"))

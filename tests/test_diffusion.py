@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_LENGTH, TINY_UNET, build_tiny_model, tiny_arch
 
 from models.adp import import_adp
-from models.diffusion import (Cancelled, ModelLoadError, build_network, load_generator, swap_attention_to_sdpa)
+from models.diffusion import Cancelled, ModelLoadError, build_network, load_generator, swap_attention_to_sdpa
 
 
 def test_torchaudio_stand_in_lets_the_library_import() -> None:
@@ -86,7 +86,8 @@ def test_missing_and_broken_models_are_clear_errors(tmp_path: Path) -> None:
         load_generator(tmp_path / "nothing.ckpt", name="x")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    (tmp_path / "config.yaml").write_text("sampling_rate: 22050\nlength: 4096\nmodel: {channels: [8], factors: [1], items: [1], attentions: [0], in_channels: 1}\n")
+    (tmp_path / "config.yaml").write_text("sampling_rate: 22050\nlength: 4096\nmodel: {channels: [8], factors: [1], "
+                                          "items: [1], attentions: [0], in_channels: 1}\n")
     with pytest.raises(ModelLoadError, match="cannot read checkpoint"):
         load_generator(bad, name="x")
     (tmp_path / "empty").mkdir()

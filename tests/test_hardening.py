@@ -52,7 +52,8 @@ def mutated_packets(draw) -> list[bytes]:
             for _ in range(draw(st.integers(1, 7))):
                 base = bytearray(b"#bundle\0" + b"\0" * 7 + b"\1" + len(base).to_bytes(4, "big") + bytes(base))
         elif kind == 5:  # lie about a bundle element's size
-            base = bytearray(b"#bundle\0" + b"\0" * 8 + draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big") + bytes(base))
+            size = draw(st.integers(0, 2**32 - 1)).to_bytes(4, "big")
+            base = bytearray(b"#bundle\0" + b"\0" * 8 + size + bytes(base))
         out.append(bytes(base))
     return out
 

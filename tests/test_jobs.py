@@ -10,8 +10,6 @@ from conftest import SLOW, TINY_LENGTH, TINY_RATE, pools_full, write_config
 from helpers import assert_valid_clip
 
 
-
-
 def test_cancel_stops_a_running_job(tmp_path: Path, tiny_model: Path, start_daemon) -> None:
     config = write_config(tmp_path / "c.toml", tiny_model, pool=1, instruments=("kick",), extra=SLOW)
     daemon, client = start_daemon(config)

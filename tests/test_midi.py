@@ -101,7 +101,8 @@ def test_unmapped_note_cc_steps_and_clock(tmp_path, tiny_model, jack_server, sta
 
 @pytest.mark.skipif(os.path.exists("/dev/snd/seq"), reason="this machine has an ALSA sequencer")
 def test_no_midi_system_is_reported_and_the_daemon_runs(tmp_path, tiny_model, start_daemon):
-    config = write_config(tmp_path / "c.toml", tiny_model, extra='\n[midi]\nbackend = "mido.backends.rtmidi/LINUX_ALSA"\n')
+    config = write_config(tmp_path / "c.toml", tiny_model,
+                          extra='\n[midi]\nbackend = "mido.backends.rtmidi/LINUX_ALSA"\n')
     daemon, client = start_daemon(config)
     status = client.wait_until(lambda s: s["midi"]["state"] != "off", what="MIDI state")
     assert status["midi"]["state"] == "unavailable" and "no MIDI system" in status["midi"]["reason"]

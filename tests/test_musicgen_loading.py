@@ -42,8 +42,13 @@ def test_audiocraft_folder_gives_audiocrafts_logits_and_audio(reference: dict) -
 
 
 def _tiny_transformers_model():
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
+    from transformers import (
+        EncodecConfig,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        T5Config,
+    )
 
     torch.manual_seed(0)
     config = MusicgenConfig(

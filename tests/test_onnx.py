@@ -70,12 +70,12 @@ def test_an_export_is_reused_until_the_model_changes(tmp_path: Path, start_daemo
 
 
 def test_a_class_conditioned_model_exports_with_a_label_input(tmp_path: Path) -> None:
+    from conftest import TINY_UNET
     from drum_samples import write_sample_folder
 
     from export.onnx import export_denoiser
     from models.onnx_runtime import load_onnx_generator
     from models.training import TrainSettings, train
-    from conftest import TINY_UNET
 
     result = train(TrainSettings(data=[str(write_sample_folder(tmp_path / "s"))], out=str(tmp_path / "run"),
                                  arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET},

@@ -29,7 +29,8 @@ def test_every_patch_sends_only_what_the_table_accepts() -> None:
         assert report.sends, f"{patch.name} sends nothing the checker can see"
         assert not report.errors, report.errors
         addresses = {a for a, _ in report.sends}
-        wanted = {"/genbridge/continue", "/genbridge/job/cancel"} if "continue" in patch.name else {"/genbridge/drum/play"}
+        wanted = ({"/genbridge/continue", "/genbridge/job/cancel"} if "continue" in patch.name
+                  else {"/genbridge/drum/play"})
         assert wanted | {"/genbridge/client/reply_port"} <= addresses, (patch.name, addresses)
 
 
@@ -136,7 +137,8 @@ top_k = 8
         client.close()
         t = np.arange(44100) / 44100
         sf.write(daemon.out / "prompt.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 44100)
-        pd = subprocess.Popen(["pd", "-nogui", "-noaudio", "-nomidi", "-stderr", "-send", "gb-continue-request prompt.wav 2",
+        pd = subprocess.Popen(["pd", "-nogui", "-noaudio", "-nomidi", "-stderr",
+                               "-send", "gb-continue-request prompt.wav 2",
                                str(REPO / "max_patches" / "pd" / "genbridge_continue.pd")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines: list[tuple[str, str]] = []

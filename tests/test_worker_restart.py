@@ -10,8 +10,6 @@ from conftest import SLOW, TINY_LENGTH, TINY_RATE, write_config
 from helpers import assert_valid_clip
 
 
-
-
 def test_killed_worker_fails_its_job_and_restarts(tmp_path: Path, tiny_model: Path, start_daemon) -> None:
     config = write_config(tmp_path / "c.toml", tiny_model, pool=1, instruments=("kick",), extra=SLOW)
     daemon, client = start_daemon(config)
