@@ -115,9 +115,10 @@ def v_loss(model: ConditionedUNet, x0: torch.Tensor, labels: torch.Tensor | None
            generator: torch.Generator, bf16: bool, noise_generator: torch.Generator | None = None) -> torch.Tensor:
     """audio-diffusion-pytorch's VDiffusion loss for one batch, on the device ``x0`` is on.
 
-    sigma comes from the CPU ``generator``; the noise too on the CPU. On a GPU, drawing and
-    copying the noise would cost more than the step, so it is drawn there by ``noise_generator``,
-    re-seeded every step from ``generator``: a run still follows from its seed and resumes exactly."""
+    sigma comes from the CPU ``generator``, and on a CPU the noise too. On a GPU, drawing the
+    noise on the CPU and copying it would cost more than the step, so it is drawn there by
+    ``noise_generator``, re-seeded every step from ``generator``: a run still follows from its
+    seed and resumes exactly."""
     device = x0.device
     b = x0.shape[0]
     sigma = torch.rand(b, generator=generator).to(device)
@@ -315,8 +316,8 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
             raise ValueError(f"no checkpoint in {out} to take a snapshot of")
         final = float(np.mean(losses[-100:])) if losses else float("nan")
         saved = TrainSettings(**resume["settings"])
-        origin += f"; a snapshot at step {step} of a run to {saved.steps} steps"
-        write_model_folder(Path(snapshot_to), _on_cpu(ema.module), arch, classes, saved, data, held_kits, origin,
+        write_model_folder(Path(snapshot_to), _on_cpu(ema.module), arch, classes, saved, data, held_kits,
+                           _snapshot_origin(origin, step, saved.steps),
                            step=step, wall_s=elapsed, final_loss=final)
         return TrainResult(Path(snapshot_to), step, final, elapsed, step)
 
@@ -376,7 +377,7 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
         if settings.snapshot_every and step % settings.snapshot_every == 0:
             folder = out / "snapshots" / f"step-{step:06d}"
             write_model_folder(folder, _on_cpu(ema.module), arch, classes, settings, data, held_kits,
-                               origin + f"; a snapshot at step {step} of a run to {settings.steps} steps",
+                               _snapshot_origin(origin, step, settings.steps),
                                step=step, wall_s=elapsed, final_loss=float(np.mean(losses[-100:])))
         if now - last_ckpt > settings.checkpoint_minutes * 60:
             checkpoint()
@@ -389,6 +390,10 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
                        step=step, wall_s=elapsed, final_loss=final_loss)
     log.info("wrote %s (%d steps, %.1f min, final loss %.4f)", model_dir, step, elapsed / 60, final_loss)
     return TrainResult(model_dir, step, final_loss, elapsed, resumed_from)
+
+
+def _snapshot_origin(origin: str, step: int, steps: int) -> str:
+    return f"{origin}; a snapshot at step {step} of a run to {steps} steps"
 
 
 def _on_cpu(model: ConditionedUNet) -> ConditionedUNet:
