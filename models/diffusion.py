@@ -553,11 +553,60 @@ def _load_strict(net: nn.Module, weights: Mapping[str, torch.Tensor], source: st
     net.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
 
 
+#: A bf16 convolution whose output is further than this from fp32 (relative error power) is a
+#: broken kernel, not rounding: honest bf16 rounding of these layers measures -50 dB.
+BF16_CONV_TOLERANCE_DB = -30.0
+
+
+class _Fp32Conv(nn.Module):
+    """Runs the wrapped convolution in fp32 even under bf16 autocast."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", enabled=False):
+            return self.conv(x.float())
+
+
+def guard_bf16_convolutions(net: nn.Module, length: int) -> list[str]:
+    """Put every convolution whose CPU bf16 kernel is wrong back in fp32; returns their names.
+
+    Why: torch 2.13's oneDNN bf16 Conv1d on this CPU returns garbage for some shapes where the
+    stride equals the kernel (16 -> 32 channels, kernel 4, stride 4: error 0 dB, i.e. noise; 32
+    -> 64 with the same kernel: -50 dB). The default model has such a layer, which made its
+    whole bf16 output wrong (-13 dB from fp32 on one network evaluation). Each convolution is
+    tried once on random input at load; only the broken ones pay for fp32.
+    """
+    guarded: list[str] = []
+    gen = torch.Generator().manual_seed(0)
+    for parent_name, parent in list(net.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):
+                continue
+            probe = torch.randn((1, child.in_channels, max(64, min(length, 2048))), generator=gen)
+            with torch.inference_mode():
+                ref = child(probe)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    low = child(probe).float()
+            err = float(((ref - low) ** 2).mean() / ((ref**2).mean() + 1e-30))
+            if 10 * math.log10(err + 1e-30) > BF16_CONV_TOLERANCE_DB:
+                setattr(parent, child_name, _Fp32Conv(child))
+                guarded.append(f"{parent_name}.{child_name}".lstrip("."))
+    if guarded:
+        log.info("bf16: %d convolution(s) run in fp32 (this CPU's bf16 kernel is wrong for them): %s",
+                 len(guarded), ", ".join(guarded))
+    return guarded
+
+
 def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str, weights: str,
             trained: bool, default_steps: int, sdpa: bool, precision: str,
             config: Mapping[str, Any] | None = None,
             extras: Mapping[str, torch.Tensor] | None = None) -> DiffusionGenerator:
     swapped = swap_attention_to_sdpa(net, arch.attention_heads) if sdpa else 0
+    if precision == "bf16":
+        guard_bf16_convolutions(net, arch.length)
     config = config or {}
     classes = list(config["classes"]) if config.get("classes") else None
     embedding = (extras or {}).get(CLASS_EMBEDDING_KEY)
