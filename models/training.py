@@ -2,7 +2,8 @@
 
 Why this module exists: the daemon ships a default model trained here, and musicians want to
 train on their own sample folders on the same modest hardware. So training is a resumable
-loop on CPU: v-objective diffusion exactly as audio-diffusion-pytorch's ``VDiffusion`` trains
+loop that runs on a CPU (or a CUDA GPU when there is one; the shipped default was trained on
+one, where big batches cost little): v-objective diffusion exactly as audio-diffusion-pytorch's ``VDiffusion`` trains
 it (sigma ~ U(0,1), x_t = cos*x + sin*noise, target v = cos*noise - sin*x), AdamW, EMA weights
 for sampling, a checkpoint written atomically every few minutes that a later run resumes from,
 and at the end a model folder the daemon loads as is (see :mod:`models.diffusion`).
@@ -85,9 +86,9 @@ class TrainSettings:
     #: the model folder records it, so generation divides it out again.
     data_scale: float | None = None
     threads: int = 0
-    #: "auto" (CUDA when torch sees a GPU, else CPU), "cpu" or "cuda[:N]". Only where the
-    #: network runs: batches, noise and the random stream are drawn on the CPU, so a run's
-    #: data order does not depend on the device.
+    #: "auto" (CUDA when torch sees a GPU, else CPU), "cpu" or "cuda[:N]": where the network
+    #: runs. Batch indices, augmentation and sigma come from the CPU generator, so a run's data
+    #: order does not depend on the device; on a GPU the noise is drawn there, seeded from it.
     device: str = "auto"
     #: How batches draw instruments: 0 = as often as the data holds them, 1 = every instrument
     #: equally often; in between, clip weights go as count ** -balance. The kits hold 47 kicks
