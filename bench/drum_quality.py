@@ -12,7 +12,7 @@ The gate (issue 4): >= 80% of generated kicks, snares and hats classified as ask
 median tail noise floor after finishing below -50 dBFS for each.
 
 Usage: python bench/drum_quality.py [--model builtin:default] [--n 20] [--steps N]
-       [--sampler ddim|dpmpp2m] [--data DIR] [--hold-out KIT,KIT] [--instruments kick,snare,hat]
+       [--sampler ddim|dpmpp2m] [--no-output-filter] [--data DIR] [--hold-out KIT,KIT] [--instruments kick,snare,hat]
        [--sheet PNG]
 Needs Debian's hydrogen-drumkits (make data) unless --data names other samples.
 """
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instruments", default="kick,snare,hat")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--no-output-filter", action="store_true",
+                   help="leave out the high-cut the model folder names (the raw network's clips)")
     p.add_argument("--sheet", help="also write a PNG sheet of generated clips here")
     p.add_argument("--name", default="drum_quality", help="results file name under bench/results/")
     args = p.parse_args(argv)
@@ -72,10 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"the model generates {', '.join(gen.classes)}; not {', '.join(missing)}")
     elif len(wanted) != 1:
         p.error("an unconditional model generates one instrument: pass --instruments NAME")
+    if args.no_output_filter:
+        gen.info.output_lowpass_hz = {}
     steps = args.steps or gen.info.default_steps
     sampler = args.sampler or gen.info.default_sampler
     print(f"model {args.model}: {gen.info.parameters / 1e6:.1f} M parameters, trained={gen.info.trained}, "
-          f"{rate} Hz, {length} frames; {steps} steps {sampler}")
+          f"{rate} Hz, {length} frames; {steps} steps {sampler}; output high-cut "
+          f"{', '.join(f'{k} {v:g} Hz' for k, v in gen.info.output_lowpass_hz.items()) or 'none'}")
 
     samples = find_samples([args.data])
     train_s, held_s = split_held_out(samples, [k for k in args.hold_out.split(",") if k])
@@ -95,11 +100,10 @@ def main(argv: list[str] | None = None) -> int:
     for inst in wanted:
         outs, floors = [], []
         for start in range(0, args.n, args.batch):
-            seeds = range(1000 + start, 1000 + min(args.n, start + args.batch))
-            noise = torch.cat([gen.noise(s) for s in seeds])
-            labels = gen.labels_for([inst] * len(seeds))
+            seeds = list(range(1000 + start, 1000 + min(args.n, start + args.batch)))
             t0 = time.perf_counter()
-            audio = gen.sample(noise, steps, sampler=sampler, labels=labels).numpy()
+            # The daemon's own path: the model's scale divided out, its output high-cut applied.
+            audio = gen.generate_batch(seeds, steps, sampler=sampler, instruments=[inst] * len(seeds))
             gen_s += time.perf_counter() - t0
             for clip in audio:
                 done, report = finish_clip(clip, rate, finishing)

@@ -174,7 +174,7 @@ def _classify(label: str, gen: DiffusionGenerator, outputs: dict, plan: dict, in
         audio = outputs[(name, steps, sampler)] if (name, steps, sampler) in outputs else None
         if audio is None:
             continue
-        clips = [finish_clip(a, gen.sample_rate, settings)[0] for a in audio]
+        clips = [finish_clip(gen.output_filter(a, i), gen.sample_rate, settings)[0] for a, i in zip(audio, insts)]
         pred = clf.predict(clips, gen.sample_rate)
         out[name] = f"{sum(p == i for p, i in zip(pred, insts))}/{len(insts)}"
     return out

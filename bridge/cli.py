@@ -80,6 +80,10 @@ def _parser() -> argparse.ArgumentParser:
                    "helps rare instruments (few kicks among many percussion clips)")
     t.add_argument("--default-steps", type=int, default=25,
                    help="sampling steps the model folder asks for by default")
+    t.add_argument("--lowpass", action="append", default=[], metavar="INSTRUMENT=HZ",
+                   help="a high-cut the model folder applies to that instrument's clips (repeatable; '*' for "
+                   "every clip), for a model that leaves hiss above the hit (the default's kicks: kick=8000); "
+                   "default: what the --init model had, none from scratch")
     t.add_argument("--checkpoint-minutes", type=float, default=5.0)
     t.add_argument("--snapshot-every", type=int, default=0, metavar="STEPS",
                    help="also write a model folder every STEPS steps to OUT/snapshots/ (pick the best one "
@@ -304,6 +308,13 @@ def _train(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as exc:
         log.error("cannot read the architecture file %s: %s", args.arch, exc)
         return 2
+    from models.output_filter import OutputFilterError, parse_lowpass_args
+
+    try:
+        lowpass = parse_lowpass_args(args.lowpass) if args.lowpass else None
+    except OutputFilterError as exc:
+        log.error("%s", exc)
+        return 2
     settings = TrainSettings(
         data=[str(Path(d).expanduser()) for d in args.data], out=args.out, steps=args.steps,
         batch=args.batch, lr=args.lr, init=args.init, instrument=args.instrument,
@@ -311,7 +322,7 @@ def _train(args: argparse.Namespace) -> int:
         held_out=[k.strip() for k in args.hold_out.split(",") if k.strip()],
         arch=arch, threads=args.threads, bf16=not args.fp32, checkpoint_minutes=args.checkpoint_minutes,
         device=args.device, balance=args.balance, default_steps=args.default_steps,
-        snapshot_every=args.snapshot_every,
+        snapshot_every=args.snapshot_every, output_lowpass=lowpass,
         seed=args.seed, name=args.name,
         command="genbridge " + " ".join(sys.argv[1:]) if sys.argv and "train" in sys.argv else "",
     )

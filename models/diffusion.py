@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.adp import import_adp
+from models.output_filter import OutputFilterError, apply_lowpass, cutoff_for, parse_lowpass
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,9 @@ class ModelInfo:
     #: drum one-shots are mostly quiet tails, std ~0.05, which noise drowns at almost every
     #: diffusion time). Outputs are divided by it, sources of variations multiplied.
     data_scale: float = 1.0
+    #: The model's own high-cut per instrument ("*": every clip), from its folder's
+    #: ``output_lowpass_hz``; see models/output_filter.py for why a model needs one.
+    output_lowpass_hz: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -313,6 +317,17 @@ class DiffusionGenerator:
                                  f"{inst!r} is none of them")
             rows.append(self.classes.index(inst))
         return torch.tensor(rows, dtype=torch.int64)
+
+    def to_audio(self, x: torch.Tensor, instruments: list[str | None]) -> list[np.ndarray]:
+        """Sampled clips (batch, channels, frames) as the model's audio: the training scale
+        divided out, each clip through its instrument's output low-pass (if the folder names one)."""
+        return [self.output_filter((clip / self.info.data_scale).numpy().astype(np.float32, copy=False), inst)
+                for clip, inst in zip(x, instruments, strict=True)]
+
+    def output_filter(self, audio: np.ndarray, instrument: str | None) -> np.ndarray:
+        """``audio`` (channels, frames) through the high-cut the model folder names for
+        ``instrument``; unchanged where it names none."""
+        return apply_lowpass(audio, cutoff_for(self.info.output_lowpass_hz, instrument), self.sample_rate)
 
     @property
     def sample_rate(self) -> int:
@@ -390,10 +405,11 @@ class DiffusionGenerator:
         """Several clips in one pass of the network per step (each from its own seed's noise):
         on CPU a batch of small convolutions costs much less than the same calls one by one."""
         steps = int(steps or self.info.default_steps)
-        labels = self.labels_for(instruments or [None] * len(seeds))
+        instruments = instruments or [None] * len(seeds)
+        labels = self.labels_for(instruments)
         noise = torch.cat([self.noise(s) for s in seeds])
         audio = self.sample(noise, steps, on_step, sampler or self.info.default_sampler, labels)
-        return [(a / self.info.data_scale).numpy().astype(np.float32, copy=False) for a in audio]
+        return self.to_audio(audio, instruments)
 
     def vary(
         self,
@@ -422,7 +438,7 @@ class DiffusionGenerator:
         x = alpha * x0 + beta * self.noise(seed)
         audio = self.sample(x, steps, on_step, sampler or self.info.default_sampler,
                             self.labels_for([instrument]), start=strength)
-        return (audio[0] / self.info.data_scale).numpy().astype(np.float32, copy=False)
+        return self.to_audio(audio, [instrument])[0]
 
     def generate(
         self,
@@ -436,7 +452,7 @@ class DiffusionGenerator:
         steps = int(steps or self.info.default_steps)
         labels = self.labels_for([instrument])
         audio = self.sample(self.noise(seed), steps, on_step, sampler or self.info.default_sampler, labels)
-        return (audio[0] / self.info.data_scale).numpy().astype(np.float32, copy=False)
+        return self.to_audio(audio, [instrument])[0]
 
 
 # --------------------------------------------------------------------------- loading
@@ -616,12 +632,16 @@ def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str
     sampler = str(config.get("sampler", "ddim"))
     if sampler not in SAMPLERS:
         raise ModelLoadError(f"{source}: unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+    try:
+        lowpass = parse_lowpass(config.get("output_lowpass_hz"), sample_rate=arch.sample_rate, classes=classes)
+    except OutputFilterError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from None
     info = ModelInfo(
         name=name, source=source, kind=kind, weights=weights, trained=trained,
         parameters=_count_parameters(net) + (embedding.numel() if classes else 0), sample_rate=arch.sample_rate,
         channels=arch.in_channels, length=arch.length, default_steps=default_steps,
         sdpa_layers=swapped, precision=precision, default_sampler=sampler, classes=classes,
-        data_scale=float(config.get("data_scale", 1.0)),
+        data_scale=float(config.get("data_scale", 1.0)), output_lowpass_hz=lowpass,
     )
     if classes:
         conditioned = ConditionedUNet(net, len(classes), int(embedding.shape[1]))

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from models.diffusion import DiffusionGenerator, ModelInfo, UNetArch
+from models.output_filter import parse_lowpass
 
 
 class OrtStep(torch.nn.Module):
@@ -46,5 +47,7 @@ def load_onnx_generator(onnx_file: Path, *, name: str, threads: int) -> Diffusio
                      sample_rate=arch.sample_rate, channels=arch.in_channels, length=arch.length,
                      default_steps=int(meta.get("default_steps", 25)), sdpa_layers=0, precision="fp32",
                      default_sampler=str(meta.get("default_sampler", "ddim")), classes=meta.get("classes") or None,
-                     data_scale=float(meta.get("data_scale", 1.0)))
+                     data_scale=float(meta.get("data_scale", 1.0)),
+                     output_lowpass_hz=parse_lowpass(meta.get("output_lowpass_hz"), sample_rate=arch.sample_rate,
+                                                     classes=meta.get("classes") or None))
     return DiffusionGenerator(OrtStep(onnx_file, threads), arch, info)

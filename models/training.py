@@ -35,6 +35,7 @@ from torch import nn
 
 from models.diffusion import (
     ConditionedUNet,
+    ModelInfo,
     UNetArch,
     alpha_beta,
     build_network,
@@ -43,6 +44,7 @@ from models.diffusion import (
     swap_attention_to_sdpa,
 )
 from models.drum_data import DEFAULT_HELD_OUT, DrumSet, Sample, find_samples, load_drum_set, split_held_out
+from models.output_filter import EVERY_INSTRUMENT, parse_lowpass
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,10 @@ class TrainSettings:
     fp16_weights: bool = True
     default_steps: int = 25
     sampler: str = "dpmpp2m_logsnr"
+    #: The model folder's output high-cut per instrument ("*": every clip), e.g. {"kick": 8000};
+    #: see models/output_filter.py. None: what the --init model had (none from scratch). It
+    #: filters generated clips only, so a resumed run may change it.
+    output_lowpass: dict[str, float] | None = None
     name: str = "drums"
     command: str = ""
 
@@ -213,7 +219,7 @@ class TrainResult:
 
 
 def _build(settings: TrainSettings, classes_found: Sequence[str]
-           ) -> tuple[ConditionedUNet, UNetArch, list[str] | None, str, float | None]:
+           ) -> tuple[ConditionedUNet, UNetArch, list[str] | None, str, ModelInfo | None]:
     """The model to train: fresh from :data:`DEFAULT_ARCH`, or the network of ``init``; last, the
     data scale ``init`` was trained at (a fine-tuned model keeps it), None for a fresh model."""
     if settings.init:
@@ -225,7 +231,7 @@ def _build(settings: TrainSettings, classes_found: Sequence[str]
         if not classes and not settings.instrument:
             raise ValueError(f"{settings.init} has no instrument classes: an unconditional model "
                              "learns one instrument, pass --instrument (e.g. --instrument kick)")
-        return model, arch, list(classes) if classes else None, source, gen.info.data_scale
+        return model, arch, list(classes) if classes else None, source, gen.info
     spec = settings.arch or {"sample_rate": DEFAULT_SAMPLE_RATE, "length": DEFAULT_LENGTH, "unet": DEFAULT_ARCH}
     try:
         arch = UNetArch.from_mapping(spec["unet"], sample_rate=spec["sample_rate"], length=spec["length"])
@@ -237,6 +243,18 @@ def _build(settings: TrainSettings, classes_found: Sequence[str]
         return ConditionedUNet(net, 0), arch, None, "trained from scratch", None
     classes = list(settings.classes or classes_found)
     return ConditionedUNet(net, len(classes)), arch, classes, "trained from scratch", None
+
+
+def _output_lowpass(settings: TrainSettings, arch: UNetArch, classes: Sequence[str] | None,
+                    init_info: ModelInfo | None) -> dict[str, float]:
+    """The high-cut the model folder will name: the settings' (checked against the model now,
+    before minutes of training), else the fine-tuned model's. An unconditional model's one
+    instrument may be named by its name; the folder stores it as "*" (every clip)."""
+    if settings.output_lowpass is None:
+        return dict(init_info.output_lowpass_hz) if init_info else {}
+    wanted = {EVERY_INSTRUMENT if not classes and k == settings.instrument else k: v
+              for k, v in settings.output_lowpass.items()}
+    return parse_lowpass(wanted, sample_rate=arch.sample_rate, classes=list(classes) if classes else None)
 
 
 def load_training_data(settings: TrainSettings, samples: Sequence[Sample], arch: UNetArch,
@@ -276,7 +294,10 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
                 raise ValueError(f"{ckpt_path} was written with {key}={saved.get(key)!r}, this run asks "
                                  f"for {getattr(settings, key)!r}: use another --out or the same settings")
         found = resume["classes"] or found
-    model, arch, classes, origin, init_scale = _build(settings, found)
+        if settings.output_lowpass is None:  # not asked again: the run keeps the high-cut it was given
+            settings.output_lowpass = saved.get("output_lowpass")
+    model, arch, classes, origin, init_info = _build(settings, found)
+    settings.output_lowpass = _output_lowpass(settings, arch, classes, init_info)
     if resume is not None and resume["classes"] is not None:
         classes = resume["classes"]
     data, held_kits = load_training_data(settings, samples, arch, classes)
@@ -317,6 +338,7 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
             raise ValueError(f"no checkpoint in {out} to take a snapshot of")
         final = float(np.mean(losses[-100:])) if losses else float("nan")
         saved = TrainSettings(**resume["settings"])
+        saved.output_lowpass = settings.output_lowpass
         write_model_folder(Path(snapshot_to), _on_cpu(ema.module), arch, classes, saved, data, held_kits,
                            _snapshot_origin(origin, step, saved.steps),
                            step=step, wall_s=elapsed, final_loss=final)
@@ -325,7 +347,8 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     if resume is not None:
         settings.data_scale = resume["settings"].get("data_scale") or settings.data_scale
     if settings.data_scale is None:  # a model being fine-tuned keeps the scale it was trained at
-        settings.data_scale = init_scale or round(0.5 / max(float(data.audio.std()), 1e-4), 2)
+        from_init = init_info.data_scale if init_info else None
+        settings.data_scale = from_init or round(0.5 / max(float(data.audio.std()), 1e-4), 2)
     log.info("data scale %.2f (training audio std %.4f)", settings.data_scale, float(data.audio.std()))
     audio = torch.from_numpy(data.audio).to(device)  # a few hundred clips: a few MB
     labels = torch.from_numpy(data.labels)
@@ -433,6 +456,8 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
         "settings": settings.to_json(),
     }
     extra = ({"classes": list(classes)} if classes else {}) | {"data_scale": settings.data_scale or 1.0}
+    if settings.output_lowpass:
+        extra["output_lowpass_hz"] = dict(settings.output_lowpass)
     save_model_folder(folder, model.net, arch, default_steps=settings.default_steps,
                       fp16=settings.fp16_weights, card=card, extra_config=extra | {"sampler": settings.sampler},
                       extra_tensors={"genbridge.class_embedding": model.class_embedding.weight.detach()}
@@ -447,6 +472,9 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
         f"- Instruments: {', '.join(classes) if classes else settings.instrument} "
         f"({arch.sample_rate} Hz, {arch.in_channels} ch, {arch.length} frames); sampler "
         f"{settings.sampler}, {settings.default_steps} steps by default.",
+        *([f"- Output high-cut (applied to generated clips, not in training): "
+           f"{', '.join(f'{k} {v:g} Hz' for k, v in settings.output_lowpass.items())}."]
+          if settings.output_lowpass else []),
         f"- Training clips: {len(data.labels)} {json.dumps(data.counts())}; held out for evaluation: "
         f"{', '.join(held_kits) or 'none'}.",
         "",

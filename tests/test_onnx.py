@@ -79,12 +79,17 @@ def test_a_class_conditioned_model_exports_with_a_label_input(tmp_path: Path) ->
 
     result = train(TrainSettings(data=[str(write_sample_folder(tmp_path / "s"))], out=str(tmp_path / "run"),
                                  arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET},
-                                 steps=2, batch=2, held_out=[], threads=1), progress=False)
+                                 steps=2, batch=2, held_out=[], threads=1, output_lowpass={"kick": 3000}),
+                   progress=False)
     onnx_file = tmp_path / "drums.onnx"
     meta = export_denoiser(result.model_dir, onnx_file)
     assert meta["classes"] == ["kick", "snare", "hat"] and meta["parity"]["max_abs"] < 1e-4
+    assert meta["output_lowpass_hz"] == {"kick": 3000.0}
     ort_gen = load_onnx_generator(onnx_file, name="d", threads=1)
     torch_gen = load_generator(result.model_dir, name="d")
     for inst in ("kick", "hat"):
         got, want = ort_gen.generate(5, 3, instrument=inst), torch_gen.generate(5, 3, instrument=inst)
-        assert float(np.abs(got - want).max()) < 1e-4
+        assert float(np.abs(got - want).max()) < 1e-4, "the same clip, the kick's high-cut included"
+    torch_gen.info.output_lowpass_hz = {}
+    assert float(np.abs(ort_gen.generate(5, 3, instrument="kick") - torch_gen.generate(5, 3, instrument="kick")
+                        ).max()) > 1e-3, "onnxruntime applies the high-cut too"

@@ -69,7 +69,7 @@ def test_cli_trains_resumes_and_the_daemon_serves_the_model(tmp_path: Path, star
     data = write_sample_folder(tmp_path / "samples")
     run = tmp_path / "run"
     base = [*GENBRIDGE, "train", str(data), "-o", str(run), "--arch", str(_arch_file(tmp_path)),
-            "--batch", "2", "--threads", "1", "--hold-out", ""]
+            "--batch", "2", "--threads", "1", "--hold-out", "", "--lowpass", "kick=3000"]
     first = subprocess.run(base + ["--steps", "3", "--snapshot-every", "2"], cwd=REPO, capture_output=True,
                            text=True, timeout=600)
     assert first.returncode == 0, first.stderr
@@ -98,6 +98,7 @@ def test_cli_trains_resumes_and_the_daemon_serves_the_model(tmp_path: Path, star
         reply = client.request("/genbridge/drum/play", inst, 100, reply="/genbridge/drum/played", timeout=120)
         meta = assert_valid_clip(reply.args[2], sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)
         assert meta["instrument"] == inst and meta["trained"] is True
+        assert meta["output_lowpass_hz"] == (3000.0 if inst == "kick" else None), "the sidecar says what was cut"
 
 
 def test_a_changed_run_does_not_resume_silently(tmp_path: Path) -> None:

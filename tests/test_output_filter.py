@@ -1,0 +1,110 @@
+"""A model folder's own output high-cut: the shipped default's kicks lose the hiss above the hit
+and keep their body, other instruments are untouched, bad values are refused at load and on the
+command line, and a training run records (and keeps on resume) the high-cut it was given."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY_LENGTH, TINY_RATE, TINY_UNET, build_tiny_model
+from drum_samples import write_sample_folder
+from helpers import GENBRIDGE, REPO
+
+from models.diffusion import ModelLoadError, load_generator
+from models.training import TrainSettings, train
+
+DEFAULT_MODEL = REPO / "models" / "default"
+
+
+def _band_db(clip: np.ndarray, rate: int, lo: float, hi: float) -> float:
+    """Energy between lo and hi Hz relative to the clip's whole energy (dB)."""
+    spectrum = np.abs(np.fft.rfft(clip[0].astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(clip.shape[1], 1.0 / rate)
+    band = spectrum[(freqs >= lo) & (freqs < hi)].sum()
+    return float(10 * np.log10(max(band, 1e-30) / spectrum.sum()))
+
+
+def test_the_default_models_kicks_lose_the_hiss_above_the_hit_and_keep_their_body() -> None:
+    gen = load_generator(DEFAULT_MODEL, name="default")
+    assert gen.info.output_lowpass_hz == {"kick": 8000.0}, "the shipped default names its kick high-cut"
+    seeds, rate = [3, 4, 5, 6], gen.sample_rate
+    kicks = gen.generate_batch(seeds, instruments=["kick"] * 4)
+    snares = gen.generate_batch(seeds, instruments=["snare"] * 4)
+    gen.info.output_lowpass_hz = {}
+    raw_kicks = gen.generate_batch(seeds, instruments=["kick"] * 4)
+    raw_snares = gen.generate_batch(seeds, instruments=["snare"] * 4)
+    for kick, raw in zip(kicks, raw_kicks):
+        # Real kicks hold about -50 dB above 6 kHz; the raw network's hold -20..-30 dB there.
+        assert _band_db(raw, rate, 9000, rate / 2) > _band_db(kick, rate, 9000, rate / 2) + 20
+        assert _band_db(kick, rate, 9000, rate / 2) < -50
+        body, raw_body = (float(np.sum(np.abs(np.fft.rfft(c[0]))[: int(200 * c.shape[1] / rate)] ** 2))
+                          for c in (kick, raw))
+        assert abs(10 * np.log10(body / raw_body)) < 0.5, "the low end below 200 Hz is kept"
+        assert float(np.abs(kick[:, :100]).max()) < 1.05 * float(np.abs(raw[:, :100]).max()) + 1e-6, \
+            "causal: nothing rings before the attack"
+    for snare, raw in zip(snares, raw_snares):
+        assert np.array_equal(snare, raw), "a snare keeps its top end"
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"cowbell": 8000}, "names 'cowbell'; the model generates kick, snare, hat"),
+    ({"kick": 12000}, "between 0 and Nyquist"),
+    ({"kick": "high"}, "must be a number of Hz"),
+    ([8000], "must map instruments to Hz"),
+])
+def test_a_bad_output_high_cut_is_refused_when_the_model_loads(tmp_path: Path, value: object,
+                                                                message: str) -> None:
+    result = train(TrainSettings(data=[str(write_sample_folder(tmp_path / "s"))], out=str(tmp_path / "run"),
+                                 arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET},
+                                 steps=1, batch=2, held_out=[], threads=1), progress=False)
+    config_file = result.model_dir / "config.json"
+    config = json.loads(config_file.read_text())
+    config["output_lowpass_hz"] = value
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=message):
+        load_generator(result.model_dir, name="m")
+
+
+def test_an_unconditional_model_takes_a_high_cut_for_every_clip(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path / "m", seed=2)
+    raw = load_generator(model, name="m").generate(9, 2)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"output_lowpass_hz": {"*": 2000}}))
+    filtered = load_generator(model, name="m").generate(9, 2, instrument="kick")
+    assert _band_db(raw, TINY_RATE, 4000, TINY_RATE / 2) > _band_db(filtered, TINY_RATE, 4000, TINY_RATE / 2) + 20
+
+
+def test_train_records_the_high_cut_keeps_it_on_resume_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    data = write_sample_folder(tmp_path / "samples")
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps({"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET}))
+    run = tmp_path / "run"
+    base = [*GENBRIDGE, "train", str(data), "-o", str(run), "--arch", str(arch), "--batch", "2", "--threads", "1",
+            "--hold-out", ""]
+
+    malformed = subprocess.run(base + ["--steps", "1", "--lowpass", "kick"], cwd=REPO, capture_output=True,
+                               text=True, timeout=300)
+    assert malformed.returncode == 2 and "--lowpass wants INSTRUMENT=HZ" in malformed.stderr
+    unknown = subprocess.run(base + ["--steps", "1", "--lowpass", "cowbell=3000"], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert unknown.returncode == 1 and "'cowbell'" in unknown.stderr
+    assert not (run / "checkpoint.pt").exists(), "refused before any training"
+
+    first = subprocess.run(base + ["--steps", "1", "--lowpass", "kick=3000"], cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(base + ["--steps", "2"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["card"]["steps"] == 2 and config["output_lowpass_hz"] == {"kick": 3000.0}
+    assert "Output high-cut (applied to generated clips, not in training): kick 3000 Hz" in \
+        (run / "model" / "MODEL_CARD.md").read_text()
+    gen = load_generator(run / "model", name="m")
+    kick = gen.generate(4, 3, instrument="kick")
+    gen.info.output_lowpass_hz = {}
+    raw = gen.generate(4, 3, instrument="kick")
+    assert _band_db(raw, TINY_RATE, 6000, TINY_RATE / 2) > _band_db(kick, TINY_RATE, 6000, TINY_RATE / 2) + 20
