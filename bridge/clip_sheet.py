@@ -61,6 +61,8 @@ def render_sheet(clips: Sequence[SheetClip], out: str | Path, *, per_column: int
         if len(groups.setdefault(c.label, [])) < per_column:
             groups[c.label].append(c)
     cols, rows = len(groups), max(len(g) for g in groups.values())
+    magma = plt.get_cmap("magma")
+    floor_cmap = magma.with_extremes(bad=magma(0.0), under=magma(0.0))
     fig, axes = plt.subplots(rows * 2, cols, figsize=(3.2 * cols, 2.3 * rows), squeeze=False,
                              gridspec_kw={"height_ratios": [1, 1.6] * rows})
     for ax in axes.flat:
@@ -78,8 +80,11 @@ def render_sheet(clips: Sequence[SheetClip], out: str | Path, *, per_column: int
             wave.set_yticks([])
             wave.set_title(f"{label}" + (f"  {clip.title}" if clip.title else ""), fontsize=7)
             spec.set_axis_on()
-            spec.specgram(mono + 1e-9, NFFT=512, noverlap=384, Fs=clip.sample_rate, cmap="magma",
-                          vmin=-120, vmax=-20)
+            # Finished clips end in exact zeros: power 0 is -inf dB there, drawn in the floor
+            # colour (a masked value would be left white); numpy's divide warning says no more.
+            with np.errstate(divide="ignore"):
+                spec.specgram(mono, NFFT=512, noverlap=384, Fs=clip.sample_rate, cmap=floor_cmap,
+                              vmin=-120, vmax=-20)
             spec.set_yticks([0, clip.sample_rate // 4, clip.sample_rate // 2])
             spec.set_yticklabels(["0", f"{clip.sample_rate // 4000}k", f"{clip.sample_rate // 2000}k"], fontsize=6)
             spec.tick_params(axis="x", labelsize=6)
