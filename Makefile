@@ -36,7 +36,7 @@ data:
 # Retrain the shipped default: 1200 steps at batch 128 (2.8 minutes on an H100, which --device
 # auto uses when torch sees it; an estimated 3 hours on 2 CPU cores). Resumes from runs/default/checkpoint.pt.
 train-default: setup data
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/genbridge train /usr/share/hydrogen/data/drumkits -o runs/default --steps 1200 --batch 128 --lr 2e-4 --balance 1 --default-steps 8 --snapshot-every 400 --name default
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/genbridge train /usr/share/hydrogen/data/drumkits -o runs/default --steps 1200 --batch 128 --lr 2e-4 --balance 1 --default-steps 8 --snapshot-every 400 --lowpass kick=8000 --name default
 
 bench: setup system-deps data
 	$(PY) bench/drum_quality.py --sheet bench/results/default_sheet.png
