@@ -17,9 +17,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from pd_file import read_pd  # noqa: E402
+
 from bridge.config import ServerConfig  # noqa: E402
 from bridge.protocol import BY_ADDRESS, ProtocolError, parse  # noqa: E402
-from pd_file import read_pd  # noqa: E402
 
 EXAMPLE_NUMBER = 100.0  # what a $1 / a velocity inlet stands for when checking
 
@@ -106,7 +107,8 @@ def check_pd(path: Path) -> Report:
                     _check_send(report, address, args)
         if kind == "msg" and words[:1] == ["connect"]:
             if int(float(words[2])) != ServerConfig().osc_port:
-                report.errors.append(f"{path.name}: connects to port {words[2]}, the default is {ServerConfig().osc_port}")
+                report.errors.append(f"{path.name}: connects to port {words[2]}, "
+                                     f"the default is {ServerConfig().osc_port}")
     _check_reply_port(report, [int(float(w[-1])) for k, w in objects if k == "obj" and w[:1] == ["netreceive"]])
     return report
 

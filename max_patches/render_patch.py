@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from pd_file import read_pd  # noqa: E402
+
 CHAR_W = 7.2
 BOX_H = 22
 
@@ -71,11 +72,13 @@ def load_maxpat(path: Path) -> tuple[list[Box], list[tuple[int, int, int, int]]]
         x, y, w, h = b["patching_rect"]
         text = b.get("text", "") or b["maxclass"]
         index[b["id"]] = i
-        boxes.append(Box(x, y, max(w, len(text) * CHAR_W * 0.9), h, text, b["maxclass"], b["numinlets"], b["numoutlets"]))
+        boxes.append(Box(x, y, max(w, len(text) * CHAR_W * 0.9), h, text, b["maxclass"], b["numinlets"],
+                         b["numoutlets"]))
     cords = []
     for entry in patcher["lines"]:
         line = entry["patchline"]
-        cords.append((index[line["source"][0]], line["source"][1], index[line["destination"][0]], line["destination"][1]))
+        source, destination = line["source"], line["destination"]
+        cords.append((index[source[0]], source[1], index[destination[0]], destination[1]))
     return boxes, cords
 
 
@@ -104,9 +107,11 @@ def render(path: Path) -> str:
         out.append(f'<rect x="{box.x:.0f}" y="{box.y:.0f}" width="{box.w:.0f}" height="{box.h:.0f}" rx="{rx:.0f}" '
                    f'fill="{fill}" stroke="#222"/>')
         label = box.text if box.kind not in ("button",) else ""
-        out.append(f'<text x="{box.x + 4:.0f}" y="{box.y + min(box.h, BOX_H) - 7:.0f}">{html.escape(label)}</text>')
+        text_y = box.y + min(box.h, BOX_H) - 7
+        out.append(f'<text x="{box.x + 4:.0f}" y="{text_y:.0f}">{html.escape(label)}</text>')
         for i in range(box.inlets):
-            out.append(f'<rect x="{_port_x(box, i, box.inlets) - 3:.1f}" y="{box.y:.0f}" width="7" height="2" fill="#222"/>')
+            out.append(f'<rect x="{_port_x(box, i, box.inlets) - 3:.1f}" y="{box.y:.0f}" width="7" '
+                       'height="2" fill="#222"/>')
         for i in range(box.outlets):
             out.append(f'<rect x="{_port_x(box, i, box.outlets) - 3:.1f}" y="{box.y + box.h - 2:.0f}" width="7" '
                        f'height="2" fill="#222"/>')
