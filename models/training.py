@@ -221,7 +221,8 @@ class TrainResult:
 def _build(settings: TrainSettings, classes_found: Sequence[str]
            ) -> tuple[ConditionedUNet, UNetArch, list[str] | None, str, ModelInfo | None]:
     """The model to train: fresh from :data:`DEFAULT_ARCH`, or the network of ``init``; last, the
-    data scale ``init`` was trained at (a fine-tuned model keeps it), None for a fresh model."""
+    info of ``init`` (a fine-tuned model keeps its data scale and output high-cut), None for a
+    fresh model."""
     if settings.init:
         gen = load_generator(settings.init, name="init", sdpa=True)
         arch = gen.arch
