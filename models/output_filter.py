@@ -31,7 +31,8 @@ class OutputFilterError(ValueError):
 
 
 def parse_lowpass(value: Any, *, sample_rate: int, classes: list[str] | None) -> dict[str, float]:
-    """Check a config's ``{"kick": 8000}`` mapping: known instruments (or "*"), 0 < Hz < Nyquist."""
+    """Check a config's ``{"kick": 8000}`` mapping (known instruments or "*", 0 < Hz < Nyquist)
+    and design its filters."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
@@ -48,6 +49,10 @@ def parse_lowpass(value: Any, *, sample_rate: int, classes: list[str] | None) ->
             raise OutputFilterError(f"output_lowpass_hz[{name!r}] = {hz!r}: must be a number of Hz "
                                     f"between 0 and Nyquist ({nyquist:g})")
         out[str(name)] = float(hz)
+    for hz in out.values():
+        # Designed now, at load: importing scipy.signal takes ~0.8 s here, which must not land
+        # on the first kick of a set.
+        _sos(hz, int(sample_rate))
     return out
 
 
