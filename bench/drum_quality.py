@@ -12,8 +12,8 @@ The gate (issue 4): >= 80% of generated kicks, snares and hats classified as ask
 median tail noise floor after finishing below -50 dBFS for each.
 
 Usage: python bench/drum_quality.py [--model builtin:default] [--n 20] [--steps N]
-       [--sampler ddim|dpmpp2m] [--no-output-filter] [--data DIR] [--hold-out KIT,KIT] [--instruments kick,snare,hat]
-       [--sheet PNG]
+       [--sampler ddim|dpmpp2m] [--no-output-filter] [--data DIR] [--hold-out KIT,KIT]
+       [--instruments kick,snare,hat] [--sheet PNG]
 Needs Debian's hydrogen-drumkits (make data) unless --data names other samples.
 """
 
@@ -38,6 +38,7 @@ from bridge.finishing import FinishingSettings, finish_clip  # noqa: E402
 from models.diffusion import load_generator  # noqa: E402
 from models.drum_data import DEFAULT_HELD_OUT, HYDROGEN_KITS, find_samples, load_drum_set, split_held_out  # noqa: E402
 from models.drum_eval import DrumClassifier, drum_features, noise_bursts, summarise  # noqa: E402
+from models.output_filter import describe_lowpass  # noqa: E402
 
 GATE_ACCURACY = 0.8
 GATE_TAIL_DBFS = -50.0
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = args.sampler or gen.info.default_sampler
     print(f"model {args.model}: {gen.info.parameters / 1e6:.1f} M parameters, trained={gen.info.trained}, "
           f"{rate} Hz, {length} frames; {steps} steps {sampler}; output high-cut "
-          f"{', '.join(f'{k} {v:g} Hz' for k, v in gen.info.output_lowpass_hz.items()) or 'none'}")
+          f"{describe_lowpass(gen.info.output_lowpass_hz) or 'none'}")
 
     samples = find_samples([args.data])
     train_s, held_s = split_held_out(samples, [k for k in args.hold_out.split(",") if k])

@@ -175,7 +175,7 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
                 "runtime": runtime,
                 "model_signature": info["signature"],
                 "precision": info["precision"],
-                "output_lowpass_hz": cutoff_for(info.get("output_lowpass_hz") or {}, t.get("instrument")),
+                "output_lowpass_hz": cutoff_for(generator.info.output_lowpass_hz, t.get("instrument")),
                 "generation_s": round(gen_s, 4),
                 "batch": len(tasks),
                 "finishing": {"settings": settings.to_json(), "applied": report},

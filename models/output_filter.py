@@ -77,6 +77,11 @@ def cutoff_for(lowpass: Mapping[str, float], instrument: str | None) -> float | 
     return lowpass.get(EVERY_INSTRUMENT)
 
 
+def describe_lowpass(lowpass: Mapping[str, float]) -> str:
+    """``kick 8000 Hz, hat 12000 Hz`` for cards and reports; empty when there is none."""
+    return ", ".join(f"{name} {hz:g} Hz" for name, hz in lowpass.items())
+
+
 @lru_cache(maxsize=32)
 def _sos(hz: float, sample_rate: int) -> np.ndarray:
     from scipy import signal

@@ -44,7 +44,7 @@ from models.diffusion import (
     swap_attention_to_sdpa,
 )
 from models.drum_data import DEFAULT_HELD_OUT, DrumSet, Sample, find_samples, load_drum_set, split_held_out
-from models.output_filter import EVERY_INSTRUMENT, parse_lowpass
+from models.output_filter import EVERY_INSTRUMENT, describe_lowpass, parse_lowpass
 
 log = logging.getLogger(__name__)
 
@@ -474,8 +474,7 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
         f"({arch.sample_rate} Hz, {arch.in_channels} ch, {arch.length} frames); sampler "
         f"{settings.sampler}, {settings.default_steps} steps by default.",
         *([f"- Output high-cut (applied to generated clips, not in training): "
-           f"{', '.join(f'{k} {v:g} Hz' for k, v in settings.output_lowpass.items())}."]
-          if settings.output_lowpass else []),
+           f"{describe_lowpass(settings.output_lowpass)}."] if settings.output_lowpass else []),
         f"- Training clips: {len(data.labels)} {json.dumps(data.counts())}; held out for evaluation: "
         f"{', '.join(held_kits) or 'none'}.",
         "",
