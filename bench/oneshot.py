@@ -27,7 +27,7 @@ from _common import median, save, table  # noqa: E402
 
 from models.diffusion import DiffusionGenerator, ModelInfo, UNetArch, build_network, swap_attention_to_sdpa  # noqa: E402
 
-#: The public kick/snare/hat/percussion checkpoints' architecture (DESIGN.md section 3).
+#: The public kick/snare/hat/percussion checkpoints' architecture (the tiny-audio-diffusion checkpoints' config.yaml).
 PUBLIC = {
     "in_channels": 2,
     "channels": [32, 32, 64, 64, 128, 128, 256, 256],

@@ -9,8 +9,8 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
 from bridge.config import SAMPLER_NAMES, Config, ConfigError, apply_overrides, load_config
@@ -20,6 +20,9 @@ from bridge.config import SAMPLER_NAMES, Config, ConfigError, apply_overrides, l
 DEFAULT_HELD_OUT_KITS = ("Millo_MultiLayered3", "VariBreaks")
 
 log = logging.getLogger("genbridge")
+
+if TYPE_CHECKING:
+    from bridge.worker_handle import WorkerSpec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--midi-port", action="append", metavar="NAME",
                    help="MIDI input to open, by name or part of one (repeatable; replaces midi.ports)")
     s.add_argument("--midi-virtual", action="store_true", help="open a virtual MIDI input named genbridge")
+    s.add_argument("--device", help="run every model on this device: auto, cpu, cuda or cuda:N "
+                   "(replaces [models.*] device and continuation.device)")
 
     g = sub.add_parser("generate", help="generate one-shots into a folder, without the daemon")
     g.add_argument("instrument")
@@ -47,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("-o", "--out", required=True, help="folder to write WAV + JSON sidecars into")
     g.add_argument("--config", help="TOML config file (for instruments, models, finishing)")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: engine.threads)")
+    g.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the model's [models.*] device)")
 
     e = sub.add_parser("export", help="export a model for another runtime")
     e.add_argument("format", choices=["onnx"])
@@ -107,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--top-k", type=int, default=250)
     c.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the LM (faster on CPU)")
     c.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores up to 4)")
+    c.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N")
     c.add_argument("-o", "--out", required=True, help="folder for the takes (WAV + JSON sidecar each)")
 
     r = sub.add_parser("render", help="draw WAV clips (files or folders) as a PNG sheet: waveform over "
@@ -138,58 +145,92 @@ def _serve(args: argparse.Namespace, config: Config) -> int:
 
 
 def _generate(args: argparse.Namespace, config: Config) -> int:
-    from bridge.model_worker import configure_threads_env
+    """Offline one-shots through the same family, render and sidecar code the daemon's workers run."""
+    from bridge.worker_handle import drum_worker_spec
 
     if args.instrument not in config.instruments:
         raise ConfigError("", f"unknown instrument {args.instrument!r} (known: {', '.join(config.instruments)})")
     if args.count < 1:
         raise ConfigError("", f"--count must be at least 1, got {args.count}")
-    inst = config.instruments[args.instrument]
-    model_cfg = config.models[inst.model]
-    threads = args.threads or config.model_threads(inst.model)
-    configure_threads_env(threads)
+    model = config.instruments[args.instrument].model
+    if args.device:
+        apply_overrides(config, device=args.device)
+    spec = drum_worker_spec(config, model)
+    spec.threads = args.threads or spec.threads
+    params = config.instrument_params(args.instrument) | {k: v for k, v in (("steps", args.steps),
+                                                                            ("sampler", args.sampler)) if v}
+    first = args.seed if args.seed is not None else _random_seed(args.count)
+    return _render_offline(spec, params, [(first + k, args.instrument) for k in range(args.count)], args.out,
+                           config.output.subtype, desc=f"{args.instrument} x{args.count}")
 
+
+def _random_seed(count: int) -> int:
     import random
 
-    import torch
+    return random.randint(0, 2**31 - 1 - count)
+
+
+def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, str | None]], out: str,
+                    subtype: str, *, desc: str, name_of: Any = None) -> int:
+    """Load ``spec``'s model here, render each (seed, instrument) with a progress bar, write WAV + sidecar."""
+    from models.runtime_env import configure_threads_env
+
+    configure_threads_env(spec.threads)
     from tqdm import tqdm
 
-    from bridge.clip import Clip
-    from bridge.finishing import finish_clip
+    from bridge.finishing import FinishingSettings
+    from bridge.rendering import render_clips
     from bridge.sinks.folder import FolderSink
-    from models.diffusion import ModelLoadError, load_generator
+    from models.diffusion import ModelLoadError
+    from models.generator import GeneratorError, LoadSpec, Progress, RenderRequest, get_family
+    from models.musicgen import MusicgenLoadError
 
-    torch.set_num_threads(threads)
+    family = get_family(spec.family)
     try:
-        gen = load_generator(model_cfg.resolved_path(), name=inst.model, sdpa=model_cfg.sdpa,
-                             precision=model_cfg.precision)
-    except ModelLoadError as exc:
+        params = family.check_params(params, None)
+        generator = family.load(LoadSpec(spec.model_name, spec.model_path, spec.device, spec.threads, spec.options))
+    except (GeneratorError, ModelLoadError, MusicgenLoadError, OSError) as exc:
         log.error("%s", exc)
         return 1
-    steps = args.steps or inst.steps or model_cfg.steps or gen.info.default_steps
-    sampler = args.sampler or inst.sampler or model_cfg.sampler or gen.info.default_sampler
-    first = args.seed if args.seed is not None else random.randint(0, 2**31 - 1 - args.count)
-    sink = FolderSink(args.out, config.output.subtype, session="")
-    with tqdm(total=args.count * steps, unit="step", desc=f"{args.instrument} x{args.count}") as bar:
-        for k in range(args.count):
-            seed = first + k
-            t0 = time.perf_counter()
-            raw = gen.generate(seed, steps, lambda done, total: bar.update(1) or True, sampler,
-                               instrument=args.instrument)
-            audio, report = finish_clip(raw, gen.sample_rate, config.finishing)
-            meta = {"model": inst.model, "checkpoint": gen.info.source, "weights": gen.info.weights,
-                    "trained": gen.info.trained, "instrument": args.instrument, "seed": seed,
-                    "steps": steps, "sampler": sampler, "precision": gen.info.precision,
-                    "generation_s": round(time.perf_counter() - t0, 4),
-                    "finishing": {"settings": config.finishing.to_json(), "applied": report}}
-            path = sink.write_to_session(Clip(audio, gen.sample_rate, meta))
-            bar.write(str(path))
+    info = generator.info.details | generator.info.to_json() | {"signature": family.signature(spec.model_path)}
+    finishing = FinishingSettings(**spec.finishing) if spec.finishing is not None else None
+    sink = FolderSink(out, subtype, session="")
+    log.info("%s on %s (%s, %s)", spec.model_name, info["device"], info["device_name"], info["precision"])
+    # One bar for the whole run: network steps where the family counts them (k clips x steps),
+    # else percent of each take (a continuation reports fractions).
+    with tqdm(total=len(requests), desc=desc, unit="step") as bar:
+        for k, (seed, instrument) in enumerate(requests):
+            def step(done: int, total: int) -> bool:
+                if total:
+                    if bar.total != len(requests) * total:
+                        bar.total = len(requests) * total
+                        bar.refresh()
+                    bar.update(1)
+                return True
+
+            def fraction(f: float, k: int = k) -> None:
+                if bar.total != 100 * len(requests):
+                    bar.unit, bar.total = "%", 100 * len(requests)
+                bar.update(int(100 * (k + f)) - bar.n)
+
+            progress = Progress(step=step, fraction=fraction)
+            try:
+                clip = render_clips(generator, spec.model_name, info, [RenderRequest(k, seed, instrument)], params,
+                                    finishing=finishing, progress=progress)[0]
+            except GeneratorError as exc:
+                log.error("%s", exc)
+                return 1
+            if name_of is not None:
+                clip.meta |= name_of(clip)
+            path = sink.write_to_session(clip)
+            rtf = clip.meta.get("realtime_factor")
+            bar.write(f"{path}" + (f" ({clip.duration_s:g} s, real-time factor {rtf:.2f})" if rtf else ""))
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from bridge.config import ModelConfig
-    from bridge.model_worker import configure_threads_env
+    from models.runtime_env import configure_threads_env
 
     configure_threads_env(2)
     from tqdm import tqdm
@@ -216,61 +257,36 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _continue(args: argparse.Namespace) -> int:
+    """MusicGen takes offline, through the musicgen family and the daemon's render path."""
     import os
-    import random
 
-    from bridge.model_worker import configure_threads_env
-
-    threads = args.threads or max(1, min(4, os.cpu_count() or 1))
-    configure_threads_env(threads)
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    import torch
-    from tqdm import tqdm
-
-    from bridge.clip import Clip
-    from bridge.sinks.folder import FolderSink
     from bridge.sources import SourceError, read_tail
-    from models.continuation import ContinuationError, ContinuationSettings, continue_audio
-    from models.musicgen import MusicgenLoadError, load_musicgen
+    from bridge.worker_handle import WorkerSpec
 
-    torch.set_num_threads(threads)
     if args.takes < 1 or args.seconds <= 0:
         log.error("--takes must be at least 1 and --seconds above 0")
         return 2
+    from models.devices import DeviceError, check_available
+
+    try:
+        check_available(args.device)
+    except DeviceError as exc:
+        print(f"genbridge: --device: {exc}", file=sys.stderr)
+        return 2
     try:
         audio, rate = read_tail(Path(args.prompt).expanduser(), args.prompt_seconds)
-        loaded = load_musicgen(args.model, lm_weights=args.lm_weights)
-    except (SourceError, MusicgenLoadError, OSError) as exc:
+    except (SourceError, OSError) as exc:
         log.error("%s", exc)
         return 1
-    if args.int8:
-        loaded.model.decoder = torch.ao.quantization.quantize_dynamic(loaded.model.decoder, {torch.nn.Linear},
-                                                                      dtype=torch.qint8)
-    sink = FolderSink(args.out, "PCM_24", session="")
-    first = args.seed if args.seed is not None else random.randint(0, 2**31 - 1 - args.takes)
-    for take in range(args.takes):
-        settings = ContinuationSettings(seconds=args.seconds, prompt_seconds=args.prompt_seconds,
-                                        temperature=args.temperature, top_k=args.top_k, seed=first + take,
-                                        description=args.description or None)
-        t0 = time.perf_counter()
-        with tqdm(total=100, desc=f"take {take + 1}/{args.takes}", unit="%",
-                  bar_format="{l_bar}{bar}| {elapsed}<{remaining}") as bar:
-            def progress(fraction: float) -> None:
-                bar.update(int(fraction * 100) - bar.n)
-
-            try:
-                new = continue_audio(loaded, audio, rate, settings, on_progress=progress)
-            except ContinuationError as exc:
-                log.error("%s", exc)
-                return 1
-        gen_s = time.perf_counter() - t0
-        meta = {"instrument": "continue", "kind": "musicgen continuation", "model": loaded.source,
-                "model_kind": loaded.kind, "source": str(args.prompt), "seed": first + take,
-                "seconds": args.seconds, "prompt_seconds": args.prompt_seconds, "description": args.description,
-                "generation_s": round(gen_s, 3), "realtime_factor": round(args.seconds / gen_s, 3)}
-        path = sink.write_to_session(Clip(new, loaded.sample_rate, meta))
-        print(f"{path} ({args.seconds:g} s in {gen_s:.1f} s, real-time factor {args.seconds / gen_s:.2f})")
-    return 0
+    threads = args.threads or max(1, min(4, os.cpu_count() or 1))
+    spec = WorkerSpec(model_name="continuation", family="musicgen", model_path=args.model, device=args.device,
+                      threads=threads, options={"quantize": "int8" if args.int8 else "none",
+                                                "lm_weights": args.lm_weights or "", "precision": "fp32"})
+    params = {"audio": audio, "rate": rate, "seconds": args.seconds, "prompt_seconds": args.prompt_seconds,
+              "temperature": args.temperature, "top_k": args.top_k, "description": args.description or None}
+    first = args.seed if args.seed is not None else _random_seed(args.takes)
+    return _render_offline(spec, params, [(first + k, "continue") for k in range(args.takes)], args.out, "PCM_24",
+                           desc="take", name_of=lambda clip: {"source": str(args.prompt)})
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -297,7 +313,7 @@ def _read_arch(path: str) -> dict:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from bridge.model_worker import configure_threads_env
+    from models.runtime_env import configure_threads_env
 
     configure_threads_env(args.threads or 4)
     from models.diffusion import ModelLoadError
@@ -344,8 +360,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if args.command == "devices":
         from bridge.devices import report
+        from models.devices import compute_report
 
         print(report())
+        print(compute_report())
         return 0
     if args.command == "export":
         return _export(args)
@@ -365,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             apply_overrides(config, host=args.host, osc_port=args.osc_port, out=args.out,
                             audio_device=args.audio_device, midi_ports=args.midi_port,
-                            midi_virtual=args.midi_virtual)
+                            midi_virtual=args.midi_virtual, device=args.device)
             return _serve(args, config)
         return _generate(args, config)
     except ConfigError as exc:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bridge.finishing import FinishingSettings
+from models.devices import DEVICE_HINT, is_device_name
+from models.generator import FAMILIES, is_family_name
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -36,6 +38,9 @@ def _check(predicate: Callable[[Any], bool], hint: str) -> dict[str, Any]:
 SAMPLER_NAMES = ("", "ddim", "dpmpp2m", "dpmpp2m_logsnr")
 #: How a config error lists them ("" is the model's own).
 SAMPLER_CHOICES = "'', " + ", ".join(SAMPLER_NAMES[1:])
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISION_HINT = "'auto', 'fp32', 'bf16' or 'fp16'"
+FAMILY_HINT = "'' (by runtime), " + ", ".join(repr(f) for f in FAMILIES) + " or an import path module:Class"
 
 
 @dataclass
@@ -134,12 +139,22 @@ class ModelConfig:
     #: or in log-SNR: closer in fewer steps).
     sampler: str = field(default="", metadata=_check(lambda v: v in SAMPLER_NAMES, SAMPLER_CHOICES))
     sdpa: bool = True
-    precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
+    #: "auto": fp32 on a CPU, bf16 on a GPU; "fp32", "bf16" (autocast), "fp16" (GPU only).
+    precision: str = field(default="auto", metadata=_check(lambda v: v in PRECISIONS, PRECISION_HINT))
     #: torch threads for this model's worker; 0 means engine.threads.
     threads: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 256, "0-256"))
     #: "torch", or "onnx": the denoiser exported once (checked against torch) and run by
     #: onnxruntime; a missing or stale export is made on first use.
     runtime: str = field(default="torch", metadata=_check(lambda v: v in ("torch", "onnx"), "'torch' or 'onnx'"))
+    #: The model family (models/generator.py): "" picks "diffusion" or, with runtime = "onnx",
+    #: "diffusion-onnx"; another registered family, or an import path "package.module:Class".
+    family: str = field(default="", metadata=_check(lambda v: v == "" or is_family_name(v), FAMILY_HINT))
+    #: Where the model runs: "auto" (a CUDA GPU when torch sees one, else the CPU), "cpu", "cuda", "cuda:N".
+    device: str = field(default="auto", metadata=_check(is_device_name, DEVICE_HINT))
+    #: "off"; "compile" (torch.compile at the refill batch and batch 1, warmed up at load);
+    #: "graphs" (the same with CUDA graphs, GPU only). Minutes of compiling on a CPU, for no gain there.
+    compile: str = field(default="off", metadata=_check(lambda v: v in ("off", "compile", "graphs"),
+                                                         "'off', 'compile' or 'graphs'"))
     #: Where the ONNX export lives; "" puts it beside the model (denoiser.onnx / <name>.onnx).
     onnx_path: str = ""
 
@@ -205,8 +220,14 @@ class ContinuationConfig:
     #: A fine-tuned LM state dict (``torch.save(model.lm.state_dict())``) put over ``model``.
     lm_weights: str = ""
     threads: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 256, "0-256"))
-    precision: str = field(default="fp32", metadata=_check(lambda v: v in ("fp32", "bf16"), "'fp32' or 'bf16'"))
-    #: "int8": dynamic int8 quantisation of the LM's Linear layers (about 2x faster on CPU).
+    precision: str = field(default="fp32", metadata=_check(lambda v: v in PRECISIONS, PRECISION_HINT))
+    #: Where MusicGen runs: "auto", "cpu", "cuda" or "cuda:N" (as [models.NAME] device).
+    device: str = field(default="auto", metadata=_check(is_device_name, DEVICE_HINT))
+    #: The decoder's KV cache: "dynamic", or "static" (allocated once per continuation: fixed shapes
+    #: for a GPU's compiled step; the same tokens, no faster on a CPU).
+    kv_cache: str = field(default="dynamic", metadata=_check(lambda v: v in ("dynamic", "static"),
+                                                             "'dynamic' or 'static'"))
+    #: "int8": dynamic int8 quantisation of the LM's Linear layers (about 2x faster on CPU; CPU only).
     quantize: str = field(default="none", metadata=_check(lambda v: v in ("none", "int8"), "'none' or 'int8'"))
     prompt_seconds: float = field(default=3.0, metadata=_check(lambda v: 0.1 <= v <= 30, "0.1-30"))
     max_seconds: float = field(default=30.0, metadata=_check(lambda v: 1 <= v <= 120, "1-120"))
@@ -294,6 +315,29 @@ class Config:
                 raise ConfigError(f"models.{name}", "names use letters, digits, '-' and '_' only")
             if not model.resolved_path().exists():
                 raise ConfigError(f"models.{name}.path", f"not found: {model.resolved_path()}")
+        self.check_devices()
+
+    def check_devices(self) -> None:
+        """A GPU named explicitly must exist here: a config error at start, not a crash at the first
+        trigger. "auto" always works (it falls back to the CPU). Asks a child Python, once, only when
+        some device names CUDA (the daemon's own process never imports torch)."""
+        from models.devices import DeviceError, check_available
+
+        named = [(f"models.{n}.device", m.device) for n, m in self.models.items()]
+        if self.continuation.model:
+            named.append(("continuation.device", self.continuation.device))
+        for key, device in named:
+            try:
+                check_available(device)
+            except DeviceError as exc:
+                raise ConfigError(key, str(exc)) from None
+
+    def instrument_params(self, name: str) -> dict[str, Any]:
+        """The render parameters an instrument's clips get from the config: its steps and sampler,
+        else its model's (0 and "" leave the choice to the model folder)."""
+        inst = self.instruments[name]
+        model = self.models[inst.model]
+        return {"steps": inst.steps or model.steps, "sampler": inst.sampler or model.sampler}
 
     def model_threads(self, name: str) -> int:
         return self.models[name].threads or self.engine.threads
@@ -393,8 +437,10 @@ def load_config(path: str | Path | None) -> Config:
 
 def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | None = None,
                     out: str | None = None, audio_device: str | None = None,
-                    midi_ports: list[str] | None = None, midi_virtual: bool | None = None) -> Config:
-    """Command-line flags win over the file; checked like file options."""
+                    midi_ports: list[str] | None = None, midi_virtual: bool | None = None,
+                    device: str | None = None) -> Config:
+    """Command-line flags win over the file; checked like file options. ``device`` puts every
+    model (and the continuation model) on one device."""
     if host is not None:
         config.server.host = host
     if osc_port is not None:
@@ -409,4 +455,14 @@ def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | 
         config.midi.ports = list(midi_ports)
     if midi_virtual:
         config.midi.virtual = True
+    if device is not None:
+        from models.devices import DeviceError, check_available
+
+        try:
+            check_available(device)
+        except DeviceError as exc:
+            raise ConfigError("--device", str(exc)) from None
+        for model in config.models.values():
+            model.device = device
+        config.continuation.device = device
     return config

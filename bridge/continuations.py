@@ -13,16 +13,17 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from bridge.child_process import read_child, spawn_child, stop_child
 from bridge.clip import Clip
 from bridge.config import ContinuationConfig
-from bridge.engine import Engine, EngineError
-from bridge.model_worker import configure_threads_env
-from bridge.musicgen_worker import musicgen_worker_main
+from bridge.folder_writer import FolderWriter
+from bridge.jobs import EngineError, JobIds
+from bridge.worker_handle import WorkerFactory, WorkerHandle, WorkerSpec
+from models.generator import GeneratorError, get_family
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class ContinuationJob:
     id: int
-    audio: np.ndarray
-    rate: int
+    seed: int
     source_name: str
-    settings: dict[str, Any]
+    #: The musicgen family's parameters (the prompt audio and rate, the settings), checked.
+    params: dict[str, Any]
     on_progress: Callable[["ContinuationJob", float], None] | None = None
     on_chunk: Callable[["ContinuationJob", int, Clip], None] | None = None
     on_done: Callable[["ContinuationJob", Clip], None] | None = None
     on_error: Callable[["ContinuationJob", str], None] | None = None
     on_cancelled: Callable[["ContinuationJob"], None] | None = None
-    chunks: list[np.ndarray] = field(default_factory=list)
+    chunks: int = 0
     sample_rate: int = 0
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float = 0.0
@@ -51,21 +52,23 @@ class ContinuationJob:
 class Continuations:
     """One MusicGen worker, one job at a time, the rest waiting in order."""
 
-    def __init__(self, config: ContinuationConfig, engine: Engine, threads: int, nice: int) -> None:
+    def __init__(self, config: ContinuationConfig, spec: WorkerSpec, writer: FolderWriter, job_ids: JobIds, *,
+                 workers: WorkerFactory) -> None:
         self.config = config
-        self.engine = engine
-        self.threads = config.threads or threads
-        self.nice = nice
+        self.spec = spec
+        self.writer = writer
+        self.job_ids = job_ids
+        self.workers = workers
+        self.family = get_family(spec.family)
         self.state = "stopped"
         self.error = ""
         self.info: dict[str, Any] = {}
+        self.memory: dict[str, Any] = {}
         self.waiting: deque[ContinuationJob] = deque()
         self.running: ContinuationJob | None = None
         self.last: Clip | None = None
         self.done = self.failed = self.cancelled = 0
-        self._proc: Any = None
-        self._conn: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.worker: WorkerHandle | None = None
         self._stopping = False
         #: Writes and finishes under way (asyncio keeps only weak references to tasks).
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -79,51 +82,42 @@ class Continuations:
     # ------------------------------------------------------------------ worker
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        configure_threads_env(self.threads)
-        options = {"precision": self.config.precision, "quantize": self.config.quantize, "nice": self.nice}
-        self._proc, self._conn = spawn_child(
-            musicgen_worker_main,
-            (self.config.model, self.config.lm_weights, self.threads, options, logging.getLogger().getEffectiveLevel()),
-            name="genbridge-musicgen")
         self.state = "starting"
-        proc = self._proc
-        read_child(self._conn, proc, self._loop, on_message=lambda m, p=proc: self._on_message(p, m),
-                   on_exit=lambda code, p=proc: self._on_exit(p, code), name="musicgen worker")
-        log.info("started the MusicGen worker for %s (pid %s, %d threads)", self.config.model, proc.pid, self.threads)
+        self.worker = self.workers(self.spec, asyncio.get_running_loop(), self._on_message, self._on_exit)
+        self.worker.start()
 
     def stop(self) -> None:
         self._stopping = True
-        stop_child(self._proc, self._conn, 3.0)
+        if self.worker is not None:
+            self.worker.stop()
         for job in ([self.running] if self.running else []) + list(self.waiting):
             self._fail(job, "the daemon is shutting down")
         self.waiting.clear()
         self.running = None
         self.state = "stopped"
 
-    def _on_exit(self, proc: Any, code: int | None) -> None:
-        if proc is not self._proc or self._stopping:
+    def _on_exit(self, code: int | None, restart_in: float | None) -> None:
+        if self._stopping:
             return
         job, self.running = self.running, None
         if job is not None:
             self._fail(job, f"the MusicGen worker died (exit code {code}) during the job; it is being restarted")
-        if self.state == "failed":
+        if self.state == "failed" or restart_in is None:
             for waiting in list(self.waiting):
                 self._fail(waiting, f"MusicGen failed to load: {self.error}")
             self.waiting.clear()
             return
-        log.error("MusicGen worker exited (code %s); restarting", code)
-        self.start()
+        self.state = "restarting"
+        log.error("MusicGen worker exited (code %s); restarting in %.1f s", code, restart_in)
 
-    def _on_message(self, proc: Any, msg: dict[str, Any]) -> None:
-        if proc is not self._proc:
-            return
+    def _on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "ready":
             self.state, self.info = "ready", msg["info"]
-            log.info("MusicGen ready: %s, %d Hz, %s, text %s, loaded in %s s", self.info["kind"],
-                     self.info["sample_rate"], self.info["precision"], "on" if self.info["text"] else "off",
-                     self.info["load_s"])
+            self.memory = msg.get("memory") or {}
+            log.info("MusicGen ready: %s, %d Hz, %s on %s, text %s, loaded in %s s", self.info.get("kind"),
+                     self.info["sample_rate"], self.info["precision"], self.info["device"],
+                     "on" if self.info["capabilities"]["text"] else "off", self.info.get("load_s"))
             self._pump()
             return
         if op == "fatal":
@@ -131,25 +125,28 @@ class Continuations:
             log.error("MusicGen failed to load: %s", self.error)
             return
         job = self.running
-        if job is None or msg.get("job") != job.id:
+        if job is None or msg.get("task") != job.id:
             return
         if op == "progress" and job.on_progress is not None and not job.cancelled:
             job.on_progress(job, float(msg["fraction"]))
         elif op == "chunk":
             audio = np.asarray(msg["audio"], dtype=np.float32)
-            job.chunks.append(audio)
             job.sample_rate = int(msg["sample_rate"])
             index = int(msg["index"])
-            meta = self._meta(job, f"continue-j{job.id}-chunk{index:02d}") | {"chunk": index}
-            clip = Clip(audio, job.sample_rate, meta)
+            clip = Clip(audio, job.sample_rate, self._meta(job, msg["meta"], f"continue-j{job.id}-chunk{index:02d}"))
+            job.chunks += 1
             job.writes.append(self._spawn(self._write_chunk(job, index, clip)))
-        elif op == "done":
+        elif op == "clip":
             self.running = None
-            self._spawn(self._finish(job, float(msg.get("generation_s", 0.0))))
+            self.memory = msg.get("memory") or self.memory
+            meta = self._meta(job, msg["meta"], f"continue-j{job.id}") | {"chunks": job.chunks}
+            clip = Clip(np.asarray(msg["audio"], dtype=np.float32), int(msg["sample_rate"]), meta)
+            self._spawn(self._finish(job, clip))
             self._pump()
         elif op == "error":
             self.running = None
-            self._fail(job, f"continuation failed: {msg.get('error')}")
+            prefix = "" if msg.get("kind") == "request" else "continuation failed: "
+            self._fail(job, f"{prefix}{msg.get('error')}")
             self._pump()
         elif op == "cancelled":
             self.running = None
@@ -170,15 +167,17 @@ class Continuations:
                               f"got {seconds:g}")
         if len(self.waiting) >= self.config.queue_limit:
             raise EngineError(f"{len(self.waiting)} continuations are queued (continuation.queue_limit); try later")
-        if description and self.info and not self.info.get("text"):
-            raise EngineError("this model's text encoder is not available offline: leave the description empty")
         c = self.config
-        settings = {"seconds": float(seconds), "prompt_seconds": c.prompt_seconds, "temperature": c.temperature,
-                    "top_k": c.top_k, "top_p": c.top_p, "guidance_scale": c.guidance_scale,
-                    "seed": int(seed if seed is not None and seed >= 0 else np.random.randint(0, 2**31 - 1)),
-                    "description": description or None, "chunk_seconds": c.chunk_seconds}
-        job = ContinuationJob(self.engine.next_job_id(), np.asarray(audio, dtype=np.float32), int(rate), source_name,
-                              settings, **callbacks)
+        params = {"audio": np.asarray(audio, dtype=np.float32), "rate": int(rate), "seconds": float(seconds),
+                  "prompt_seconds": c.prompt_seconds, "temperature": c.temperature, "top_k": c.top_k,
+                  "top_p": c.top_p, "guidance_scale": c.guidance_scale, "description": description or None,
+                  "chunk_seconds": c.chunk_seconds}
+        try:
+            params = self.family.check_params(params, self.info or None)
+        except GeneratorError as exc:
+            raise EngineError(str(exc)) from None
+        seed = int(seed if seed is not None and seed >= 0 else np.random.randint(0, 2**31 - 1))
+        job = ContinuationJob(self.job_ids.next(), seed, source_name, params, **callbacks)
         position = len(self.waiting) + (1 if self.running is not None or self.state != "ready" else 0)
         self.waiting.append(job)
         self._pump()
@@ -188,11 +187,8 @@ class Continuations:
         """Cancel a queued or running job; None if no such job is here."""
         if self.running is not None and self.running.id == job_id:
             self.running.cancelled = True
-            if self._conn is not None:
-                try:
-                    self._conn.send({"op": "cancel", "job": job_id})
-                except (OSError, ValueError):
-                    pass
+            if self.worker is not None:
+                self.worker.send({"op": "cancel", "task": job_id})
             return self.running
         for job in list(self.waiting):
             if job.id == job_id:
@@ -204,10 +200,8 @@ class Continuations:
                 return job
         return None
 
-    def protected_paths(self) -> list:
+    def protected_paths(self) -> list[Path]:
         """Files the folder sweep must keep: sources of queued and running jobs, the last result."""
-        from pathlib import Path
-
         paths = [Path(j.source_name) for j in ([self.running] if self.running else []) + list(self.waiting)]
         if self.last is not None and self.last.path is not None:
             paths.append(self.last.path)
@@ -219,34 +213,28 @@ class Continuations:
         job = self.waiting.popleft()
         self.running = job
         job.started_at = time.monotonic()
-        try:
-            self._conn.send({"op": "continue", "job": job.id, "audio": job.audio, "rate": job.rate,
-                             "settings": job.settings})
-        except (OSError, ValueError):
-            pass  # the worker is gone; _on_exit fails the job and restarts it
+        assert self.worker is not None
+        # the job id is the task id: one continuation is one render
+        self.worker.send({"op": "render", "params": job.params, "tasks": [{"task": job.id, "seed": job.seed}]})
+        # a worker that is gone fails the job from _on_exit and is restarted
 
-    def _meta(self, job: ContinuationJob, name: str) -> dict[str, Any]:
-        return {"instrument": name, "kind": "musicgen continuation", "job": job.id, "model": self.info.get("source"),
-                "model_kind": self.info.get("kind"), "source": job.source_name, "created": time.time(),
-                **{k: v for k, v in job.settings.items() if v is not None}}
+    def _meta(self, job: ContinuationJob, meta: dict[str, Any], name: str) -> dict[str, Any]:
+        """The worker's sidecar plus what only the queue knows: the job, its prompt, the file name."""
+        return dict(meta) | {"instrument": name, "job": job.id, "source": job.source_name, "created": time.time()}
 
     async def _write_chunk(self, job: ContinuationJob, index: int, clip: Clip) -> None:
         try:
-            await self.engine.save_clip(clip)
+            await self.writer.save(clip)
         except OSError as exc:
             self._fail(job, f"cannot write chunk {index}: {exc}")
             return
         if job.on_chunk is not None and not job.cancelled:
             job.on_chunk(job, index, clip)
 
-    async def _finish(self, job: ContinuationJob, generation_s: float) -> None:
+    async def _finish(self, job: ContinuationJob, clip: Clip) -> None:
         await asyncio.gather(*job.writes, return_exceptions=True)
-        audio = np.concatenate(job.chunks, axis=1)
-        clip = Clip(audio, job.sample_rate, self._meta(job, f"continue-j{job.id}") |
-                    {"chunks": len(job.chunks), "generation_s": generation_s,
-                     "realtime_factor": round(audio.shape[1] / job.sample_rate / max(generation_s, 1e-9), 3)})
         try:
-            await self.engine.save_clip(clip)
+            await self.writer.save(clip)
         except OSError as exc:
             self._fail(job, f"cannot write the continuation: {exc}")
             return
@@ -261,7 +249,10 @@ class Continuations:
             job.on_error(job, message)
 
     def status(self) -> dict[str, Any]:
-        return {"state": self.state, "error": self.error or None, "info": self.info,
+        return {"state": self.state, "error": self.error or None, "info": self.info, "memory": self.memory,
+                "device": self.info.get("device", self.spec.device), "device_name": self.info.get("device_name"),
+                "pid": self.worker.pid if self.worker else None,
+                "restarts": self.worker.restarts if self.worker else 0,
                 "running": self.running.id if self.running else None,
                 "queued": [j.id for j in self.waiting], "done": self.done, "failed": self.failed,
                 "cancelled": self.cancelled}

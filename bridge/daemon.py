@@ -1,19 +1,30 @@
-"""Wiring for ``genbridge serve``: folder sink, engine, OSC endpoint, signals, shutdown."""
+"""Wiring for ``genbridge serve``: every part built once with its collaborators, then signals, shutdown.
+
+The process model and the seams are in docs/ARCHITECTURE.md.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from typing import Any, Awaitable, Callable
 
 from bridge import __version__
 from bridge.config import Config
+from bridge.continuations import Continuations
 from bridge.engine import Engine
+from bridge.folder_writer import FolderWriter
+from bridge.housekeeping import FolderSweeper
+from bridge.jobs import Counters, JobIds
 from bridge.midi import MidiInput
 from bridge.osc import serve_osc
-from bridge.service import Service
+from bridge.protocol import Request
+from bridge.service import ReplyFn, Service
 from bridge.sinks.audio import AudioOutput
 from bridge.sinks.folder import FolderSink
+from bridge.supervisor import RestartPolicy
+from bridge.worker_handle import continuation_worker_spec, local_workers
 
 log = logging.getLogger("genbridge")
 
@@ -35,32 +46,43 @@ async def open_audio(config: Config) -> AudioOutput | None:
 
 
 async def run_daemon(config: Config) -> None:
-    """Serve until SIGINT or SIGTERM."""
+    """Serve until SIGINT or SIGTERM. Every part is built here with its collaborators, once."""
     sink = FolderSink(config.output.dir, config.output.subtype)
+    writer = FolderWriter(sink)
+    counters, job_ids = Counters(), JobIds()
+    workers = local_workers(RestartPolicy(first_delay_s=config.engine.restart_delay_s))
     audio = await open_audio(config)
-    engine = Engine(config, sink, prepare=audio.prepare if audio else None)
-    service = Service(engine, audio)
+    engine = Engine(config, writer, workers=workers, job_ids=job_ids, counters=counters,
+                    prepare=audio.prepare if audio else None)
+    continuations = (Continuations(config.continuation, continuation_worker_spec(config), writer, job_ids,
+                                   workers=workers) if config.continuation.model else None)
+
+    # The transports hand requests to the service built below (they exist first: the OSC port
+    # must be taken, or the start refused, before any model loads).
+    def handle(request: Request, reply: ReplyFn) -> Awaitable[None]:
+        return service.handle(request, reply)
+
     try:
-        transport, osc = await serve_osc(service, config.server)
+        transport, osc = await serve_osc(handle, config.server)
     except OSError as exc:
         raise StartupError(f"cannot listen for OSC on udp {config.server.host}:{config.server.osc_port}: "
                            f"{exc.strerror or exc}") from exc
+    midi = MidiInput(config, handle)
+    sections: dict[str, Callable[[], dict[str, Any]]] = {"osc": osc.status, "midi": midi.status}
+    if continuations is not None:
+        sections["continuation"] = continuations.status
+    service = Service(engine, writer, audio=audio, continuations=continuations, status_sections=sections)
+    sweeper = FolderSweeper(writer, config.output,
+                            [engine.protected_paths] + ([continuations.protected_paths] if continuations else []),
+                            counters)
     try:
         await engine.start()
     except OSError as exc:
         transport.close()
         raise StartupError(f"cannot use the output folder {config.output.dir}: {exc}") from exc
-    if config.continuation.model:
-        from bridge.continuations import Continuations
-
-        service.continuations = Continuations(config.continuation, engine, config.engine.threads,
-                                              config.engine.worker_nice)
-        service.continuations.start()
-        engine.protected_paths.append(service.continuations.protected_paths)
-        service.status_sections["continuation"] = service.continuations.status
-    service.status_sections["osc"] = osc.status
-    midi = MidiInput(config, service)
-    service.status_sections["midi"] = midi.status
+    if continuations is not None:
+        continuations.start()
+    sweeper.start()
     await midi.start()
     for name, inst in config.instruments.items():
         log.info("instrument %-8s model=%s pool=%d", name, inst.model, inst.pool)
@@ -79,8 +101,10 @@ async def run_daemon(config: Config) -> None:
         midi.close()
         if audio is not None:
             audio.close()
-        if service.continuations is not None:
-            service.continuations.stop()
+        if continuations is not None:
+            continuations.stop()
+        await sweeper.stop()
         await engine.stop()
+        writer.shutdown()
         await asyncio.wait_for(osc.drain(), timeout=2)
         log.info("stopped")

@@ -9,13 +9,14 @@ targets. Pure file work, run on the folder writer's thread.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -93,3 +94,51 @@ def sweep(root: Path, *, max_bytes: int, max_age_s: float, min_age_s: float, pro
             folder.rmdir()
     result.kept_bytes = total
     return result
+
+
+class FolderSweeper:
+    """Applies ``output.max_mb`` / ``max_age_h`` every ``sweep_every_s`` on the folder writer's
+    thread, keeping whatever the ``protected`` providers name (the clip a dry pool replays, the
+    sources of running jobs, the last continuation)."""
+
+    def __init__(self, writer: Any, output: Any, protected: list[Callable[[], list[Path]]], counters: Any) -> None:
+        self.writer = writer
+        self.output = output
+        self.protected = protected
+        self.counters = counters
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def enabled(self) -> bool:
+        return self.output.max_mb > 0 or self.output.max_age_h > 0
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        out = self.output
+        sink = self.writer.sink
+        while not self._stop.is_set():
+            protected = [p for provider in self.protected for p in provider()]
+            try:
+                result = await self.writer.run(lambda: sweep(
+                    sink.root, max_bytes=int(out.max_mb * 1e6), max_age_s=out.max_age_h * 3600,
+                    min_age_s=out.min_age_s, protected=protected, current_session=sink.session_dir))
+            except (OSError, RuntimeError) as exc:
+                log.warning("folder sweep failed: %s", exc)
+            else:
+                if result.removed:
+                    log.info("folder sweep removed %d old clips (%.1f MB)", result.removed, result.freed_bytes / 1e6)
+                self.counters.add("swept_files", result.removed)
+                self.counters.add("swept_bytes", result.freed_bytes)
+            try:
+                await asyncio.wait_for(self._stop.wait(), out.sweep_every_s)
+            except asyncio.TimeoutError:
+                pass

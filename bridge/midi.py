@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from bridge.config import Config, MidiConfig
 from bridge.protocol import BY_ADDRESS, Request
-from bridge.service import Service
+from bridge.service import RequestHandler
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,11 @@ def _scale(value: int, low: float, high: float) -> float:
 
 
 class MidiInput:
-    def __init__(self, config: Config, service: Service) -> None:
+    def __init__(self, config: Config, handle: RequestHandler) -> None:
         self.config = config
         self.cfg: MidiConfig = config.midi
-        self.service = service
+        #: Serves a parsed request (bridge.service.Service.handle in the daemon).
+        self.handle_request = handle
         self.state = "off"  # off, running, unavailable
         self.reason = ""
         self.clock = TempoClock()
@@ -244,7 +245,7 @@ class MidiInput:
             return
         endpoint = BY_ADDRESS["/genbridge/drum/play"]
         request = Request(endpoint, {"instrument": instrument, "velocity": velocity / 127}, f"midi:{note}")
-        task = asyncio.ensure_future(self.service.handle(request, self._reply))
+        task = asyncio.ensure_future(self.handle_request(request, self._reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -254,7 +255,7 @@ class MidiInput:
             return
         self.counters["program_changes"] += 1
         request = Request(BY_ADDRESS["/genbridge/kit/select"], {"kit": kit}, f"midi:program:{program}")
-        task = asyncio.ensure_future(self.service.handle(request, self._reply))
+        task = asyncio.ensure_future(self.handle_request(request, self._reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

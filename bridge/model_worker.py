@@ -1,18 +1,24 @@
-"""The body of a model worker process (started with ``spawn``).
+"""The body of a model worker process (started with ``spawn``), the same for every model family.
 
-Why a process per model: the I/O process runs the OSC server, the folder writer and (later) the
-audio callback; a generating model holds the GIL and spins OpenMP threads that would starve
-them. Here the model owns its own threads (``OMP_WAIT_POLICY=PASSIVE``, an explicit count), and
-a crash or hang costs one worker, which the engine restarts, not the set.
+Why a process per model: the I/O process runs the OSC server, the folder writer and the audio
+handle; a generating model holds the GIL and spins OpenMP threads that would starve them. Here
+the model owns its own threads (``OMP_WAIT_POLICY=PASSIVE``, an explicit count), and a crash or
+hang costs one worker, which its supervisor restarts, not the set.
 
-Messages (dicts over a multiprocessing Pipe):
-    engine -> worker: {"op": "generate", "task", "seed", "steps", "sampler", "instrument"
-                       [, "source" (float32 array), "source_name", "strength"]}   (a variation)
-                      {"op": "batch", "tasks": [{"task", "seed", "instrument"}...], "steps", "sampler"}
+This body knows no family: it loads whatever :func:`models.generator.get_family` names, renders
+what the engine sends through :func:`bridge.rendering.render_clips`, and reports. Messages
+(dicts over a multiprocessing Pipe):
+
+    engine -> worker: {"op": "render", "tasks": [{"task", "seed", "instrument"}...], "params"}
                       {"op": "cancel", "task"}   {"op": "stop"}
-    worker -> engine: {"op": "ready", "info"}    {"op": "fatal", "error"}
-                      {"op": "clip", "task", "audio", "sample_rate", "meta"}
-                      {"op": "error", "task", "error"}   {"op": "cancelled", "task"}
+    worker -> engine: {"op": "ready", "info", "memory"}    {"op": "fatal", "error"}
+                      {"op": "progress", "task", "fraction"}
+                      {"op": "chunk", "task", "index", "audio", "sample_rate", "meta"}
+                      {"op": "clip", "task", "audio", "sample_rate", "meta", "memory"}
+                      {"op": "error", "task", "error", "kind"}   {"op": "cancelled", "task"}
+
+An ``error`` of kind "request" is the musician's (bad parameters, GPU out of memory for this
+batch); kind "model" is a failure of the model. Neither ends the worker.
 """
 
 from __future__ import annotations
@@ -24,106 +30,65 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from models.runtime_env import configure_threads_env
 
-def configure_threads_env(threads: int) -> None:
-    """Set before torch is imported: passive OpenMP waits and an explicit thread count."""
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
+__all__ = ["configure_threads_env", "worker_main"]
 
 
-def _load_onnx(model_name: str, model_path: str, onnx_path: str, threads: int, log: logging.Logger) -> Any:
-    """The ONNX generator, exporting first when the export is missing or the model changed."""
-    from pathlib import Path
-
-    from export.onnx import default_onnx_path, export_denoiser, is_fresh
-    from models.onnx_runtime import load_onnx_generator
-
-    onnx_file = Path(onnx_path) if onnx_path else default_onnx_path(Path(model_path))
-    if not is_fresh(onnx_file, Path(model_path)):
-        log.info("exporting %s to ONNX at %s (missing or stale)", model_path, onnx_file)
-        export_denoiser(model_path, onnx_file, name=model_name)
-    return load_onnx_generator(onnx_file, name=model_name, threads=threads)
-
-
-def worker_main(conn: Connection, model_name: str, model_path: str, options: dict[str, Any],
-                threads: int, finishing: dict[str, Any], log_level: int = logging.INFO) -> None:
+def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging.INFO) -> None:
+    """Load ``spec``'s model (keys of :class:`bridge.worker_handle.WorkerSpec`) and serve renders."""
+    threads = int(spec["threads"])
     configure_threads_env(threads)
-    niceness = int(options.get("nice", 0))
-    if niceness:
+    if spec.get("nice"):
         try:  # generation is background work: the audio process and OSC get the CPU first
-            os.nice(niceness)
+            os.nice(int(spec["nice"]))
         except OSError:
             pass
-    logging.basicConfig(level=log_level, format=f"%(asctime)s worker[{model_name}] %(levelname)s %(message)s")
+    name = spec["model_name"]
+    logging.basicConfig(level=log_level, format=f"%(asctime)s worker[{name}] %(levelname)s %(message)s")
     log = logging.getLogger("genbridge.worker")
 
-    import torch
+    from bridge.finishing import FinishingSettings
+    from bridge.rendering import chunk_sidecar, render_clips
+    from models.generator import Cancelled, GeneratorError, LoadSpec, Progress, RenderRequest, get_family
 
-    torch.set_num_threads(threads)
-    try:
-        torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass
-
-    from bridge.finishing import FinishingSettings, finish_clip
-    from models.diffusion import Cancelled, load_generator
-    from models.output_filter import cutoff_for
-
-    runtime = options.get("runtime", "torch")
     try:
         t0 = time.perf_counter()
-        if runtime == "onnx":
-            generator = _load_onnx(model_name, model_path, options.get("onnx_path") or "", threads, log)
-        else:
-            generator = load_generator(model_path, name=model_name, sdpa=options.get("sdpa", True),
-                                       precision=options.get("precision", "fp32"))
+        family = get_family(spec["family"])
+        generator = family.load(LoadSpec(name=name, path=spec["model_path"], device=spec.get("device", "auto"),
+                                         threads=threads, options=dict(spec.get("options", {}))))
         load_s = time.perf_counter() - t0
+        # the family's details also at the top level, where clients of earlier releases read
+        # them in status (info.trained, info.runtime, info.default_steps...)
+        info = generator.info.details | generator.info.to_json()
+        info |= {"signature": family.signature(spec["model_path"]), "load_s": round(load_s, 3), "threads": threads}
     except Exception as exc:  # a bad file must not take the daemon down: tell the engine
-        log.error("cannot load model %r from %s: %s", model_name, model_path, exc)
+        log.error("cannot load model %r from %s: %s", name, spec["model_path"], exc)
         conn.send({"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})
         return
-    from models.signature import source_signature
+    log.info("loaded %s (%s, %.1f M parameters, %d Hz, %d ch) on %s (%s) in %.2f s", spec["model_path"],
+             info["family"], info["parameters"] / 1e6, info["sample_rate"], info["channels"], info["device"],
+             info["device_name"], load_s)
+    conn.send({"op": "ready", "info": info, "memory": generator.memory()})
 
-    info = generator.info.to_json()
-    info["runtime"] = runtime
-    info["signature"] = source_signature(model_path)
-    info["load_s"] = round(load_s, 3)
-    info["threads"] = threads
-    if options.get("steps"):
-        info["default_steps"] = int(options["steps"])
-    log.info("loaded %s (%.1f M parameters, %d Hz, %d ch, %d frames) in %.2f s",
-             model_path, info["parameters"] / 1e6, info["sample_rate"], info["channels"],
-             info["length"], load_s)
-    conn.send({"op": "ready", "info": info})
-
-    settings = FinishingSettings(**finishing)
+    finishing = FinishingSettings(**spec["finishing"]) if spec.get("finishing") is not None else None
     backlog: deque[dict[str, Any]] = deque()
     stopping = False
 
-    def take_message(block: bool) -> dict[str, Any] | None:
-        if backlog:
-            return backlog.popleft()
-        if block or conn.poll():
-            return conn.recv()
-        return None
-
     while not stopping:
         try:
-            msg = take_message(block=True)
+            msg = backlog.popleft() if backlog else conn.recv()
         except (EOFError, OSError):
-            return  # the engine went away
-        if msg is None:
-            continue
+            break  # the engine went away
         op = msg.get("op")
         if op == "stop":
-            return
-        if op not in ("generate", "batch"):
+            break
+        if op != "render":
             continue  # a cancel for a task that already finished
-        # One task ("generate", maybe a variation of a source clip) or several refills made in
-        # one batch ("batch": same steps and sampler, each its own seed and instrument).
-        tasks = msg["tasks"] if op == "batch" else [msg]
+        tasks = msg["tasks"]
         ids = {t["task"] for t in tasks}
+        first = tasks[0]["task"]
+        requests = [RenderRequest(int(t["task"]), int(t["seed"]), t.get("instrument")) for t in tasks]
 
         def on_step(done: int, total: int) -> bool:
             nonlocal stopping
@@ -137,52 +102,34 @@ def worker_main(conn: Connection, model_name: str, model_path: str, options: dic
                 backlog.append(incoming)
             return True
 
-        steps = int(msg.get("steps") or info["default_steps"])
-        sampler = msg.get("sampler") or options.get("sampler") or info.get("default_sampler") or "ddim"
-        source = msg.get("source")
+        def on_chunk(index: int, audio: Any) -> None:
+            conn.send({"op": "chunk", "task": first, "index": index, "audio": audio,
+                       "sample_rate": info["sample_rate"], "meta": chunk_sidecar(name, info, requests[0], index)})
+
+        def on_fraction(fraction: float) -> None:
+            conn.send({"op": "progress", "task": first, "fraction": fraction})
+
+        progress = Progress(step=on_step, fraction=on_fraction, chunk=on_chunk)
         try:
-            t0 = time.perf_counter()
-            if source is not None:
-                raws = [generator.vary(source, int(msg["seed"]), float(msg["strength"]), steps, on_step, sampler,
-                                       instrument=msg.get("instrument"))]
-            elif op == "batch":
-                raws = generator.generate_batch([int(t["seed"]) for t in tasks], steps, on_step, sampler,
-                                                instruments=[t.get("instrument") for t in tasks])
-            else:
-                raws = [generator.generate(int(msg["seed"]), steps, on_step, sampler,
-                                           instrument=msg.get("instrument"))]
-            gen_s = (time.perf_counter() - t0) / len(tasks)
-            finished = [finish_clip(raw, generator.sample_rate, settings) for raw in raws]
+            clips = render_clips(generator, name, info, requests, msg.get("params", {}), finishing=finishing,
+                                 progress=progress)
         except Cancelled:
             for t in tasks:
                 conn.send({"op": "cancelled", "task": t["task"]})
             continue
+        except GeneratorError as exc:
+            log.warning("task(s) %s refused: %s", sorted(ids), exc)
+            for t in tasks:
+                conn.send({"op": "error", "task": t["task"], "error": str(exc), "kind": "request"})
+            continue
         except Exception as exc:
             log.exception("task(s) %s failed", sorted(ids))
             for t in tasks:
-                conn.send({"op": "error", "task": t["task"], "error": f"{type(exc).__name__}: {exc}"})
+                conn.send({"op": "error", "task": t["task"], "error": f"{type(exc).__name__}: {exc}",
+                           "kind": "model"})
             continue
-        for t, (audio, report) in zip(tasks, finished):
-            meta = {
-                "model": model_name,
-                "checkpoint": info["source"],
-                "weights": info["weights"],
-                "trained": info["trained"],
-                "instrument": t.get("instrument"),
-                "seed": int(t["seed"]),
-                "steps": steps,
-                "sampler": sampler,
-                "runtime": runtime,
-                "model_signature": info["signature"],
-                "precision": info["precision"],
-                "output_lowpass_hz": cutoff_for(generator.info.output_lowpass_hz, t.get("instrument")),
-                "generation_s": round(gen_s, 4),
-                "batch": len(tasks),
-                "finishing": {"settings": settings.to_json(), "applied": report},
-            }
-            if source is not None:
-                strength = float(msg["strength"])
-                meta["variation"] = {"source": msg.get("source_name"), "strength": strength}
-                meta["steps"] = max(1, round(steps * strength)) if strength > 0 else 0  # the steps run
-            conn.send({"op": "clip", "task": t["task"], "audio": audio, "sample_rate": generator.sample_rate,
-                       "meta": meta})
+        memory = generator.memory()
+        for t, clip in zip(tasks, clips, strict=True):
+            conn.send({"op": "clip", "task": t["task"], "audio": clip.audio, "sample_rate": clip.sample_rate,
+                       "meta": clip.meta, "memory": memory})
+    generator.close()

@@ -26,7 +26,7 @@ from pythonosc.osc_packet import OscPacket
 from bridge import protocol
 from bridge.config import ServerConfig
 from bridge.protocol import ProtocolError
-from bridge.service import ReplyFn, Service, error_reply, reply_with
+from bridge.service import ReplyFn, RequestHandler, error_reply, reply_with
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +100,20 @@ class _TokenBucket:
 #: Per-socket reply registrations kept (a flood of registrations from new ports cannot grow
 #: the table without bound; the oldest go first).
 MAX_SOCKET_REGISTRATIONS = 1024
+#: Endpoints this transport serves itself (only it knows hosts and ports); the service serves the rest.
+TRANSPORT_ENDPOINTS = ("client.reply_port",)
 
 
 class OscTransport(asyncio.DatagramProtocol):
     """The daemon's UDP endpoint."""
 
-    def __init__(self, service: Service, *, allow: list[str] | None = None, max_packet_bytes: int = 8192,
+    def __init__(self, handle: RequestHandler, *, allow: list[str] | None = None, max_packet_bytes: int = 8192,
                  error_replies_per_s: float = 20.0, max_in_flight: int = 256,
                  max_rate_per_client: float = 1000.0) -> None:
         import ipaddress
 
-        self.service = service
+        #: Serves a parsed request (bridge.service.Service.handle in the daemon).
+        self.handle_request = handle
         self.allow = [ipaddress.ip_network(n, strict=False) for n in allow or []]
         self.max_packet_bytes = max_packet_bytes
         self.max_in_flight = max_in_flight
@@ -216,7 +219,7 @@ class OscTransport(asyncio.DatagramProtocol):
         if request.name == "client.reply_port":
             self._register(addr[0], addr[1], request.values["port"], request.request_id, reply)
             return
-        task = asyncio.ensure_future(self.service.handle(request, reply))
+        task = asyncio.ensure_future(self.handle_request(request, reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -245,10 +248,10 @@ class OscTransport(asyncio.DatagramProtocol):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def serve_osc(service: Service, server: ServerConfig) -> tuple[asyncio.DatagramTransport, OscTransport]:
+async def serve_osc(handle: RequestHandler, server: ServerConfig) -> tuple[asyncio.DatagramTransport, OscTransport]:
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_datagram_endpoint(
-        lambda: OscTransport(service, allow=server.allow, max_packet_bytes=server.max_packet_bytes,
+        lambda: OscTransport(handle, allow=server.allow, max_packet_bytes=server.max_packet_bytes,
                              error_replies_per_s=server.error_replies_per_s, max_in_flight=server.max_in_flight,
                              max_rate_per_client=server.max_rate_per_client),
         local_addr=(server.host, server.osc_port))

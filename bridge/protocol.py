@@ -4,7 +4,7 @@ Everything else is derived from or checked against these tables: the OSC transpo
 them, the README's address table is generated from them (``python -m bridge.protocol``, and a
 test fails when the README drifts), and the tests send what they list.
 
-Conventions (see ../shared/DESIGN.md, section 2):
+Conventions (docs/ARCHITECTURE.md, "OSC conventions"):
 - every request may end with one extra argument, its id (int or string), given after *all*
   positional arguments, optional ones included; every reply starts with that id (0 if none);
 - numbers may arrive as int or float (Pd sends every number as a float);

@@ -12,12 +12,14 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from bridge import __version__
 from bridge.clip import Clip
 from bridge.continuations import Continuations
-from bridge.engine import Engine, EngineError, Job
+from bridge.engine import Engine
+from bridge.folder_writer import FolderWriter
+from bridge.jobs import EngineError, Job
 from bridge.protocol import REPLIES, Request
 from bridge.sinks.audio import AudioOutput, AudioUnavailable
 
@@ -25,6 +27,8 @@ log = logging.getLogger(__name__)
 
 #: reply(address, args): the transport sends one message back to whoever asked.
 ReplyFn = Callable[[str, list[Any]], None]
+#: What a transport hands each parsed request to (Service.handle in the daemon).
+RequestHandler = Callable[[Request, ReplyFn], Awaitable[None]]
 
 
 def reply_with(reply: ReplyFn, name: str, request_id: int | str, *args: Any) -> None:
@@ -38,19 +42,39 @@ def error_reply(reply: ReplyFn, request_id: int | str, address: str, message: st
 
 
 class Service:
-    def __init__(self, engine: Engine, audio: AudioOutput | None = None) -> None:
+    """Serves every request the protocol table lists (but the transport's own), through one
+    explicit address -> handler map; built with all its collaborators, changed by none later."""
+
+    def __init__(self, engine: Engine, writer: FolderWriter, *, audio: AudioOutput | None = None,
+                 continuations: Continuations | None = None,
+                 status_sections: Mapping[str, Callable[[], dict[str, Any]]] | None = None) -> None:
         self.engine = engine
+        self.writer = writer
         self.audio = audio
         #: MusicGen continuation jobs, when [continuation] names a model.
-        self.continuations: Continuations | None = None
-        #: More sections for /genbridge/status (the MIDI transport adds its own).
-        self.status_sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self.continuations = continuations
+        #: More sections for /genbridge/status (transports, continuation), by name.
+        self.status_sections = dict(status_sections or {})
+        #: endpoint name (bridge.protocol.ENDPOINTS) -> handler.
+        self.handlers: dict[str, RequestHandler] = {
+            "ping": self._ping,
+            "status": self._status,
+            "drum.play": self._drum_play,
+            "drum.generate": self._drum_generate,
+            "drum.vary": self._drum_vary,
+            "continue": self._continue,
+            "job.cancel": self._job_cancel,
+            "capture.save": self._capture_save,
+            "kit.select": self._kit_select,
+        }
 
     async def handle(self, request: Request, reply: ReplyFn) -> None:
         """Serve one request; every failure becomes an error reply, never an exception."""
         rid = request.request_id
         try:
-            handler = getattr(self, "_" + request.name.replace(".", "_"))
+            handler = self.handlers.get(request.name)
+            if handler is None:
+                raise EngineError(f"{request.endpoint.address} is not served here")
             await handler(request, reply)
         except (EngineError, AudioUnavailable) as exc:
             error_reply(reply, rid, request.endpoint.address, str(exc))
@@ -91,7 +115,7 @@ class Service:
             error_reply(reply, rid, address, f"job {job.id}: {message}")
 
         seed = None if v["seed"] is None or v["seed"] < 0 else v["seed"]
-        job = self.engine.generate(v["instrument"], v["count"], seed, v["steps"],
+        job = self.engine.generate(v["instrument"], v["count"], seed, {"steps": v["steps"]},
                                    on_clip=on_clip, on_done=on_done, on_error=on_error)
         reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
 
@@ -101,7 +125,7 @@ class Service:
         address = request.endpoint.address
         seed = None if v["seed"] is None or v["seed"] < 0 else v["seed"]
         job = self.engine.vary(
-            v["instrument"], v["source"], v["strength"], seed, v["steps"],
+            v["instrument"], v["source"], v["strength"], seed, {"steps": v["steps"]},
             on_clip=lambda clip: reply_with(reply, "drum/ready", rid, clip.instrument, str(clip.path)),
             on_done=lambda job: reply_with(reply, "job/done", rid, job.id, job.delivered, str(job.last_path or "")),
             on_error=lambda job, message: error_reply(reply, rid, address, f"job {job.id}: {message}"),
@@ -122,7 +146,7 @@ class Service:
         clip = Clip(audio, self.audio.sample_rate,
                     {"instrument": "capture", "kind": "input capture", "device": self.audio.device_name,
                      "requested_s": seconds, "created": time.time()})
-        path = await self.engine.save_clip(clip)
+        path = await self.writer.save(clip)
         reply_with(reply, "capture/saved", request.request_id, str(path), round(clip.duration_s, 6))
 
     async def _kit_select(self, request: Request, reply: ReplyFn) -> None:
@@ -166,7 +190,7 @@ class Service:
             audio, rate, name, v["seconds"], description=v["description"], seed=v["seed"],
             on_progress=lambda job, f: reply_with(reply, "job/progress", rid, job.id, round(f, 4)),
             on_chunk=lambda job, i, clip: self._chunk_ready(reply, rid, job.id, i, clip),
-            on_done=lambda job, clip: reply_with(reply, "job/done", rid, job.id, len(job.chunks), str(clip.path)),
+            on_done=lambda job, clip: reply_with(reply, "job/done", rid, job.id, job.chunks, str(clip.path)),
             on_error=lambda job, message: error_reply(reply, rid, address, f"job {job.id}: {message}"),
         )
         reply_with(reply, "job/queued", rid, job.id, position)

@@ -1,7 +1,7 @@
 """Export the diffusion denoiser (one U-Net step: x, sigma -> v) to ONNX and check it.
 
 Why: onnxruntime runs the same step as torch on CPU without torch's per-op overhead and with
-spin-free threads, which matters on two shared cores (see DESIGN.md section 3). The export has
+spin-free threads, which matters on two shared cores (docs/ARCHITECTURE.md, "Measured reasons"). The export has
 a dynamic batch axis, so batched refills use the same file. Every export is checked against
 torch on random inputs before it is used, and a JSON file beside it records where it came from
 (so a stale export - the model changed since - is noticed and redone).

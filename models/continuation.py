@@ -57,6 +57,10 @@ class ContinuationSettings:
     #: Guidance even without text (an empty description on both passes): only benchmarks want
     #: this, to measure what guidance costs.
     guidance_without_text: bool = False
+    #: The decoder's self-attention KV cache: "dynamic" (grows per step) or "static" (allocated
+    #: once for the whole continuation: fixed shapes, what CUDA graphs and torch.compile need).
+    #: On a CPU they run at the same speed (bench/gpu.py); the tokens are the same.
+    kv_cache: str = "dynamic"
 
 
 def prompt_tensor(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, seconds: float) -> torch.Tensor:
@@ -136,7 +140,7 @@ class _Run:
         w0, w1 = max(0, s - CONTEXT_FRAMES), min(codes.shape[1], e + LOOKAHEAD_FRAMES)
         with torch.no_grad():
             audio = self.loaded.model.audio_encoder.decode(codes[None, None, :, w0:w1], [None])[0]
-        chunk = audio[0, :, (s - w0) * self.hop: (e - w0) * self.hop].float().numpy().copy()
+        chunk = audio[0, :, (s - w0) * self.hop: (e - w0) * self.hop].float().cpu().numpy().copy()
         self.chunks.append(chunk)
         self.emitted = end
         if self.on_chunk is not None:
@@ -157,7 +161,8 @@ def continue_audio(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, setting
     if not 0 < settings.seconds <= 120:
         raise ContinuationError(f"seconds must be 0-120, got {settings.seconds}")
     model = loaded.model
-    prompt = prompt_tensor(loaded, audio, rate, settings.prompt_seconds)
+    device = model.device
+    prompt = prompt_tensor(loaded, audio, rate, settings.prompt_seconds).to(device)
     with torch.no_grad():
         prompt_codes = model.audio_encoder.encode(prompt).audio_codes[0, 0]  # (K, P)
     new_frames = max(1, int(round(settings.seconds * loaded.frame_rate)))
@@ -168,13 +173,23 @@ def continue_audio(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, setting
                                   temperature=settings.temperature, top_k=settings.top_k or None,
                                   top_p=settings.top_p or None, stopping_criteria=StoppingCriteriaList([_Monitor(run)]))
     if settings.description:
-        kwargs |= _text_inputs(loaded, settings.description)
+        kwargs |= {k: v.to(device) for k, v in _text_inputs(loaded, settings.description).items()}
         kwargs["guidance_scale"] = settings.guidance_scale if settings.guidance_scale > 1 else None
     else:
         text_dim = getattr(model.config.text_encoder, "d_model", None) or model.config.text_encoder.hidden_size
-        kwargs |= {"encoder_outputs": BaseModelOutput(last_hidden_state=torch.zeros(1, 1, text_dim)),
-                   "attention_mask": torch.zeros(1, 1, dtype=torch.long),
+        kwargs |= {"encoder_outputs": BaseModelOutput(last_hidden_state=torch.zeros(1, 1, text_dim, device=device)),
+                   "attention_mask": torch.zeros(1, 1, dtype=torch.long, device=device),
                    "guidance_scale": settings.guidance_scale if settings.guidance_without_text else None}
+    if settings.kv_cache == "static":
+        from transformers import DynamicCache, EncoderDecoderCache, StaticCache
+
+        # room for the prompt's frames, the new ones and the delay pattern's k - 1 extra steps
+        length = prompt_codes.shape[1] + new_frames + 2 * k
+        kwargs["cache"] = EncoderDecoderCache(StaticCache(config=model.config.decoder, max_cache_len=length),
+                                              DynamicCache(config=model.config.decoder))
+    elif settings.kv_cache != "dynamic":
+        raise ContinuationError(f"kv_cache must be 'dynamic' or 'static', got {settings.kv_cache!r}")
+    prefill_once(model)
     torch.manual_seed(int(settings.seed))
     try:
         with torch.no_grad():
@@ -194,6 +209,32 @@ def continue_audio(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, setting
     if on_codes is not None and run.last_codes is not None:
         on_codes(run.last_codes[:, : run.p + new_frames], run.p)
     return np.concatenate(run.chunks, axis=1)
+
+
+def prefill_once(model: Any) -> None:
+    """Make MusicGen's ``generate`` run the prompt's prefill once instead of twice.
+
+    transformers 5.24's ``MusicgenForConditionalGeneration.generate`` runs ``_prefill`` itself,
+    keeps the result in ``model_kwargs["prefill_outputs"]``, and then ``GenerationMixin._sample``
+    runs ``_prefill`` again and discards the first. With the dynamic cache the second pass only
+    wastes time (0.5 s of the first chunk's wait for a 1 s prompt on this CPU; the tokens are bit-
+    identical either way); a cache passed in (the static one) would take the prompt twice and
+    shift every position. The patch hands back the kept result; on a version that keeps none it
+    calls the original, so it can never change what an unpatched model computes.
+    """
+    if getattr(model, "_genbridge_prefill_once", False) or not hasattr(type(model), "_prefill"):
+        return
+    original = type(model)._prefill
+
+    def _prefill(input_ids: Any, generation_config: Any, model_kwargs: dict[str, Any], *args: Any,
+                 **kwargs: Any) -> Any:
+        kept = model_kwargs.pop("prefill_outputs", None)
+        if kept is not None:
+            return kept
+        return original(model, input_ids, generation_config, model_kwargs, *args, **kwargs)
+
+    model._prefill = _prefill
+    model._genbridge_prefill_once = True
 
 
 def _text_inputs(loaded: LoadedMusicgen, description: str) -> dict[str, Any]:

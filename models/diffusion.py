@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.adp import import_adp
+from models.devices import autocast_dtype, resolve, resolve_precision
+from models.generator import Cancelled
 from models.output_filter import OutputFilterError, apply_lowpass, cutoff_for, parse_lowpass
 
 log = logging.getLogger(__name__)
@@ -255,10 +257,6 @@ def time_grid(steps: int, start: float, sampler: str) -> torch.Tensor:
     return torch.cat([ts, torch.zeros(1, dtype=torch.float64)]).float()
 
 
-class Cancelled(Exception):
-    """Raised from inside sampling when the step callback asks to stop."""
-
-
 @dataclass
 class ModelInfo:
     """What the engine and the sidecar need to know about a loaded model."""
@@ -284,6 +282,8 @@ class ModelInfo:
     #: The model's own high-cut per instrument ("*": every clip), from its folder's
     #: ``output_lowpass_hz``; see models/output_filter.py for why a model needs one.
     output_lowpass_hz: dict[str, float] = field(default_factory=dict)
+    #: Where it runs ("cpu", "cuda:0").
+    device: str = "cpu"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -296,11 +296,13 @@ class DiffusionGenerator:
     times :func:`time_grid` gives; the same seed, step count and sampler give the same clip.
     """
 
-    def __init__(self, net: nn.Module, arch: UNetArch, info: ModelInfo) -> None:
+    def __init__(self, net: nn.Module, arch: UNetArch, info: ModelInfo, device: torch.device | str = "cpu") -> None:
         #: Called as net(x, sigma) or, for a class-conditioned model, net(x, sigma, labels).
         self.net = net.eval()
         self.arch = arch
         self.info = info
+        #: Where the weights, the noise and the labels live; autocast follows it.
+        self.device = torch.device(device)
 
     @property
     def classes(self) -> list[str] | None:
@@ -316,12 +318,13 @@ class DiffusionGenerator:
                 raise ValueError(f"model {self.info.name!r} generates {', '.join(self.classes)}; "
                                  f"{inst!r} is none of them")
             rows.append(self.classes.index(inst))
-        return torch.tensor(rows, dtype=torch.int64)
+        return torch.tensor(rows, dtype=torch.int64, device=self.device)
 
     def to_audio(self, x: torch.Tensor, instruments: list[str | None]) -> list[np.ndarray]:
         """Sampled clips (batch, channels, frames) as the model's audio: the training scale
         divided out, each clip through its instrument's output low-pass (if the folder names one)."""
-        return [self.output_filter((clip / self.info.data_scale).numpy().astype(np.float32, copy=False), inst)
+        x = (x.float() / self.info.data_scale).cpu()
+        return [self.output_filter(clip.numpy().astype(np.float32, copy=False), inst)
                 for clip, inst in zip(x, instruments, strict=True)]
 
     def output_filter(self, audio: np.ndarray, instrument: str | None) -> np.ndarray:
@@ -334,14 +337,19 @@ class DiffusionGenerator:
         return self.arch.sample_rate
 
     def noise(self, seed: int) -> torch.Tensor:
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        return torch.randn((1, self.arch.in_channels, self.arch.length), generator=gen)
+        """A seed's starting noise, drawn on the generator's device from a generator of its own:
+        the same seed gives the same noise whatever else is in the batch (on a CPU the same
+        numbers as every earlier release; a GPU's generator draws other numbers for a seed)."""
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        return torch.randn((1, self.arch.in_channels, self.arch.length), generator=gen, device=self.device)
 
     def _v(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.info.precision == "bf16"):
+        dtype = autocast_dtype(self.info.precision)
+        sigma = t.to(self.device, torch.float32).repeat(x.shape[0])
+        with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             if labels is None:
-                return self.net(x, t.repeat(x.shape[0])).float()
-            return self.net(x, t.repeat(x.shape[0]), labels).float()
+                return self.net(x, sigma).float()
+            return self.net(x, sigma, labels).float()
 
     @torch.inference_mode()
     def sample(
@@ -427,12 +435,13 @@ class DiffusionGenerator:
         new clip that ignores it. The same seed, source and strength give the same result."""
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be 0-1, got {strength}")
-        x0 = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None] * self.info.data_scale
+        x0 = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None].to(self.device)
+        x0 = x0 * self.info.data_scale
         if tuple(x0.shape[1:]) != (self.arch.in_channels, self.arch.length):
             raise ValueError(f"source must be {self.arch.in_channels} ch x {self.arch.length} frames, "
                              f"got {tuple(x0.shape[1:])}")
         if strength == 0.0:
-            return (x0[0] / self.info.data_scale).numpy().astype(np.float32)
+            return (x0[0] / self.info.data_scale).cpu().numpy().astype(np.float32)
         steps = max(1, round(int(steps or self.info.default_steps) * strength))
         alpha, beta = alpha_beta(torch.tensor(float(strength)))
         x = alpha * x0 + beta * self.noise(seed)
@@ -619,9 +628,16 @@ def guard_bf16_convolutions(net: nn.Module, length: int) -> list[str]:
 def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str, weights: str,
             trained: bool, default_steps: int, sdpa: bool, precision: str,
             config: Mapping[str, Any] | None = None,
-            extras: Mapping[str, torch.Tensor] | None = None) -> DiffusionGenerator:
+            extras: Mapping[str, torch.Tensor] | None = None, device: str = "cpu") -> DiffusionGenerator:
+    from models.devices import DeviceError
+
+    try:
+        where = resolve(device)
+        precision = resolve_precision(precision, where)
+    except DeviceError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from None
     swapped = swap_attention_to_sdpa(net, arch.attention_heads) if sdpa else 0
-    if precision == "bf16":
+    if precision == "bf16" and where.type == "cpu":  # the broken kernels are oneDNN's (CPU) ones
         guard_bf16_convolutions(net, arch.length)
     config = config or {}
     classes = list(config["classes"]) if config.get("classes") else None
@@ -647,7 +663,8 @@ def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str
         conditioned = ConditionedUNet(net, len(classes), int(embedding.shape[1]))
         conditioned.class_embedding.weight.data.copy_(embedding.float())
         net = conditioned
-    return DiffusionGenerator(net, arch, info)
+    info.device = str(where)
+    return DiffusionGenerator(net.to(where), arch, info, where)
 
 
 def split_extras(weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -659,7 +676,7 @@ def split_extras(weights: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.T
 
 def load_lightning_checkpoint(path: Path, *, name: str, config: Path | None = None,
                               sdpa: bool = True, precision: str = "fp32",
-                              prefer: str = "ema") -> DiffusionGenerator:
+                              prefer: str = "ema", device: str = "cpu") -> DiffusionGenerator:
     """Load a tiny-audio-diffusion ``.ckpt`` with the ``config.yaml`` that sits beside it."""
     candidates = [config] if config else [path.with_suffix(".yaml"), path.parent / "config.yaml"]
     cfg = next((c for c in candidates if c is not None and c.is_file()), None)
@@ -676,7 +693,7 @@ def load_lightning_checkpoint(path: Path, *, name: str, config: Path | None = No
     del checkpoint, state, weights  # drop optimizer state and the other weight copies
     return _finish(net, arch, name=name, source=str(path), kind="tiny-audio-diffusion",
                    weights=which, trained=True, default_steps=int(extra.get("default_steps", 50)),
-                   sdpa=sdpa, precision=precision)
+                   sdpa=sdpa, precision=precision, device=device)
 
 
 def read_genbridge_config(folder: Path) -> dict[str, Any]:
@@ -694,7 +711,8 @@ def _genbridge_arch(data: Mapping[str, Any]) -> UNetArch:
     return UNetArch.from_mapping(data["unet"], sample_rate=data["sample_rate"], length=data["length"])
 
 
-def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: str = "fp32") -> DiffusionGenerator:
+def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: str = "fp32",
+                      device: str = "cpu") -> DiffusionGenerator:
     """Load a genbridge model folder: ``config.json`` + ``model.safetensors`` (plain net state dict).
 
     A folder whose config names no weights file is an untrained placeholder: the network is
@@ -714,14 +732,14 @@ def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: 
             name, folder, seed,
         )
         return _finish(net, arch, name=name, source=str(folder), kind="genbridge", weights="random",
-                       trained=False, default_steps=default_steps, sdpa=sdpa, precision=precision,
+                       trained=False, default_steps=default_steps, sdpa=sdpa, precision=precision, device=device,
                        config={k: v for k, v in data.items() if k != "classes"})
     weights_path = folder / weights_name
     weights, extras = split_extras(load_state_dict_file(weights_path))
     net = build_network(arch)
     _load_strict(net, weights, str(weights_path))
     return _finish(net, arch, name=name, source=str(folder), kind="genbridge", weights=weights_name,
-                   trained=True, default_steps=default_steps, sdpa=sdpa, precision=precision,
+                   trained=True, default_steps=default_steps, sdpa=sdpa, precision=precision, device=device,
                    config=data, extras=extras)
 
 
@@ -773,22 +791,23 @@ def save_model_folder(folder: Path, net: nn.Module, arch: UNetArch, *, default_s
     return folder
 
 
-def load_generator(path: str | Path, *, name: str, sdpa: bool = True, precision: str = "fp32") -> DiffusionGenerator:
+def load_generator(path: str | Path, *, name: str, sdpa: bool = True, precision: str = "fp32",
+                      device: str = "cpu") -> DiffusionGenerator:
     """Load whatever ``path`` names: a model folder, a ``.ckpt``, or a plain weights file."""
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / "config.json").is_file():
-            return load_model_folder(p, name=name, sdpa=sdpa, precision=precision)
+            return load_model_folder(p, name=name, sdpa=sdpa, precision=precision, device=device)
         ckpts = sorted(p.glob("*.ckpt"))
         if len(ckpts) == 1:
-            return load_lightning_checkpoint(ckpts[0], name=name, sdpa=sdpa, precision=precision)
+            return load_lightning_checkpoint(ckpts[0], name=name, sdpa=sdpa, precision=precision, device=device)
         raise ModelLoadError(
             f"{p} holds neither config.json nor exactly one .ckpt (found {len(ckpts)})"
         )
     if not p.exists():
         raise ModelLoadError(f"model not found: {p}")
     if p.suffix == ".ckpt":
-        return load_lightning_checkpoint(p, name=name, sdpa=sdpa, precision=precision)
+        return load_lightning_checkpoint(p, name=name, sdpa=sdpa, precision=precision, device=device)
     if p.suffix in (".safetensors", ".pt", ".pth", ".bin"):
         data = read_genbridge_config(p.parent)
         arch = _genbridge_arch(data)

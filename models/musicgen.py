@@ -2,7 +2,7 @@
 
 Why this module exists: the continuation runtime is Hugging Face transformers'
 ``MusicgenForConditionalGeneration`` (audiocraft's own runtime does not install with torch 2.13,
-see DESIGN.md section 4), but users hold MusicGen as
+see docs/ARCHITECTURE.md, "Measured reasons"), but users hold MusicGen as
 
 (a) transformers folders (config.json + model.safetensors, T5 and EnCodec inside);
 (b) audiocraft folders: ``state_dict.bin`` = {'xp.cfg': YAML, 'best_state': LM state dict} and

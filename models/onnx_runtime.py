@@ -3,7 +3,7 @@
 The sampling loop, the noise (torch's generator, so a seed gives the same clip on either
 runtime) and the finishing stay the same; only the U-Net step changes. Sessions are built with
 an explicit thread count and spinning off: spinning threads on two shared cores slow everything
-else down (DESIGN.md section 3).
+else down (docs/ARCHITECTURE.md, "Measured reasons").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from models.output_filter import parse_lowpass
 class OrtStep(torch.nn.Module):
     """Looks like the U-Net to the sampling loop; runs an onnxruntime session."""
 
-    def __init__(self, onnx_file: Path, threads: int) -> None:
+    def __init__(self, onnx_file: Path, threads: int, device: torch.device | None = None) -> None:
         super().__init__()
         import onnxruntime as ort
 
@@ -29,16 +29,37 @@ class OrtStep(torch.nn.Module):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+        self.device = device or torch.device("cpu")
+        self.providers = providers_for(self.device, ort.get_available_providers())
+        self.session = ort.InferenceSession(str(onnx_file), options, providers=self.providers)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        feeds = {"x": x.contiguous().numpy(), "sigma": sigma.reshape(-1).contiguous().numpy()}
+        feeds = {"x": x.detach().float().contiguous().cpu().numpy(),
+                 "sigma": sigma.reshape(-1).float().contiguous().cpu().numpy()}
         if labels is not None:
-            feeds["label"] = labels.reshape(-1).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+            feeds["label"] = labels.reshape(-1).contiguous().cpu().numpy()
+        return torch.from_numpy(self.session.run(None, feeds)[0]).to(self.device)
 
 
-def load_onnx_generator(onnx_file: Path, *, name: str, threads: int) -> DiffusionGenerator:
+def providers_for(device: torch.device, available: list[str]) -> list[str]:
+    """onnxruntime's execution providers for a device: the CUDA provider first on a GPU (a clear
+    error when this onnxruntime has none: the CPU build cannot use it), the CPU provider always."""
+    from models.diffusion import ModelLoadError
+
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        raise ModelLoadError(f"device {device} asked for, but this onnxruntime has no CUDA provider (it has "
+                             f"{', '.join(available)}); install onnxruntime-gpu, or use family = 'diffusion'")
+    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]  # type: ignore[list-item]
+
+
+def load_onnx_generator(onnx_file: Path, *, name: str, threads: int, device: str = "cpu") -> DiffusionGenerator:
+    """The exported denoiser behind :class:`DiffusionGenerator`: noise, sampling and filters in torch
+    on ``device`` ("auto": a GPU when torch sees one), the network step in onnxruntime."""
+    from models.devices import resolve
+
+    where = resolve(device)
     meta: dict[str, Any] = json.loads(Path(str(onnx_file) + ".json").read_text())
     arch = UNetArch(sample_rate=meta["sample_rate"], length=meta["length"], in_channels=meta["channels"],
                     channels=(), factors=(), items=(), attentions=())
@@ -50,4 +71,5 @@ def load_onnx_generator(onnx_file: Path, *, name: str, threads: int) -> Diffusio
                      data_scale=float(meta.get("data_scale", 1.0)),
                      output_lowpass_hz=parse_lowpass(meta.get("output_lowpass_hz"), sample_rate=arch.sample_rate,
                                                      classes=meta.get("classes") or None))
-    return DiffusionGenerator(OrtStep(onnx_file, threads), arch, info)
+    info.device = str(where)
+    return DiffusionGenerator(OrtStep(onnx_file, threads, where), arch, info, where)

@@ -92,3 +92,28 @@ def test_cli_continue_writes_takes(tmp_path) -> None:
                               "--seconds", "1", "-o", str(tmp_path / "o2")], cwd=REPO, capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode == 1 and "huggingface-cli download" in missing.stderr
+
+
+def test_the_prompt_is_prefilled_once_and_a_static_cache_continues_the_same(loaded) -> None:
+    """transformers' MusicGen generate ran the prompt's prefill twice (models.continuation.prefill_once):
+    once is the same continuation for less wait; a static KV cache (fixed shapes for a GPU's
+    compiled step) gives the same tokens as the dynamic one."""
+    settings = ContinuationSettings(seconds=1.0, prompt_seconds=1.0, seed=9, top_k=8)
+    prefills: list[int] = []
+
+    def count(module, args, kwargs) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if hidden.shape[1] > 1:
+            prefills.append(int(hidden.shape[1]))
+
+    hook = loaded.model.decoder.model.decoder.layers[0].register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        dynamic = continue_audio(loaded, _prompt(), 44100, settings)
+        assert len(prefills) == 1, f"prefill passes over the prompt: {prefills}"
+        static = continue_audio(loaded, _prompt(), 44100, ContinuationSettings(**{**settings.__dict__,
+                                                                                 "kv_cache": "static"}))
+    finally:
+        hook.remove()
+    assert np.array_equal(static, dynamic)
+    with pytest.raises(ContinuationError, match="kv_cache"):
+        continue_audio(loaded, _prompt(), 44100, ContinuationSettings(seconds=1.0, kv_cache="paged"))

@@ -12,21 +12,24 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import multiprocessing as mp
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
 from bridge.audio_process import AudioUnavailable, audio_main
-from bridge.child_process import read_child, spawn_child, stop_child
 from bridge.clip import Clip
 from bridge.config import AudioConfig, InstrumentConfig
 from bridge.mixer import balance_gains
+from bridge.supervisor import RestartPolicy, SupervisedChild
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AudioOutput", "AudioUnavailable"]
+
+#: A lost device ends the audio process (see bridge/audio_process.py); the next one waits for the
+#: device, so restarts are quick, and back off only when the process itself keeps dying.
+RESTART_POLICY = RestartPolicy(first_delay_s=0.5, factor=2.0, max_delay_s=5.0, stable_after_s=10.0)
 
 
 class AudioOutput:
@@ -42,12 +45,9 @@ class AudioOutput:
         self.channels = 2
         self.in_channels = 0
         self.reopened = 0
-        self.restarts = 0
         self.device_status: dict[str, Any] = {}
-        self._process: mp.process.BaseProcess | None = None
-        self._conn: Any = None
+        self._child: SupervisedChild | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._generation = 0
         self._stopping = False
         self._opened_before = False
         self._captures: dict[int, asyncio.Future[np.ndarray]] = {}
@@ -59,7 +59,15 @@ class AudioOutput:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._settled = asyncio.Event()
-        self._spawn()
+        self._child = SupervisedChild("audio", audio_main,
+                                      (asdict(self.config), logging.getLogger().getEffectiveLevel()), loop,
+                                      on_message=self._on_message, on_exit=self._on_exit, policy=RESTART_POLICY,
+                                      before_spawn=lambda: setattr(self, "state", "starting"))
+        self._child.start()
+
+    @property
+    def restarts(self) -> int:
+        return self._child.restarts if self._child is not None else 0
 
     async def wait_settled(self, timeout: float = 10.0) -> None:
         """Until the device is open, or known to be missing (first start only)."""
@@ -69,24 +77,11 @@ class AudioOutput:
         except asyncio.TimeoutError:
             pass
 
-    def _spawn(self) -> None:
-        if self._stopping:
-            return
-        assert self._loop is not None
-        proc, conn = spawn_child(audio_main, (asdict(self.config), logging.getLogger().getEffectiveLevel()),
-                                 name="genbridge-audio")
-        self._generation += 1
-        generation = self._generation
-        self._process, self._conn = proc, conn
-        self.state = "starting"
-        read_child(conn, proc, self._loop, on_message=lambda msg: self._on_message(generation, msg),
-                   on_exit=lambda code: self._on_exit(generation, code), name="audio process")
-
-    def _on_message(self, generation: int, msg: dict[str, Any]) -> None:
-        if generation != self._generation:
-            return
+    def _on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "opened":
+            assert self._child is not None
+            self._child.healthy()
             self.state, self.reason = "running", ""
             self.device_name, self.sample_rate = msg["device"], int(msg["rate"])
             self.channels, self.in_channels = int(msg["channels"]), int(msg["in_channels"])
@@ -106,6 +101,8 @@ class AudioOutput:
             self.state, self.reason = "waiting", msg["reason"]
             self._settle()
         elif op == "unavailable":
+            assert self._child is not None
+            self._child.give_up()  # no device at all, and none was named: folder only
             self.state, self.reason = "unavailable", msg["reason"]
             log.warning("no audio output: %s; serving the shared folder only", self.reason)
             self._settle()
@@ -127,28 +124,23 @@ class AudioOutput:
         if self._settled is not None:
             self._settled.set()
 
-    def _on_exit(self, generation: int, exitcode: int | None) -> None:
-        if generation != self._generation or self._stopping:
+    def _on_exit(self, exitcode: int | None, restart_in: float | None) -> None:
+        if self._stopping:
             return
-        self._process, self._conn = None, None
         for fut in self._captures.values():
             if not fut.done():
                 fut.set_exception(AudioUnavailable("the audio device went away"))
         self._captures.clear()
-        if self.state == "unavailable":
-            return  # no device at all, and none was named: folder only
+        if restart_in is None:
+            return
         if self.state != "lost":
             self.state, self.reason = "lost", f"the audio process exited (code {exitcode})"
-            log.error("audio process exited (code %s); restarting it", exitcode)
-        self.restarts += 1
-        assert self._loop is not None
-        self._loop.call_later(0.5, self._spawn)
+            log.error("audio process exited (code %s); restarting it in %.1f s", exitcode, restart_in)
 
     def close(self) -> None:
         self._stopping = True
-        self._generation += 1
-        stop_child(self._process, self._conn)
-        self._process, self._conn = None, None
+        if self._child is not None:
+            self._child.stop()
         if self.state == "running":
             self.state = "closed"
 
@@ -178,29 +170,25 @@ class AudioOutput:
 
     def play(self, clip: Clip, instrument: str, velocity: float, at: float | None = None) -> bool:
         """Play a clip at monotonic time ``at`` (None: the next buffer); False without a device."""
-        if self.state != "running" or self._conn is None:
+        if self.state != "running" or self._child is None or not self._child.alive:
             return False
         self.prepare(clip)  # a no-op for pooled clips; a fallback after the device rate changed
         inst = self.instruments.get(instrument)
         gain = self.velocity_gain(velocity) * (10 ** (inst.gain_db / 20) if inst else 1.0)
         gains = balance_gains(self.channels, gain, inst.pan if inst else 0.0)
-        try:
-            self._conn.send({"op": "play", "audio": clip.playable, "gains": gains, "at": at,
-                             "choke": inst.choke_group if inst else 0})
-        except (OSError, ValueError):
-            return False
-        return True
+        return self._child.send({"op": "play", "audio": clip.playable, "gains": gains, "at": at,
+                                 "choke": inst.choke_group if inst else 0})
 
     async def capture(self, seconds: float, timeout: float = 5.0) -> np.ndarray:
         """The last ``seconds`` of input as (channels, frames) float32."""
-        if self.state != "running" or self._conn is None:
+        if self.state != "running" or self._child is None or not self._child.alive:
             raise AudioUnavailable(f"no audio input: the device is {self.state}"
                                    + (f" ({self.reason})" if self.reason else ""))
         assert self._loop is not None
         request_id = next(self._capture_ids)
         fut: asyncio.Future[np.ndarray] = self._loop.create_future()
         self._captures[request_id] = fut
-        self._conn.send({"op": "capture", "id": request_id, "seconds": seconds})
+        self._child.send({"op": "capture", "id": request_id, "seconds": seconds})
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:
@@ -214,7 +202,7 @@ class AudioOutput:
             "device": self.device_name or None,
             "sample_rate": self.sample_rate or None,
             "block_size": self.config.block_size,
-            "pid": self._process.pid if self._process is not None else None,
+            "pid": self._child.pid if self._child is not None else None,
             "reopened": self.reopened,
             "process_restarts": self.restarts,
             **({"underflows": 0, "overflows": 0, "callback_load": 0.0, "active_voices": 0, "voices_started": 0,

@@ -1,0 +1,138 @@
+"""One supervisor for every child process: spawn, hear it on the event loop, restart with backoff.
+
+Why this module exists: the daemon runs each model in a worker process and the audio device in
+a process of its own, and each must come back when it dies without taking the set down: a
+crash costs one request, a crash loop must not spin the CPU, and the last words of a dead child
+must not be mistaken for its successor's. Model workers, the MusicGen worker and the audio
+process used to have three restart policies of their own; now each is a :class:`SupervisedChild`
+with a :class:`RestartPolicy`. See docs/ARCHITECTURE.md, "Processes".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from bridge.child_process import read_child, spawn_child, stop_child
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """Restart after ``first_delay_s``, times ``factor`` for every crash in a row, at most
+    ``max_delay_s``; a child that stayed healthy for ``stable_after_s`` starts the count again."""
+
+    first_delay_s: float = 0.5
+    factor: float = 2.0
+    max_delay_s: float = 30.0
+    stable_after_s: float = 60.0
+
+    def delay(self, crashes_in_a_row: int) -> float:
+        return float(min(self.max_delay_s, self.first_delay_s * self.factor ** max(0, crashes_in_a_row)))
+
+
+class SupervisedChild:
+    """One child process kept running; every callback runs on the event loop thread.
+
+    ``on_message(msg)`` gets what the current child sends; ``on_exit(code, restart_in)`` hears
+    its death, with the delay before the next start, or None when it will not be restarted
+    (:meth:`give_up` was called: a load that failed would fail again; or the owner is stopping).
+    ``before_spawn`` runs just before each start (environment the child inherits).
+    """
+
+    def __init__(self, name: str, target: Callable[..., None], args: tuple[Any, ...],
+                 loop: asyncio.AbstractEventLoop, *, on_message: Callable[[dict[str, Any]], None],
+                 on_exit: Callable[[int | None, float | None], None], policy: RestartPolicy,
+                 before_spawn: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self.target = target
+        self.args = args
+        self.loop = loop
+        self.on_message = on_message
+        self.on_exit = on_exit
+        self.policy = policy
+        self.before_spawn = before_spawn
+        #: Bumped at every start and stop: messages and exits of an older child are dropped.
+        self.generation = 0
+        self.restarts = 0
+        self.crashes_in_a_row = 0
+        self.process: Any = None
+        self._conn: Any = None
+        self._healthy_since: float | None = None
+        self._gave_up = False
+        self._stopping = False
+        self._restart: asyncio.TimerHandle | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None
+
+    def start(self) -> None:
+        self._restart = None
+        if self._stopping:
+            return
+        if self.before_spawn is not None:
+            self.before_spawn()
+        self.generation += 1
+        generation = self.generation
+        self._gave_up = False
+        self._healthy_since = None
+        self.process, self._conn = spawn_child(self.target, self.args, name=f"genbridge-{self.name}")
+        read_child(self._conn, self.process, self.loop,
+                   on_message=lambda msg: self._message(generation, msg),
+                   on_exit=lambda code: self._exited(generation, code), name=self.name)
+
+    def healthy(self) -> None:
+        """The child is doing its job (loaded, device open): counts toward ``stable_after_s``."""
+        self._healthy_since = time.monotonic()
+
+    def give_up(self) -> None:
+        """Do not restart this child when it exits (it said its work cannot succeed)."""
+        self._gave_up = True
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        """Send to the child; False if it is gone (its death is reported separately)."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.send(msg)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Ask the child to stop, then terminate and kill it; no restart, no more callbacks."""
+        self._stopping = True
+        if self._restart is not None:
+            self._restart.cancel()
+            self._restart = None
+        self.generation += 1  # ignore its last words
+        stop_child(self.process, self._conn, timeout)
+        self.process, self._conn = None, None
+
+    def _message(self, generation: int, msg: dict[str, Any]) -> None:
+        if generation == self.generation:
+            self.on_message(msg)
+
+    def _exited(self, generation: int, code: int | None) -> None:
+        if generation != self.generation:
+            return
+        self.process, self._conn = None, None
+        if self._stopping or self._gave_up:
+            self.on_exit(code, None)
+            return
+        if self._healthy_since is not None and time.monotonic() - self._healthy_since > self.policy.stable_after_s:
+            self.crashes_in_a_row = 0
+        delay = self.policy.delay(self.crashes_in_a_row)
+        self.crashes_in_a_row += 1
+        self.restarts += 1
+        self._restart = self.loop.call_later(delay, self.start)
+        self.on_exit(code, delay)

@@ -1,0 +1,145 @@
+"""The engine's handle on a model worker, and what a worker is started from.
+
+Why this module exists: the engine schedules work for models; where a model runs is not its
+business. It gets a :data:`WorkerFactory` when it is built and talks to whatever that returns
+through :class:`WorkerHandle` (start, send, stop, pid, restarts) and two callbacks. The daemon
+passes :func:`local_workers` (a supervised process on this machine); tests pass an in-process
+fake; a remote worker (Ray) is another factory. See docs/ARCHITECTURE.md, "The seams".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from bridge.config import Config
+from bridge.model_worker import worker_main
+from bridge.supervisor import RestartPolicy, SupervisedChild
+from models.runtime_env import configure_threads_env
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker process needs to load its model (sent to it as a plain dict)."""
+
+    model_name: str
+    family: str
+    model_path: str
+    device: str = "auto"
+    threads: int = 1
+    #: Family-specific load options (precision, sdpa, compile, onnx_path, quantize...).
+    options: dict[str, Any] = field(default_factory=dict)
+    #: Drum finishing for one-shot families; None for families whose outputs are left as made.
+    finishing: dict[str, Any] | None = None
+    nice: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class WorkerHandle(Protocol):
+    """What the engine needs of a worker, wherever it runs."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def send(self, msg: dict[str, Any]) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+#: on_message(msg), on_exit(exit code, seconds until the restart or None when none follows).
+OnMessage = Callable[[dict[str, Any]], None]
+OnExit = Callable[[int | None, float | None], None]
+WorkerFactory = Callable[[WorkerSpec, asyncio.AbstractEventLoop, OnMessage, OnExit], WorkerHandle]
+
+
+class LocalWorker:
+    """A worker process on this machine under a :class:`SupervisedChild`: a load failure
+    ("fatal") is not restarted; any other death is, with the policy's backoff."""
+
+    def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop, on_message: OnMessage, on_exit: OnExit,
+                 policy: RestartPolicy) -> None:
+        self.spec = spec
+        self._on_message = on_message
+        self.child = SupervisedChild(
+            f"worker-{spec.model_name}", worker_main, (spec.to_json(), logging.getLogger().getEffectiveLevel()),
+            loop, on_message=self._message, on_exit=on_exit, policy=policy,
+            # the child inherits the environment at spawn: make its OpenMP passive before torch loads
+            before_spawn=lambda: configure_threads_env(spec.threads))
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid
+
+    @property
+    def restarts(self) -> int:
+        return self.child.restarts
+
+    def start(self) -> None:
+        self.child.start()
+        log.info("started worker for model %r (%s, pid %s, %d threads, device %s)", self.spec.model_name,
+                 self.spec.family, self.child.pid, self.spec.threads, self.spec.device)
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        return self.child.send(msg)
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def _message(self, msg: dict[str, Any]) -> None:
+        if msg.get("op") == "ready":
+            self.child.healthy()
+        elif msg.get("op") == "fatal":
+            self.child.give_up()
+        self._on_message(msg)
+
+
+def local_workers(policy: RestartPolicy) -> WorkerFactory:
+    """The daemon's factory: every model in its own supervised process."""
+
+    def make(spec: WorkerSpec, loop: asyncio.AbstractEventLoop, on_message: OnMessage, on_exit: OnExit) -> WorkerHandle:
+        return LocalWorker(spec, loop, on_message, on_exit, policy)
+
+    return make
+
+
+def family_of(config: Config, model: str) -> str:
+    """``[models.NAME] family``; "" picks by runtime (diffusion on torch or onnxruntime)."""
+    mc = config.models[model]
+    if mc.family:
+        return mc.family
+    return "diffusion-onnx" if mc.runtime == "onnx" else "diffusion"
+
+
+def drum_worker_spec(config: Config, model: str) -> WorkerSpec:
+    """The spec of a model that instruments (or kits) play: one-shots, finished as configured."""
+    mc = config.models[model]
+    return WorkerSpec(
+        model_name=model, family=family_of(config, model), model_path=str(mc.resolved_path()),
+        device=mc.device, threads=config.model_threads(model),
+        options={"sdpa": mc.sdpa, "precision": mc.precision, "compile": mc.compile,
+                 "onnx_path": str(Path(mc.onnx_path).expanduser()) if mc.onnx_path else "",
+                 "warm_batches": [1, config.engine.refill_batch]},
+        finishing=config.finishing.to_json(), nice=config.engine.worker_nice)
+
+
+def continuation_worker_spec(config: Config) -> WorkerSpec:
+    """The spec of the ``[continuation]`` model: MusicGen, outputs not finished (they are music)."""
+    c = config.continuation
+    return WorkerSpec(
+        model_name="continuation", family="musicgen", model_path=c.model, device=c.device,
+        threads=c.threads or config.engine.threads,
+        options={"precision": c.precision, "quantize": c.quantize, "lm_weights": c.lm_weights,
+                 "kv_cache": c.kv_cache},
+        finishing=None, nice=config.engine.worker_nice)
