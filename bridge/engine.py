@@ -102,14 +102,12 @@ class Engine:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        from models.signature import source_signature
-
         self._loop = asyncio.get_running_loop()
         self.sink.open()
 
         def model_of(instrument: str) -> tuple[str, str]:
-            model = self.config.instruments[instrument].model
-            return model, source_signature(self.config.models[model].resolved_path())
+            slot = self.slots[self.config.instruments[instrument].model]
+            return slot.name, get_family(slot.spec.family).signature(slot.spec.model_path)
 
         # restore first: a worker that started refilling meanwhile would overfill the pools
         await self.writer.run(restore_pools, self.sink, self.pools, model_of, self.prepare)

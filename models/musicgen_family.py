@@ -132,12 +132,13 @@ class MusicgenFamily(Family):
         configure_torch_threads(spec.threads)
         opts = spec.options
         t0 = time.perf_counter()
+        quantize = str(opts.get("quantize", "none"))
         try:
-            device = resolve(spec.device)
+            # int8 is torch's CPU dynamic quantisation: "auto" then means the CPU
+            device = resolve("cpu" if quantize == "int8" and spec.device == "auto" else spec.device)
             precision = resolve_precision(str(opts.get("precision", "fp32")), device)
         except DeviceError as exc:
             raise MusicgenLoadError(str(exc)) from None
-        quantize = str(opts.get("quantize", "none"))
         kv_cache = str(opts.get("kv_cache", "dynamic"))
         if kv_cache not in ("dynamic", "static"):
             raise MusicgenLoadError(f"kv_cache must be 'dynamic' or 'static', got {kv_cache!r}")
