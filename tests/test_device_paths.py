@@ -1,0 +1,51 @@
+"""The GPU-side decisions, exercised on a CPU: what each device gets, and the clear refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.devices import DeviceError, is_device_name, resolve, resolve_precision
+from models.diffusion import ModelLoadError
+from models.diffusion_family import DiffusionFamily
+from models.generator import GeneratorError, LoadSpec
+from models.onnx_runtime import providers_for
+
+
+def test_device_names_and_precisions() -> None:
+    assert all(is_device_name(n) for n in ("auto", "cpu", "cuda", "cuda:3"))
+    assert not any(is_device_name(n) for n in ("gpu", "cuda:", "cuda:x", "mps", ""))
+    gpu, cpu = torch.device("cuda:0"), torch.device("cpu")
+    assert resolve_precision("auto", gpu) == "bf16" and resolve_precision("auto", cpu) == "fp32"
+    assert resolve_precision("fp16", gpu) == "fp16"
+    with pytest.raises(DeviceError, match="needs a CUDA device"):
+        resolve_precision("fp16", cpu)
+    if not torch.cuda.is_available():
+        assert resolve("auto") == cpu
+        with pytest.raises(DeviceError, match="sees no CUDA GPU"):
+            resolve("cuda")
+
+
+def test_onnxruntime_providers_follow_the_device() -> None:
+    assert providers_for(torch.device("cpu"), ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"]
+    on_gpu = providers_for(torch.device("cuda:1"), ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert on_gpu[0] == ("CUDAExecutionProvider", {"device_id": 1}) and on_gpu[-1] == "CPUExecutionProvider"
+    with pytest.raises(ModelLoadError, match="onnxruntime-gpu"):
+        providers_for(torch.device("cuda:0"), ["CPUExecutionProvider"])
+
+
+def test_cuda_graphs_on_a_cpu_are_refused_at_load(tiny_model: Path) -> None:
+    with pytest.raises(GeneratorError, match="needs a CUDA device"):
+        DiffusionFamily().load(LoadSpec("t", str(tiny_model), "cpu", 1, {"compile": "graphs"}))
+
+
+def test_params_are_checked_by_the_family_without_torch_work() -> None:
+    family = DiffusionFamily()
+    assert family.check_params({"steps": 0, "sampler": ""}, None) == {"steps": 0, "sampler": ""}
+    for bad, message in (({"steps": -1}, "steps must be"), ({"sampler": "euler"}, "unknown sampler"),
+                         ({"strength": 1.5}, "strength must be"), ({"cfg": 3}, "no parameter 'cfg'")):
+        with pytest.raises(GeneratorError, match=message):
+            family.check_params(bad, None)
