@@ -1,8 +1,8 @@
 """Start a spawned child with a Pipe, and hear what it says and when it dies, on the event loop.
 
 Model workers and the audio device process both need this: a reader thread blocks on the pipe
-and hands every message - and finally the child's exit code - to the asyncio loop. Messages from
-an earlier incarnation of a restarted child are dropped by generation number.
+and hands every message - and finally the child's exit code - to the asyncio loop. Supervision
+(restarts, dropping an earlier incarnation's messages) is bridge/supervisor.py's.
 """
 
 from __future__ import annotations

@@ -286,7 +286,8 @@ def _continue(args: argparse.Namespace) -> int:
               "temperature": args.temperature, "top_k": args.top_k, "description": args.description or None}
     first = args.seed if args.seed is not None else _random_seed(args.takes)
     return _render_offline(spec, params, [(first + k, "continue") for k in range(args.takes)], args.out, "PCM_24",
-                           desc="take", name_of=lambda clip: {"source": str(args.prompt)})
+                           desc="take", name_of=lambda clip: {"source": str(args.prompt),
+                                                              "model": clip.meta.get("checkpoint")})
 
 
 def _render(args: argparse.Namespace) -> int:

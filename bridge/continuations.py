@@ -96,6 +96,11 @@ class Continuations:
         self.running = None
         self.state = "stopped"
 
+    async def drain(self) -> None:
+        """Wait for the chunk and result writes under way (before the folder writer stops)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def _on_exit(self, code: int | None, restart_in: float | None) -> None:
         if self._stopping:
             return
@@ -103,6 +108,8 @@ class Continuations:
         if job is not None:
             self._fail(job, f"the MusicGen worker died (exit code {code}) during the job; it is being restarted")
         if self.state == "failed" or restart_in is None:
+            self.state = "failed"
+            self.error = self.error or f"the MusicGen worker exited (code {code}) for good"
             for waiting in list(self.waiting):
                 self._fail(waiting, f"MusicGen failed to load: {self.error}")
             self.waiting.clear()
@@ -219,8 +226,13 @@ class Continuations:
         # a worker that is gone fails the job from _on_exit and is restarted
 
     def _meta(self, job: ContinuationJob, meta: dict[str, Any], name: str) -> dict[str, Any]:
-        """The worker's sidecar plus what only the queue knows: the job, its prompt, the file name."""
-        return dict(meta) | {"instrument": name, "job": job.id, "source": job.source_name, "created": time.time()}
+        """The worker's sidecar plus what only the queue knows: the job, its prompt, the file name.
+        ``model`` names the MusicGen source, as continuation sidecars always have (drum sidecars
+        name the config's model); chunks carry the job's settings like the whole."""
+        settings = {k: v for k, v in job.params.items() if k not in ("audio", "rate") and v is not None}
+        return settings | dict(meta) | {
+            "instrument": name, "kind": "musicgen continuation", "model": self.info.get("source", self.spec.model_path),
+            "model_kind": self.info.get("kind"), "job": job.id, "source": job.source_name, "created": time.time()}
 
     async def _write_chunk(self, job: ContinuationJob, index: int, clip: Clip) -> None:
         try:

@@ -103,6 +103,7 @@ async def run_daemon(config: Config) -> None:
             audio.close()
         if continuations is not None:
             continuations.stop()
+            await continuations.drain()
         await sweeper.stop()
         await engine.stop()
         writer.shutdown()

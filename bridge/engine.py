@@ -64,6 +64,14 @@ class ModelSlot:
     #: Tasks the worker is making now (one, or a batch of refills), by task id.
     running: dict[int, Task] = field(default_factory=dict)
     queue: list[Job] = field(default_factory=list)
+    #: Refills that failed in a row, the largest refill batch still tried (halved after a batch
+    #: the worker refused, e.g. out of GPU memory) and the pending retry: a failing refill backs
+    #: off instead of being asked again at once, forever.
+    refill_failures: int = 0
+    refill_limit: int = 0
+    #: Clips in the render now running (running shrinks as its clips come back).
+    dispatched: int = 0
+    refill_retry: asyncio.TimerHandle | None = None
 
 
 class Engine:
@@ -125,6 +133,8 @@ class Engine:
         """Stop workers, fail what is pending, and finish the writes already started."""
         self._stopping = True
         for slot in self.slots.values():
+            if slot.refill_retry is not None:
+                slot.refill_retry.cancel()
             if slot.worker is not None:
                 slot.worker.stop()
             slot.state = "stopped"
@@ -309,8 +319,11 @@ class Engine:
         """Give an idle, ready worker its next clip (or batch of refills) to make."""
         if slot.state != "ready" or slot.running or self._stopping:
             return
-        pools = [p for name, p in self.pools.items() if self.config.instruments[name].model == slot.name]
-        dispatch = next_dispatch(slot.queue, pools, self.params_of, self.config.engine.refill_batch)
+        # refills wait out a backoff after failures; plays and jobs never do
+        pools = ([] if slot.refill_retry is not None else
+                 [p for name, p in self.pools.items() if self.config.instruments[name].model == slot.name])
+        batch = self.config.engine.refill_batch if slot.info.get("capabilities", {}).get("batches", True) else 1
+        dispatch = next_dispatch(slot.queue, pools, self.params_of, min(batch, slot.refill_limit or batch))
         job = dispatch.job if dispatch is not None else None
         if job is not None:
             tasks = [Task(next(self._task_ids), job.instrument, job.seeds.popleft(), job)]
@@ -323,6 +336,7 @@ class Engine:
             for task in tasks:
                 self.pools[task.instrument].in_flight += 1
         slot.running = {t.id: t for t in tasks}
+        slot.dispatched = len(tasks)
         assert slot.worker is not None
         slot.worker.send({"op": "render", "params": dispatch.params,
                           "tasks": [{"task": t.id, "seed": t.seed, "instrument": t.instrument} for t in tasks]})
@@ -353,6 +367,8 @@ class Engine:
         elif op == "clip":
             slot.memory = msg.get("memory") or slot.memory
             task = self._task_over(slot, msg.get("task"), keep_reservation=True)
+            if task is not None and task.job is None:
+                slot.refill_failures = 0
             if task is not None:
                 meta = dict(msg["meta"], instrument=task.instrument, created=time.time())
                 clip = Clip(np.asarray(msg["audio"], dtype=np.float32), int(msg["sample_rate"]), meta)
@@ -363,7 +379,7 @@ class Engine:
                 prefix = "" if msg.get("kind") == "request" else "generation failed: "
                 self._fail_job(task.job, f"{prefix}{msg.get('error')}")
             elif task is not None:
-                log.error("refill of %s failed: %s", task.instrument, msg.get("error"))
+                self._refill_failed(slot, msg)
         elif op == "cancelled":
             task = self._task_over(slot, msg.get("task"))
             self.counters.add("tasks_cancelled", task is not None)
@@ -379,11 +395,34 @@ class Engine:
             if task.job is not None:
                 self._fail_job(task.job, f"model worker {slot.name!r} died (exit code {exitcode}) while "
                                          f"generating; it is being restarted")
-        if slot.state == "failed" or restart_in is None:
+        if slot.state == "failed":
             return  # a load failure: restarting would fail the same way
+        if restart_in is None:  # gone for good without saying why (a remote worker's host went away)
+            slot.state, slot.error = "failed", slot.error or f"the worker exited (code {exitcode}) for good"
+            self._fail_slot_jobs(slot, f"model {slot.name!r} is gone: {slot.error}")
+            return
         self.counters.add("worker_crashes")
         slot.state = "restarting"
         log.error("worker for model %r exited (code %s); restarting in %.1f s", slot.name, exitcode, restart_in)
+
+    def _refill_failed(self, slot: ModelSlot, msg: dict[str, Any]) -> None:
+        """Back off before the next refill (0.5 s doubling to 30 s); a batch the worker refused
+        as a request (out of GPU memory) halves the refill batch for this model."""
+        if slot.running:
+            return  # the rest of this batch fails with it: count the batch once, at its last clip
+        slot.refill_failures += 1
+        log.error("refill of model %r (%d clips) failed: %s", slot.name, slot.dispatched, msg.get("error"))
+        if msg.get("kind") == "request" and slot.dispatched > 1:
+            slot.refill_limit = max(1, slot.dispatched // 2)
+            log.warning("model %r: refill batch lowered to %d", slot.name, slot.refill_limit)
+        delay = min(30.0, 0.5 * 2 ** (slot.refill_failures - 1))
+        assert self._loop is not None
+
+        def retry() -> None:
+            slot.refill_retry = None
+            self._pump(slot)
+
+        slot.refill_retry = self._loop.call_later(delay, retry)
 
     # ------------------------------------------------------------------ delivery
 

@@ -32,8 +32,6 @@ from typing import Any
 
 from models.runtime_env import configure_threads_env
 
-__all__ = ["configure_threads_env", "worker_main"]
-
 
 def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging.INFO) -> None:
     """Load ``spec``'s model (keys of :class:`bridge.worker_handle.WorkerSpec`) and serve renders."""

@@ -42,6 +42,9 @@ def render_clips(generator: Any, model: str, info: Mapping[str, Any], requests: 
 
 
 def chunk_sidecar(model: str, info: Mapping[str, Any], request: Any, index: int) -> dict[str, Any]:
-    """The sidecar of a chunk a long render hands out before it is done (a continuation's)."""
-    return clip_sidecar(model, info, seed=request.seed, instrument=request.instrument,
+    """The sidecar of a chunk a long render hands out before it is done (a continuation's); it has
+    no generation time of its own, so it states none."""
+    meta = clip_sidecar(model, info, seed=request.seed, instrument=request.instrument,
                         facts={"chunk": int(index)}, generation_s=0.0, batch=1)
+    del meta["generation_s"]
+    return meta

@@ -130,7 +130,7 @@ def drum_worker_spec(config: Config, model: str) -> WorkerSpec:
         device=mc.device, threads=config.model_threads(model),
         options={"sdpa": mc.sdpa, "precision": mc.precision, "compile": mc.compile,
                  "onnx_path": str(Path(mc.onnx_path).expanduser()) if mc.onnx_path else "",
-                 "warm_batches": [1, config.engine.refill_batch]},
+                 "steps": mc.steps, "warm_batches": list(range(1, config.engine.refill_batch + 1))},
         finishing=config.finishing.to_json(), nice=config.engine.worker_nice)
 
 

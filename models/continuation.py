@@ -87,7 +87,7 @@ class _Monitor:
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
         stop = self.run.step(input_ids)
-        return torch.full((1,), stop, dtype=torch.bool)
+        return torch.full((1,), stop, dtype=torch.bool, device=input_ids.device)
 
 
 class _Run:

@@ -52,7 +52,7 @@ class DiffusionRenderer(Generator):
             details={"source": gi.source, "kind": gi.kind, "weights": gi.weights, "trained": gi.trained,
                      "default_steps": gi.default_steps, "default_sampler": gi.default_sampler,
                      "sdpa_layers": gi.sdpa_layers, "runtime": runtime, "compile": compiled,
-                     "output_lowpass_hz": gi.output_lowpass_hz},
+                     "output_lowpass_hz": gi.output_lowpass_hz, "data_scale": gi.data_scale},
         )
 
     def render(self, requests: list[RenderRequest], params: Mapping[str, Any],
@@ -98,6 +98,11 @@ class DiffusionRenderer(Generator):
         from models.devices import memory
 
         return memory(self.generator.device)
+
+    def close(self) -> None:
+        from models.devices import release_cached
+
+        release_cached(self.generator.device)
 
 
 def _device_name(device: Any) -> str:
@@ -149,6 +154,8 @@ class DiffusionFamily(Family):
         opts = spec.options
         gen = load_generator(spec.path, name=spec.name, sdpa=bool(opts.get("sdpa", True)),
                              precision=str(opts.get("precision", "auto")), device=spec.device)
+        if opts.get("steps"):  # [models.NAME] steps: the model's default from now on
+            gen.info.default_steps = int(opts["steps"])
         compiled = compile_network(gen, opts.get("compile", "off"), opts.get("warm_batches", (1,)))
         return DiffusionRenderer(gen, self.name, self.runtime, compiled)
 
@@ -174,6 +181,8 @@ class OnnxDiffusionFamily(DiffusionFamily):
             log.info("exporting %s to ONNX at %s (missing or stale)", spec.path, onnx_file)
             export_denoiser(spec.path, onnx_file, name=spec.name)
         gen = load_onnx_generator(onnx_file, name=spec.name, threads=spec.threads, device=spec.device)
+        if spec.options.get("steps"):
+            gen.info.default_steps = int(spec.options["steps"])
         return DiffusionRenderer(gen, self.name, self.runtime)
 
 
@@ -181,9 +190,11 @@ COMPILE_MODES = ("off", "compile", "graphs")
 
 
 def compile_network(gen: Any, mode: str, warm_batches: Any) -> str:
-    """``compile = "compile"``: torch.compile the network (fixed shapes, no recompiles after the
-    warm-up); ``"graphs"``: the same with CUDA graphs (mode "reduce-overhead"; only on a GPU).
-    Each batch size the engine will ask for is run once here, so no trigger waits for a compile.
+    """``compile = "compile"``: torch.compile the network for fixed shapes; ``"graphs"``: the same
+    with CUDA graphs (mode "reduce-overhead"; only on a GPU). Every batch size in
+    ``warm_batches`` (the daemon passes 1 .. engine.refill_batch: a refill deals any size up to
+    it) is compiled here, so no trigger waits for a compile; torch recompiles at most 8 shapes
+    before it falls back to eager, so a refill batch above 8 leaves the larger sizes eager.
     Returns the mode that is in effect."""
     import torch
 

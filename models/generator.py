@@ -37,7 +37,8 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a generator can be asked for; the engine refuses the rest with a clear error."""
+    """What a generator can be asked for: the engine refuses variations to a generator without
+    them and batches refills only for one with ``batches``; the rest describe it in status."""
 
     #: The same seed gives the same clip (one-shots for pools rely on it for nothing, but
     #: ``drum/generate ... seed`` promises it).
@@ -138,7 +139,7 @@ class Generator(ABC):
         return {}
 
     def close(self) -> None:
-        """Give back what the generator holds (GPU memory); the worker calls it before exiting."""
+        """Give back what the generator holds (cached GPU memory); the worker calls it before exiting."""
 
 
 @dataclass
@@ -173,10 +174,13 @@ class Family(ABC):
         return dict(params)
 
     def signature(self, path: str) -> str:
-        """A fingerprint of the model's files (pool clips of another model are not adopted)."""
+        """A fingerprint of the model's files (pool clips of another model are not adopted); a
+        source that is no file (a model id in a local cache) is its own fingerprint."""
+        from pathlib import Path
+
         from models.signature import source_signature
 
-        return source_signature(path)
+        return source_signature(path) if Path(path).expanduser().exists() else f"id:{path}"
 
 
 #: name -> "module:Class". Importing a family is lazy: the daemon's I/O process only checks

@@ -1,7 +1,8 @@
 """Run the exported denoiser with onnxruntime behind the same generator interface as torch.
 
-The sampling loop, the noise (torch's generator, so a seed gives the same clip on either
-runtime) and the finishing stay the same; only the U-Net step changes. Sessions are built with
+The sampling loop, the noise (torch's generator, so on one device a seed gives the same clip on
+either runtime) and the finishing stay the same; only the U-Net step changes (``precision`` and
+``compile`` do not apply: the exported graph runs as exported, in fp32). Sessions are built with
 an explicit thread count and spinning off: spinning threads on two shared cores slow everything
 else down (docs/ARCHITECTURE.md, "Measured reasons").
 """
@@ -57,8 +58,12 @@ def providers_for(device: torch.device, available: list[str]) -> list[str]:
 def load_onnx_generator(onnx_file: Path, *, name: str, threads: int, device: str = "cpu") -> DiffusionGenerator:
     """The exported denoiser behind :class:`DiffusionGenerator`: noise, sampling and filters in torch
     on ``device`` ("auto": a GPU when torch sees one), the network step in onnxruntime."""
+    import onnxruntime as ort
+
     from models.devices import resolve
 
+    if device == "auto" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        device = "cpu"  # the stock (CPU) onnxruntime: "auto" must not ask it for a GPU it cannot use
     where = resolve(device)
     meta: dict[str, Any] = json.loads(Path(str(onnx_file) + ".json").read_text())
     arch = UNetArch(sample_rate=meta["sample_rate"], length=meta["length"], in_channels=meta["channels"],

@@ -28,6 +28,7 @@ class InProcessWorker:
         self.spec, self.loop, self.on_message, self.on_exit = spec, loop, on_message, on_exit
         self.batches: list[int] = []
         self.hold = False  # keep renders unanswered (to kill the worker mid-job)
+        self.refuse = False  # answer renders as a GPU out of memory would
         self.pid, self.restarts = 4242, 0
 
     def start(self) -> None:
@@ -38,7 +39,11 @@ class InProcessWorker:
     def send(self, msg: dict[str, Any]) -> bool:
         if msg["op"] == "render":
             self.batches.append(len(msg["tasks"]))
-            if not self.hold:
+            if self.refuse:
+                for t in msg["tasks"]:
+                    self.loop.call_soon(self.on_message, {"op": "error", "task": t["task"], "kind": "request",
+                                                          "error": "out of memory on cuda:0"})
+            elif not self.hold:
                 for t in msg["tasks"]:
                     audio = (np.exp(-np.arange(LENGTH) / 100) * np.sin(np.arange(LENGTH) * (0.1 + t["seed"] % 7)))
                     meta = {"model": self.spec.model_name, "seed": t["seed"], "steps": msg["params"]["steps"]}
@@ -50,7 +55,8 @@ class InProcessWorker:
         pass
 
 
-def make_engine(tmp_path: Path, model: Path) -> tuple[Engine, list[InProcessWorker], FolderWriter]:
+def make_engine(tmp_path: Path, model: Path,
+                refuse: bool = False) -> tuple[Engine, list[InProcessWorker], FolderWriter]:
     config = config_from_mapping({
         "audio": {"device": "none"}, "engine": {"refill_batch": 3},
         "models": {"m": {"path": str(model), "steps": 5}},
@@ -60,6 +66,7 @@ def make_engine(tmp_path: Path, model: Path) -> tuple[Engine, list[InProcessWork
 
     def factory(spec: WorkerSpec, loop: Any, on_message: Any, on_exit: Any) -> InProcessWorker:
         made.append(InProcessWorker(spec, loop, on_message, on_exit))
+        made[-1].refuse = refuse
         return made[-1]
 
     writer = FolderWriter(FolderSink(tmp_path / "out"))
@@ -110,6 +117,29 @@ def test_pools_fill_in_batches_and_jobs_deliver(tmp_path: Path, tiny_model: Path
             assert "steps must be 0-1000" in str(exc)
         else:
             raise AssertionError("steps 5000 accepted")
+        await engine.stop()
+        writer.shutdown()
+
+    asyncio.run(run())
+
+
+def test_a_refused_refill_backs_off_and_halves_the_batch(tmp_path: Path, tiny_model: Path) -> None:
+    """A refill batch the worker refuses (out of GPU memory) is not asked for again at once: the
+    engine waits, then tries half the batch; plays and explicit jobs are not held back."""
+    async def run() -> None:
+        engine, made, writer = make_engine(tmp_path, tiny_model, refuse=True)
+        await engine.start()
+        await until(lambda: engine.slots["m"].refill_retry is not None, "the backoff")
+        worker, slot = made[0], engine.slots["m"]
+        assert worker.batches[-1] == 3 and slot.refill_limit == 1 and slot.refill_failures == 1
+        asked = len(worker.batches)
+        await asyncio.sleep(0.1)  # within the 0.5 s backoff: nothing is asked (absence over a window)
+        assert len(worker.batches) == asked
+        worker.refuse = False
+        await until(lambda: len(worker.batches) > asked, "the retry")
+        assert worker.batches[asked] == 1, "the retry asks for half the refused batch"
+        await until(lambda: len(engine.pools["kick"]) == 4 and len(engine.pools["snare"]) == 2, "the pools again")
+        assert slot.refill_failures == 0
         await engine.stop()
         writer.shutdown()
 
