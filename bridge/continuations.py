@@ -119,6 +119,9 @@ class Continuations:
 
     def _on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
+        if op == "starting":
+            self.state = "starting"
+            return
         if op == "ready":
             self.state, self.info = "ready", msg["info"]
             self.memory = msg.get("memory") or {}

@@ -356,7 +356,9 @@ class Engine:
 
     def _on_message(self, slot: ModelSlot, msg: dict[str, Any]) -> None:
         op = msg.get("op")
-        if op == "ready":
+        if op == "starting":
+            slot.state = "starting"
+        elif op == "ready":
             slot.state, slot.info, slot.error = "ready", msg["info"], ""
             slot.memory = msg.get("memory") or {}
             log.info("model %r ready: %s", slot.name, describe_model(slot.info))

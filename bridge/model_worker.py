@@ -12,6 +12,7 @@ what the engine sends through :func:`bridge.rendering.render_clips`, and reports
     engine -> worker: {"op": "render", "tasks": [{"task", "seed", "instrument"}...], "params"}
                       {"op": "cancel", "task"}   {"op": "stop"}
     worker -> engine: {"op": "ready", "info", "memory"}    {"op": "fatal", "error"}
+                      ({"op": "starting"} comes from the worker's handle when a restart begins)
                       {"op": "progress", "task", "fraction"}
                       {"op": "chunk", "task", "index", "audio", "sample_rate", "meta"}
                       {"op": "clip", "task", "audio", "sample_rate", "meta", "memory"}

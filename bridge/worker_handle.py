@@ -75,8 +75,13 @@ class LocalWorker:
         self.child = SupervisedChild(
             f"worker-{spec.model_name}", worker_main, (spec.to_json(), logging.getLogger().getEffectiveLevel()),
             loop, on_message=self._message, on_exit=on_exit, policy=policy,
-            # the child inherits the environment at spawn: make its OpenMP passive before torch loads
-            before_spawn=lambda: configure_threads_env(spec.threads))
+            before_spawn=self._before_spawn)
+
+    def _before_spawn(self) -> None:
+        # the child inherits the environment at spawn: make its OpenMP passive before torch loads
+        configure_threads_env(self.spec.threads)
+        if self.child.restarts:  # a restart is starting: the owner's "restarting" becomes "starting"
+            self._on_message({"op": "starting"})
 
     @property
     def pid(self) -> int | None:
