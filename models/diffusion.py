@@ -303,6 +303,8 @@ class DiffusionGenerator:
         self.info = info
         #: Where the weights, the noise and the labels live; autocast follows it.
         self.device = torch.device(device)
+        #: Autocast's dtype for the precision (None: fp32), looked up once, not at every step.
+        self.autocast_dtype = autocast_dtype(info.precision)
 
     @property
     def classes(self) -> list[str] | None:
@@ -344,7 +346,7 @@ class DiffusionGenerator:
         return torch.randn((1, self.arch.in_channels, self.arch.length), generator=gen, device=self.device)
 
     def _v(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = autocast_dtype(self.info.precision)
+        dtype = self.autocast_dtype
         sigma = t.to(self.device, torch.float32).repeat(x.shape[0])
         with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             if labels is None:
