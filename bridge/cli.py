@@ -179,7 +179,7 @@ def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, 
     from tqdm import tqdm
 
     from bridge.finishing import FinishingSettings
-    from bridge.rendering import render_clips
+    from bridge.rendering import generator_info, render_clips
     from bridge.sinks.folder import FolderSink
     from models.diffusion import ModelLoadError
     from models.generator import GeneratorError, LoadSpec, Progress, RenderRequest, get_family
@@ -192,7 +192,7 @@ def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, 
     except (GeneratorError, ModelLoadError, MusicgenLoadError, OSError) as exc:
         log.error("%s", exc)
         return 1
-    info = generator.info.details | generator.info.to_json() | {"signature": family.signature(spec.model_path)}
+    info = generator_info(generator, family, spec.model_path)
     finishing = FinishingSettings(**spec.finishing) if spec.finishing is not None else None
     sink = FolderSink(out, subtype, session="")
     log.info("%s on %s (%s, %s)", spec.model_name, info["device"], info["device_name"], info["precision"])

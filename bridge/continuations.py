@@ -21,9 +21,9 @@ import numpy as np
 from bridge.clip import Clip
 from bridge.config import ContinuationConfig
 from bridge.folder_writer import FolderWriter
-from bridge.jobs import EngineError, JobIds
+from bridge.jobs import EngineError, JobIds, checked_params
 from bridge.worker_handle import WorkerFactory, WorkerHandle, WorkerSpec
-from models.generator import GeneratorError, get_family
+from models.generator import get_family
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,7 @@ class Continuations:
                   "prompt_seconds": c.prompt_seconds, "temperature": c.temperature, "top_k": c.top_k,
                   "top_p": c.top_p, "guidance_scale": c.guidance_scale, "description": description or None,
                   "chunk_seconds": c.chunk_seconds}
-        try:
-            params = self.family.check_params(params, self.info or None)
-        except GeneratorError as exc:
-            raise EngineError(str(exc)) from None
+        params = checked_params(self.family, params, self.info)
         seed = int(seed if seed is not None and seed >= 0 else np.random.randint(0, 2**31 - 1))
         job = ContinuationJob(self.job_ids.next(), seed, source_name, params, **callbacks)
         position = len(self.waiting) + (1 if self.running is not None or self.state != "ready" else 0)

@@ -27,12 +27,12 @@ from bridge import __version__
 from bridge.clip import Clip
 from bridge.config import Config
 from bridge.folder_writer import FolderWriter
-from bridge.jobs import Counters, EngineError, Job, JobIds, Priority, Task
+from bridge.jobs import Counters, EngineError, Job, JobIds, Priority, Task, checked_params
 from bridge.pool_restore import restore_pools
 from bridge.pools import ClipPool
 from bridge.scheduling import next_dispatch
 from bridge.worker_handle import WorkerFactory, WorkerHandle, WorkerSpec, drum_worker_spec
-from models.generator import GeneratorError, get_family
+from models.generator import get_family
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +113,12 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self.sink.open()
 
+        signatures = {name: get_family(slot.spec.family).signature(slot.spec.model_path)
+                      for name, slot in self.slots.items()}  # one walk of each model's files
+
         def model_of(instrument: str) -> tuple[str, str]:
-            slot = self.slots[self.config.instruments[instrument].model]
-            return slot.name, get_family(slot.spec.family).signature(slot.spec.model_path)
+            model = self.config.instruments[instrument].model
+            return model, signatures[model]
 
         # restore first: a worker that started refilling meanwhile would overfill the pools
         await self.writer.run(restore_pools, self.sink, self.pools, model_of, self.prepare)
@@ -199,11 +202,7 @@ class Engine:
         return self.config.instrument_params(instrument) | {k: v for k, v in (overrides or {}).items() if v}
 
     def _checked(self, slot: ModelSlot, params: dict[str, Any]) -> dict[str, Any]:
-        """The family's own check, before anything is queued: bad input changes nothing."""
-        try:
-            return get_family(slot.spec.family).check_params(params, slot.info or None)
-        except GeneratorError as exc:
-            raise EngineError(str(exc)) from None
+        return checked_params(get_family(slot.spec.family), params, slot.info)
 
     def generate(self, instrument: str, count: int = 1, seed: int | None = None,
                  params: dict[str, Any] | None = None, *,

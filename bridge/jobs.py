@@ -20,6 +20,17 @@ class EngineError(Exception):
     """A request the engine cannot serve; the message is meant for the musician."""
 
 
+def checked_params(family: Any, params: dict[str, Any], info: dict[str, Any] | None) -> dict[str, Any]:
+    """The family's own check of request parameters, before anything is queued (bad input
+    changes nothing); its complaint becomes the musician's error reply."""
+    from models.generator import GeneratorError
+
+    try:
+        return family.check_params(params, info or None)
+    except GeneratorError as exc:
+        raise EngineError(str(exc)) from None
+
+
 class Priority(IntEnum):
     PLAY_WAIT = 0
     GENERATE = 1

@@ -48,7 +48,7 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
     log = logging.getLogger("genbridge.worker")
 
     from bridge.finishing import FinishingSettings
-    from bridge.rendering import chunk_sidecar, render_clips
+    from bridge.rendering import chunk_sidecar, generator_info, render_clips
     from models.generator import Cancelled, GeneratorError, LoadSpec, Progress, RenderRequest, get_family
 
     try:
@@ -57,10 +57,8 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
         generator = family.load(LoadSpec(name=name, path=spec["model_path"], device=spec.get("device", "auto"),
                                          threads=threads, options=dict(spec.get("options", {}))))
         load_s = time.perf_counter() - t0
-        # the family's details also at the top level, where clients of earlier releases read
-        # them in status (info.trained, info.runtime, info.default_steps...)
-        info = generator.info.details | generator.info.to_json()
-        info |= {"signature": family.signature(spec["model_path"]), "load_s": round(load_s, 3), "threads": threads}
+        info = generator_info(generator, family, spec["model_path"]) | {"load_s": round(load_s, 3),
+                                                                         "threads": threads}
     except Exception as exc:  # a bad file must not take the daemon down: tell the engine
         log.error("cannot load model %r from %s: %s", name, spec["model_path"], exc)
         conn.send({"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})

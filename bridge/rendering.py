@@ -16,6 +16,13 @@ from bridge.finishing import FinishingSettings, finish_clip
 from bridge.sidecar import clip_sidecar
 
 
+def generator_info(generator: Any, family: Any, path: str) -> dict[str, Any]:
+    """What a loaded generator says about itself (status, sidecars): its info JSON with the
+    family's details also at the top level, where clients of earlier releases read them in status
+    (info.trained, info.runtime, info.default_steps...), and the signature of its files."""
+    return generator.info.details | generator.info.to_json() | {"signature": family.signature(path)}
+
+
 def render_clips(generator: Any, model: str, info: Mapping[str, Any], requests: list[Any],
                  params: Mapping[str, Any], *, finishing: FinishingSettings | None = None,
                  progress: Any = None) -> list[Clip]:

@@ -64,12 +64,12 @@ class DiffusionRenderer(Generator):
         steps = int(params.get("steps") or gen.info.default_steps)
         sampler = str(params.get("sampler") or gen.info.default_sampler)
         source = params.get("source")
+        strength = float(params.get("strength", 1.0))
         try:
             if source is not None:
                 if len(requests) != 1:
                     raise GeneratorError("a variation renders one clip at a time")
                 r = requests[0]
-                strength = float(params["strength"])
                 audio = [gen.vary(np.asarray(source, dtype=np.float32), r.seed, strength, steps, progress.stepped,
                                   sampler, instrument=r.instrument)]
             elif len(requests) > 1:
@@ -88,7 +88,6 @@ class DiffusionRenderer(Generator):
             facts: dict[str, Any] = {"steps": steps, "sampler": sampler,
                                      "output_lowpass_hz": cutoff_for(gen.info.output_lowpass_hz, r.instrument)}
             if source is not None:
-                strength = float(params["strength"])
                 facts["variation"] = {"source": params.get("source_name", ""), "strength": strength}
                 facts["steps"] = max(1, round(steps * strength)) if strength > 0 else 0  # the steps run
             out.append(Rendered(clip, facts))
