@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge import liveness
 from bridge.mixer import ASAP, Mixer, Trigger
 
 log = logging.getLogger("genbridge.audio")
@@ -221,6 +222,7 @@ def audio_main(conn: Connection, cfg: dict[str, Any], log_level: int = logging.I
     device = AudioDevice(cfg)
     retry = cfg["device"] != "default"
     while True:  # open, or wait for the device to appear
+        liveness.set_state(liveness.LOADING)  # an open may block on a server that is going away
         try:
             device.open()
             break
@@ -231,12 +233,15 @@ def audio_main(conn: Connection, cfg: dict[str, Any], log_level: int = logging.I
             conn.send({"op": "waiting", "reason": str(exc)})
         except Exception as exc:  # PortAudio errors opening a device that is going away
             conn.send({"op": "waiting", "reason": f"{type(exc).__name__}: {exc}"})
+        liveness.set_state(liveness.BUSY)
         if conn.poll(RETRY_S) and conn.recv().get("op") == "stop":
             os._exit(0)
     conn.send({"op": "opened", "device": device.device_name, "rate": device.rate,
                "channels": device.channels, "in_channels": device.in_channels})
     next_status = 0.0
+    liveness.set_state(liveness.BUSY)
     while True:
+        liveness.mark()  # a turn of this loop; a PortAudio call that never returns stops it
         if conn.poll(STATUS_INTERVAL_S / 2):
             try:
                 msg = conn.recv()

@@ -13,18 +13,26 @@ import multiprocessing as mp
 import threading
 from typing import Any, Callable
 
+from bridge.liveness import Pulse, child_entry
+
 log = logging.getLogger(__name__)
 
 
-def spawn_child(target: Callable[..., None], args: tuple[Any, ...], name: str
-                ) -> tuple[mp.process.BaseProcess, Any]:
-    """Start ``target(child_conn, *args)`` in a spawned process; returns (process, parent_conn)."""
+def spawn_child(target: Callable[..., None], args: tuple[Any, ...], name: str, *,
+                beat_s: float = 0.0, oom_score_adj: int = 0) -> tuple[mp.process.BaseProcess, Any, Pulse | None]:
+    """Start ``target(child_conn, *args)`` in a spawned process; returns (process, parent_conn,
+    pulse). With ``beat_s`` the child beats a :class:`~bridge.liveness.Pulse` the parent reads."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe(duplex=True)
-    proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
+    pulse = Pulse(ctx) if beat_s > 0 else None
+    if pulse is not None:
+        proc = ctx.Process(target=child_entry, args=(target, pulse, beat_s, oom_score_adj, child, *args),
+                           name=name, daemon=True)
+    else:
+        proc = ctx.Process(target=target, args=(child, *args), name=name, daemon=True)
     proc.start()
     child.close()  # so recv() in the parent sees EOF when the child dies
-    return proc, parent
+    return proc, parent, pulse
 
 
 def stop_child(proc: mp.process.BaseProcess | None, conn: Any, timeout: float = 3.0) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from bridge.finishing import FinishingSettings
+from bridge.liveness import physical_memory_mb
 from models.devices import DEVICE_HINT, is_device_name
 from models.generator import FAMILIES, is_family_name
 
@@ -124,6 +125,18 @@ class EngineConfig:
     worker_nice: int = field(default=10, metadata=_check(lambda v: 0 <= v <= 19, "0-19"))
     #: First delay before restarting a crashed worker; doubles per crash up to 30 s.
     restart_delay_s: float = field(default=0.5, metadata=_check(lambda v: v >= 0, ">= 0"))
+    #: A worker (or the audio process) whose heartbeat is silent this long is hung (stopped,
+    #: frozen) and is killed and restarted; its pools keep their clips. 0 turns the check off.
+    heartbeat_timeout_s: float = field(default=10.0, metadata=_check(lambda v: v == 0 or v >= 1, "0 or >= 1"))
+    #: A worker busy this long without a single step of progress is stuck and is restarted.
+    stall_timeout_s: float = field(default=120.0, metadata=_check(lambda v: v == 0 or v >= 1, "0 or >= 1"))
+    #: Resident memory ceiling of each model worker, in MB; 0: half of this machine's memory.
+    #: Over it, the worker is restarted with an error reply for what it was making.
+    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+
+    def worker_memory_limit_mb(self, own: float = 0.0) -> float:
+        """A worker's ceiling: its own setting, else this one, else half the machine."""
+        return own or self.memory_limit_mb or round(physical_memory_mb() / 2)
 
 
 @dataclass
@@ -157,6 +170,11 @@ class ModelConfig:
                                                          "'off', 'compile' or 'graphs'"))
     #: Where the ONNX export lives; "" puts it beside the model (denoiser.onnx / <name>.onnx).
     onnx_path: str = ""
+    #: This model's worker memory ceiling in MB (0: engine.memory_limit_mb).
+    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    #: On a GPU: the most GPU memory this worker may allocate, in MB (0: no cap); a request that
+    #: needs more gets an out-of-memory error reply, and the other models keep theirs.
+    gpu_memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
 
     def resolved_path(self) -> Path:
         if self.path.startswith(BUILTIN_PREFIX):
@@ -241,6 +259,10 @@ class ContinuationConfig:
     queue_limit: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 1000, "1-1000"))
     #: Play each chunk on the audio output as it arrives.
     play_chunks: bool = False
+    #: The MusicGen worker's memory ceiling in MB (0: engine.memory_limit_mb).
+    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    #: On a GPU: the most GPU memory MusicGen may allocate, in MB (0: no cap).
+    gpu_memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
 
 
 def _default_instruments() -> dict[str, InstrumentConfig]:

@@ -105,8 +105,9 @@ class Continuations:
         if self._stopping:
             return
         job, self.running = self.running, None
+        why = (self.worker.health().get("last_exit") if self.worker is not None else None) or f"exit code {code}"
         if job is not None:
-            self._fail(job, f"the MusicGen worker died (exit code {code}) during the job; it is being restarted")
+            self._fail(job, f"the MusicGen worker died ({why}) during the job; it is being restarted")
         if self.state == "failed" or restart_in is None:
             self.state = "failed"
             self.error = self.error or f"the MusicGen worker exited (code {code}) for good"
@@ -115,7 +116,7 @@ class Continuations:
             self.waiting.clear()
             return
         self.state = "restarting"
-        log.error("MusicGen worker exited (code %s); restarting in %.1f s", code, restart_in)
+        log.error("MusicGen worker ended (%s); restarting in %.1f s", why, restart_in)
 
     def _on_message(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
@@ -265,6 +266,7 @@ class Continuations:
                 "device": self.info.get("device", self.spec.device), "device_name": self.info.get("device_name"),
                 "pid": self.worker.pid if self.worker else None,
                 "restarts": self.worker.restarts if self.worker else 0,
+                "health": self.worker.health() if self.worker else {},
                 "running": self.running.id if self.running else None,
                 "queued": [j.id for j in self.waiting], "done": self.done, "failed": self.failed,
                 "cancelled": self.cancelled}

@@ -24,7 +24,7 @@ from bridge.service import ReplyFn, Service
 from bridge.sinks.audio import AudioOutput
 from bridge.sinks.folder import FolderSink
 from bridge.supervisor import RestartPolicy
-from bridge.worker_handle import continuation_worker_spec, local_workers
+from bridge.worker_handle import continuation_worker_spec, local_workers, worker_liveness
 
 log = logging.getLogger("genbridge")
 
@@ -50,7 +50,7 @@ async def run_daemon(config: Config) -> None:
     sink = FolderSink(config.output.dir, config.output.subtype)
     writer = FolderWriter(sink)
     counters, job_ids = Counters(), JobIds()
-    workers = local_workers(RestartPolicy(first_delay_s=config.engine.restart_delay_s))
+    workers = local_workers(RestartPolicy(first_delay_s=config.engine.restart_delay_s), worker_liveness(config))
     audio = await open_audio(config)
     engine = Engine(config, writer, workers=workers, job_ids=job_ids, counters=counters,
                     prepare=audio.prepare if audio else None)

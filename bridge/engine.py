@@ -391,20 +391,23 @@ class Engine:
     def _on_exit(self, slot: ModelSlot, exitcode: int | None, restart_in: float | None) -> None:
         if self._stopping or slot.state == "stopped":
             return
+        health = slot.worker.health() if slot.worker is not None else {}
+        why = health.get("last_exit") or f"exit code {exitcode}"
         for task in list(slot.running.values()):
             self._task_over(slot, task.id)
             if task.job is not None:
-                self._fail_job(task.job, f"model worker {slot.name!r} died (exit code {exitcode}) while "
-                                         f"generating; it is being restarted")
+                self._fail_job(task.job, f"model worker {slot.name!r} died ({why}) while generating; "
+                                         f"it is being restarted")
         if slot.state == "failed":
             return  # a load failure: restarting would fail the same way
         if restart_in is None:  # gone for good without saying why (a remote worker's host went away)
             slot.state, slot.error = "failed", slot.error or f"the worker exited (code {exitcode}) for good"
             self._fail_slot_jobs(slot, f"model {slot.name!r} is gone: {slot.error}")
             return
-        self.counters.add("worker_crashes")
+        kind = health.get("last_exit_kind") or "exit"
+        self.counters.add({"hung": "worker_hangs", "memory": "worker_memory_restarts"}.get(kind, "worker_crashes"))
         slot.state = "restarting"
-        log.error("worker for model %r exited (code %s); restarting in %.1f s", slot.name, exitcode, restart_in)
+        log.error("worker for model %r ended (%s); restarting in %.1f s", slot.name, why, restart_in)
 
     def _refill_failed(self, slot: ModelSlot, msg: dict[str, Any]) -> None:
         """Back off before the next refill (0.5 s doubling to 30 s); a batch the worker refused
@@ -558,6 +561,7 @@ def model_status(slot: ModelSlot) -> dict[str, Any]:
         "memory": slot.memory,
         "pid": slot.worker.pid if slot.worker else None,
         "restarts": slot.worker.restarts if slot.worker else 0,
+        "health": slot.worker.health() if slot.worker else {},
         "busy": bool(slot.running),
         "batch": len(slot.running),
         "queued_jobs": len(slot.queue),

@@ -88,8 +88,8 @@ class Counters:
     """What status reports under "counters"; each part of the daemon adds to its own keys."""
 
     values: dict[str, int] = field(default_factory=lambda: {
-        "refused_busy": 0, "worker_crashes": 0, "write_errors": 0, "tasks_cancelled": 0,
-        "swept_files": 0, "swept_bytes": 0})
+        "refused_busy": 0, "worker_crashes": 0, "worker_hangs": 0, "worker_memory_restarts": 0, "write_errors": 0,
+        "tasks_cancelled": 0, "swept_files": 0, "swept_bytes": 0})
 
     def add(self, key: str, n: int = 1) -> None:
         self.values[key] = self.values.get(key, 0) + int(n)

@@ -20,6 +20,10 @@ what the engine sends through :func:`bridge.rendering.render_clips`, and reports
 
 An ``error`` of kind "request" is the musician's (bad parameters, GPU out of memory for this
 batch); kind "model" is a failure of the model. Neither ends the worker.
+
+Liveness (bridge/liveness.py): the worker says when it is loading, idle or busy, and marks
+progress at every message, step, chunk and fraction; its supervisor kills and restarts it when
+it stops beating, stalls while busy, or outgrows ``memory_limit_mb``.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections import deque
 from multiprocessing.connection import Connection
 from typing import Any
 
+from bridge import liveness
 from models.runtime_env import configure_threads_env
 
 
@@ -54,6 +59,10 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
     try:
         t0 = time.perf_counter()
         family = get_family(spec["family"])
+        if spec.get("gpu_memory_limit_mb"):  # before the load, so that the load is held to it too
+            from models.devices import cap_gpu_memory, resolve
+
+            cap_gpu_memory(resolve(spec.get("device", "auto")), float(spec["gpu_memory_limit_mb"]))
         generator = family.load(LoadSpec(name=name, path=spec["model_path"], device=spec.get("device", "auto"),
                                          threads=threads, options=dict(spec.get("options", {}))))
         load_s = time.perf_counter() - t0
@@ -66,6 +75,7 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
     log.info("loaded %s (%s, %.1f M parameters, %d Hz, %d ch) on %s (%s) in %.2f s", spec["model_path"],
              info["family"], info["parameters"] / 1e6, info["sample_rate"], info["channels"], info["device"],
              info["device_name"], load_s)
+    liveness.set_state(liveness.IDLE)
     conn.send({"op": "ready", "info": info, "memory": generator.memory()})
 
     finishing = FinishingSettings(**spec["finishing"]) if spec.get("finishing") is not None else None
@@ -73,10 +83,12 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
     stopping = False
 
     while not stopping:
+        liveness.set_state(liveness.IDLE)
         try:
             msg = backlog.popleft() if backlog else conn.recv()
         except (EOFError, OSError):
             break  # the engine went away
+        liveness.set_state(liveness.BUSY)
         op = msg.get("op")
         if op == "stop":
             break
@@ -89,6 +101,7 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
 
         def on_step(done: int, total: int) -> bool:
             nonlocal stopping
+            liveness.mark()
             while conn.poll():
                 incoming = conn.recv()
                 if incoming.get("op") == "cancel" and incoming.get("task") in ids:
@@ -100,10 +113,12 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
             return True
 
         def on_chunk(index: int, audio: Any) -> None:
+            liveness.mark()
             conn.send({"op": "chunk", "task": first, "index": index, "audio": audio,
                        "sample_rate": info["sample_rate"], "meta": chunk_sidecar(name, info, requests[0], index)})
 
         def on_fraction(fraction: float) -> None:
+            liveness.mark()
             conn.send({"op": "progress", "task": first, "fraction": fraction})
 
         progress = Progress(step=on_step, fraction=on_fraction, chunk=on_chunk)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from bridge.child_process import read_child, spawn_child, stop_child
+from bridge.liveness import STATE_NAMES, LivenessPolicy, MemoryCage, Pulse, rss_mb, verdict
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,18 @@ class SupervisedChild:
     its death, with the delay before the next start, or None when it will not be restarted
     (:meth:`give_up` was called: a load that failed would fail again; or the owner is stopping).
     ``before_spawn`` runs just before each start (environment the child inherits).
+
+    With ``liveness`` the child beats a heartbeat and the supervisor looks every
+    ``check_every_s``: a child that hangs, stalls or outgrows its memory ceiling is killed
+    (:attr:`last_exit` says why) and restarted. ``oom_score_adj`` makes the kernel's own
+    out-of-memory killer pick this child before its parent.
     """
 
     def __init__(self, name: str, target: Callable[..., None], args: tuple[Any, ...],
                  loop: asyncio.AbstractEventLoop, *, on_message: Callable[[dict[str, Any]], None],
                  on_exit: Callable[[int | None, float | None], None], policy: RestartPolicy,
-                 before_spawn: Callable[[], None] | None = None) -> None:
+                 before_spawn: Callable[[], None] | None = None, liveness: LivenessPolicy | None = None,
+                 oom_score_adj: int = 0) -> None:
         self.name = name
         self.target = target
         self.args = args
@@ -66,6 +73,19 @@ class SupervisedChild:
         self._gave_up = False
         self._stopping = False
         self._restart: asyncio.TimerHandle | None = None
+        self.liveness = liveness
+        self.oom_score_adj = oom_score_adj
+        self._pulse: Pulse | None = None
+        self._watch: asyncio.TimerHandle | None = None
+        self._cage: MemoryCage | None = None
+        self._cage_kills = 0
+        #: (kind, reason) the supervisor killed the current child for (None: it was not killed by us).
+        self._kill_reason: tuple[str, str] | None = None
+        #: Why the previous child ended: "exit code N", or the supervisor's reason for killing it;
+        #: and its kind: "exit", "hung" or "memory".
+        self.last_exit: str | None = None
+        self.last_exit_kind: str | None = None
+        self.peak_rss_mb = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -85,10 +105,52 @@ class SupervisedChild:
         generation = self.generation
         self._gave_up = False
         self._healthy_since = None
-        self.process, self._conn = spawn_child(self.target, self.args, name=f"genbridge-{self.name}")
+        self._kill_reason = None
+        lv = self.liveness
+        self.process, self._conn, self._pulse = spawn_child(
+            self.target, self.args, name=f"genbridge-{self.name}", beat_s=lv.beat_s if lv else 0.0,
+            oom_score_adj=self.oom_score_adj)
+        if lv is not None and lv.memory_limit_mb:
+            if self._cage is None:
+                self._cage = MemoryCage.open(self.name, lv.memory_limit_mb)
+            if self._cage is not None:
+                self._cage_kills = self._cage.oom_kills()
+                self._cage.add(self.process.pid)
         read_child(self._conn, self.process, self.loop,
                    on_message=lambda msg: self._message(generation, msg),
                    on_exit=lambda code: self._exited(generation, code), name=self.name)
+        if lv is not None:
+            self._watch = self.loop.call_later(lv.check_every_s, self._check, generation)
+
+    def _check(self, generation: int) -> None:
+        """The watch: kill the current child when :func:`~bridge.liveness.verdict` says so."""
+        self._watch = None
+        if generation != self.generation or self.process is None or self._pulse is None or self.liveness is None:
+            return
+        rss = rss_mb(self.process.pid)
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+        found = verdict(self._pulse.ages(), rss, self.liveness)
+        if found is not None and self._kill_reason is None:
+            self._kill_reason = found
+            log.error("%s (pid %s) %s: killing it; it will be restarted", self.name, self.process.pid, found[1])
+            try:
+                self.process.kill()  # SIGKILL ends a stopped process too; the exit is seen as usual
+            except (OSError, ValueError):
+                pass
+        self._watch = self.loop.call_later(self.liveness.check_every_s, self._check, generation)
+
+    def health(self) -> dict[str, Any]:
+        """Heartbeat and progress ages, state, memory and restarts, for status."""
+        out: dict[str, Any] = {"restarts": self.restarts, "last_exit": self.last_exit,
+                               "last_exit_kind": self.last_exit_kind}
+        if self._pulse is not None and self.process is not None:
+            beat_age, mark_age, state = self._pulse.ages()
+            out |= {"heartbeat_age_s": round(beat_age, 2), "progress_age_s": round(mark_age, 2),
+                    "state": STATE_NAMES.get(state, "?"), "rss_mb": round(rss_mb(self.process.pid), 1)}
+        if self.liveness is not None:
+            out["memory_limit_mb"] = self.liveness.memory_limit_mb or None
+            out["memory_limit_os"] = self._cage.describe() if self._cage is not None else None
+        return out
 
     def healthy(self) -> None:
         """The child is doing its job (loaded, device open): counts toward ``stable_after_s``."""
@@ -115,8 +177,14 @@ class SupervisedChild:
             self._restart.cancel()
             self._restart = None
         self.generation += 1  # ignore its last words
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         stop_child(self.process, self._conn, timeout)
         self.process, self._conn = None, None
+        if self._cage is not None:
+            self._cage.remove()
+            self._cage = None
 
     def _message(self, generation: int, msg: dict[str, Any]) -> None:
         if generation == self.generation:
@@ -126,6 +194,16 @@ class SupervisedChild:
         if generation != self.generation:
             return
         self.process, self._conn = None, None
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._kill_reason is not None:
+            self.last_exit_kind, self.last_exit = self._kill_reason
+        elif self._cage is not None and self._cage.oom_kills() > self._cage_kills:
+            self.last_exit_kind = "memory"
+            self.last_exit = f"over its memory ceiling: killed by the kernel ({self._cage.describe()})"
+        else:
+            self.last_exit_kind, self.last_exit = "exit", f"exit code {code}"
         if self._stopping or self._gave_up:
             self.on_exit(code, None)
             return

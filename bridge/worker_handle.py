@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from bridge.config import Config
+from bridge.liveness import WORKER_OOM_SCORE_ADJ, LivenessPolicy
 from bridge.model_worker import worker_main
 from bridge.supervisor import RestartPolicy, SupervisedChild
 from models.runtime_env import configure_threads_env
@@ -37,6 +38,10 @@ class WorkerSpec:
     #: Drum finishing for one-shot families; None for families whose outputs are left as made.
     finishing: dict[str, Any] | None = None
     nice: int = 0
+    #: Resident memory ceiling (MB) its supervisor enforces; 0: none.
+    memory_limit_mb: float = 0.0
+    #: GPU memory cap (MB) the worker sets on its CUDA device; 0: none.
+    gpu_memory_limit_mb: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -57,6 +62,10 @@ class WorkerHandle(Protocol):
 
     def stop(self) -> None: ...
 
+    def health(self) -> dict[str, Any]:
+        """Heartbeat age, memory, restarts and why the last one ended (``last_exit``), for status."""
+        ...
+
 
 #: on_message(msg), on_exit(exit code, seconds until the restart or None when none follows).
 OnMessage = Callable[[dict[str, Any]], None]
@@ -66,16 +75,19 @@ WorkerFactory = Callable[[WorkerSpec, asyncio.AbstractEventLoop, OnMessage, OnEx
 
 class LocalWorker:
     """A worker process on this machine under a :class:`SupervisedChild`: a load failure
-    ("fatal") is not restarted; any other death is, with the policy's backoff."""
+    ("fatal") is not restarted; any other death is, with the policy's backoff, and so is a hang
+    or a worker over its memory ceiling (``liveness``; the spec's ceiling replaces its own)."""
 
     def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop, on_message: OnMessage, on_exit: OnExit,
-                 policy: RestartPolicy) -> None:
+                 policy: RestartPolicy, liveness: LivenessPolicy | None = None) -> None:
         self.spec = spec
         self._on_message = on_message
+        if liveness is not None:
+            liveness = replace(liveness, memory_limit_mb=spec.memory_limit_mb)
         self.child = SupervisedChild(
             f"worker-{spec.model_name}", worker_main, (spec.to_json(), logging.getLogger().getEffectiveLevel()),
             loop, on_message=self._message, on_exit=on_exit, policy=policy,
-            before_spawn=self._before_spawn)
+            before_spawn=self._before_spawn, liveness=liveness, oom_score_adj=WORKER_OOM_SCORE_ADJ)
 
     def _before_spawn(self) -> None:
         # the child inherits the environment at spawn: make its OpenMP passive before torch loads
@@ -102,6 +114,9 @@ class LocalWorker:
     def stop(self) -> None:
         self.child.stop()
 
+    def health(self) -> dict[str, Any]:
+        return self.child.health()
+
     def _message(self, msg: dict[str, Any]) -> None:
         if msg.get("op") == "ready":
             self.child.healthy()
@@ -110,11 +125,11 @@ class LocalWorker:
         self._on_message(msg)
 
 
-def local_workers(policy: RestartPolicy) -> WorkerFactory:
-    """The daemon's factory: every model in its own supervised process."""
+def local_workers(policy: RestartPolicy, liveness: LivenessPolicy | None = None) -> WorkerFactory:
+    """The daemon's factory: every model in its own supervised process, watched by ``liveness``."""
 
     def make(spec: WorkerSpec, loop: asyncio.AbstractEventLoop, on_message: OnMessage, on_exit: OnExit) -> WorkerHandle:
-        return LocalWorker(spec, loop, on_message, on_exit, policy)
+        return LocalWorker(spec, loop, on_message, on_exit, policy, liveness)
 
     return make
 
@@ -136,7 +151,9 @@ def drum_worker_spec(config: Config, model: str) -> WorkerSpec:
         options={"sdpa": mc.sdpa, "precision": mc.precision, "compile": mc.compile,
                  "onnx_path": str(Path(mc.onnx_path).expanduser()) if mc.onnx_path else "",
                  "steps": mc.steps, "warm_batches": list(range(1, config.engine.refill_batch + 1))},
-        finishing=config.finishing.to_json(), nice=config.engine.worker_nice)
+        finishing=config.finishing.to_json(), nice=config.engine.worker_nice,
+        memory_limit_mb=config.engine.worker_memory_limit_mb(mc.memory_limit_mb),
+        gpu_memory_limit_mb=mc.gpu_memory_limit_mb)
 
 
 def continuation_worker_spec(config: Config) -> WorkerSpec:
@@ -147,4 +164,13 @@ def continuation_worker_spec(config: Config) -> WorkerSpec:
         threads=c.threads or config.engine.threads,
         options={"precision": c.precision, "quantize": c.quantize, "lm_weights": c.lm_weights,
                  "kv_cache": c.kv_cache},
-        finishing=None, nice=config.engine.worker_nice)
+        finishing=None, nice=config.engine.worker_nice,
+        memory_limit_mb=config.engine.worker_memory_limit_mb(c.memory_limit_mb),
+        gpu_memory_limit_mb=c.gpu_memory_limit_mb)
+
+
+def worker_liveness(config: Config) -> LivenessPolicy:
+    """How the daemon watches its model workers ([engine] heartbeat_timeout_s, stall_timeout_s;
+    each spec brings its memory ceiling)."""
+    e = config.engine
+    return LivenessPolicy(silent_after_s=e.heartbeat_timeout_s, stalled_after_s=e.stall_timeout_s)

@@ -154,6 +154,28 @@ def release_cached(device: Any) -> None:
         torch.cuda.empty_cache()
 
 
+def gpu_memory_fraction(limit_mb: float, total_mb: float) -> float | None:
+    """The share of a GPU's memory ``limit_mb`` is (torch's per-process cap), None for no cap."""
+    if limit_mb <= 0 or total_mb <= 0:
+        return None
+    return min(1.0, limit_mb / total_mb)
+
+
+def cap_gpu_memory(device: Any, limit_mb: float) -> float | None:
+    """Cap what this process may allocate on a CUDA ``device`` (a worker's GPU memory ceiling):
+    past it torch raises out-of-memory, which the worker answers as an error for that request
+    (and frees its cache) while the other models on the GPU keep theirs. None on a CPU."""
+    if getattr(device, "type", "cpu") != "cuda" or limit_mb <= 0:
+        return None
+    import torch
+
+    total_mb = torch.cuda.get_device_properties(device).total_memory / 2**20
+    fraction = gpu_memory_fraction(limit_mb, total_mb)
+    if fraction is not None:
+        torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
 def compute_report() -> str:
     """`genbridge devices`' compute section: torch, CUDA GPUs with memory, the CPU, onnxruntime."""
     lines = ["compute devices:"]

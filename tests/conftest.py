@@ -59,15 +59,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
-def write_config(path: Path, model: Path | str, *, pool: int = 3, steps: int = 0, dry_policy: str = "replay",
+def write_config(path: Path, model_path: Path | str, *, pool: int = 3, steps: int = 0, dry_policy: str = "replay",
                  instruments: tuple[str, ...] = ("kick", "snare", "hat"), subtype: str = "PCM_24",
-                 extra: str = "", audio: str = 'device = "none"') -> Path:
-    """A daemon config for tests; no audio device unless ``audio`` names one (hermetic tests)."""
+                 extra: str = "", audio: str = 'device = "none"', engine: str = "", model: str = "") -> Path:
+    """A daemon config for tests; no audio device unless ``audio`` names one (hermetic tests).
+    ``engine`` and ``model`` are more TOML lines for the [engine] and [models.m] tables."""
     lines = [
         "[audio]", audio, "",
-        "[engine]", f'dry_policy = "{dry_policy}"', "threads = 1", "wait_timeout_s = 60", "",
+        "[engine]", f'dry_policy = "{dry_policy}"', "threads = 1", "wait_timeout_s = 60", engine, "",
         "[output]", f'subtype = "{subtype}"', "",
-        "[models.m]", f'path = "{model}"', f"steps = {steps}", "",
+        "[models.m]", f'path = "{model_path}"', f"steps = {steps}", model, "",
     ]
     for name in instruments:
         lines += [f"[instruments.{name}]", 'model = "m"', f"pool = {pool}", ""]

@@ -54,6 +54,9 @@ class InProcessWorker:
     def stop(self) -> None:
         pass
 
+    def health(self) -> dict[str, Any]:
+        return {"restarts": self.restarts, "last_exit": None}
+
 
 def make_engine(tmp_path: Path, model: Path,
                 refuse: bool = False) -> tuple[Engine, list[InProcessWorker], FolderWriter]:

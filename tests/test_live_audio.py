@@ -261,3 +261,35 @@ def test_jack_restarted_mid_run_plays_again(tmp_path, tiny_model, jack_server, s
     finally:
         recorder.close()
     assert daemon.stop(timeout=15) == 0
+
+
+def test_a_frozen_audio_process_is_replaced_and_sound_comes_back(tmp_path, tiny_model, jack_server, start_daemon):
+    """The audio process stops answering (SIGSTOP: what a PortAudio call stuck on a vanished
+    server looks like from outside): it is killed within its heartbeat limit, a new one opens the
+    device, and hits sound again; OSC served throughout."""
+    import os
+    import signal
+
+    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",))
+    status = client.wait_until(lambda s: s["audio"]["state"] == "running", what="the audio device to open")
+    pid = status["audio"]["pid"]
+    recorder.close()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        assert client.request("/genbridge/ping", 5, reply="/genbridge/pong").args[0] == 5
+        status = client.wait_until(lambda s: s["audio"]["state"] == "running" and s["audio"]["pid"] != pid,
+                                   timeout=60, what="a new audio process")
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert "no heartbeat" in status["audio"]["health"]["last_exit"]
+    assert status["audio"]["process_restarts"] == 1
+    recorder = Recorder(jack_server, jack_server.wait_for_port("PortAudio"))
+    try:
+        path, rec = _play(client, recorder, "kick", 127)
+        assert align(rec.audio, expected(path))[1] > 0.99
+    finally:
+        recorder.close()
+    assert daemon.stop(timeout=15) == 0

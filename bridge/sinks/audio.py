@@ -20,6 +20,7 @@ import numpy as np
 from bridge.audio_process import AudioUnavailable, audio_main
 from bridge.clip import Clip
 from bridge.config import AudioConfig, InstrumentConfig
+from bridge.liveness import LivenessPolicy
 from bridge.mixer import balance_gains
 from bridge.supervisor import RestartPolicy, SupervisedChild
 
@@ -30,6 +31,11 @@ __all__ = ["AudioOutput", "AudioUnavailable"]
 #: A lost device ends the audio process (see bridge/audio_process.py); the next one waits for the
 #: device, so restarts are quick, and back off only when the process itself keeps dying.
 RESTART_POLICY = RestartPolicy(first_delay_s=0.5, factor=2.0, max_delay_s=5.0, stable_after_s=10.0)
+#: The audio process's main loop turns every 1/8 s: 5 s without a heartbeat or a turn is a hang
+#: (PortAudio stuck on a vanished server, a stopped process); opening a device may take longer.
+#: No memory ceiling: it holds a few seconds of audio. The kernel should spare it (score -500).
+AUDIO_LIVENESS = LivenessPolicy(silent_after_s=5.0, stalled_after_s=5.0, loading_after_s=30.0)
+AUDIO_OOM_SCORE_ADJ = -500
 
 
 class AudioOutput:
@@ -62,7 +68,8 @@ class AudioOutput:
         self._child = SupervisedChild("audio", audio_main,
                                       (asdict(self.config), logging.getLogger().getEffectiveLevel()), loop,
                                       on_message=self._on_message, on_exit=self._on_exit, policy=RESTART_POLICY,
-                                      before_spawn=lambda: setattr(self, "state", "starting"))
+                                      before_spawn=lambda: setattr(self, "state", "starting"),
+                                      liveness=AUDIO_LIVENESS, oom_score_adj=AUDIO_OOM_SCORE_ADJ)
         self._child.start()
 
     @property
@@ -205,6 +212,7 @@ class AudioOutput:
             "pid": self._child.pid if self._child is not None else None,
             "reopened": self.reopened,
             "process_restarts": self.restarts,
+            "health": self._child.health() if self._child is not None else {},
             **({"underflows": 0, "overflows": 0, "callback_load": 0.0, "active_voices": 0, "voices_started": 0,
                 "limited_blocks": 0} | (self.device_status if running else {})),
         }
