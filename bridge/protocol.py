@@ -4,11 +4,21 @@ Everything else is derived from or checked against these tables: the OSC transpo
 them, the README's address table is generated from them (``python -m bridge.protocol``, and a
 test fails when the README drifts), and the tests send what they list.
 
-Conventions (docs/ARCHITECTURE.md, "OSC conventions"):
-- every request may end with one extra argument, its id (int or string), given after *all*
-  positional arguments, optional ones included; every reply starts with that id (0 if none);
-- numbers may arrive as int or float (Pd sends every number as a float);
-- anything invalid gets ``/genbridge/error id address message``.
+Conventions (docs/ARCHITECTURE.md, "OSC conventions"). Each request has two forms:
+
+- **positional**, ``/genbridge/<noun>/<verb> arg ...``: its positional arguments in order, optional
+  ones left off from the end; one extra argument after *all* of them, optional ones included, is
+  the request id (int or string). This grammar is frozen per address (tests/protocol_v1.json):
+  an existing address never gains, loses or reorders a positional argument, because the id rule
+  would read an old patch's id as the new argument (``generate snare 3 7 ID`` once became a step
+  count). Patches live for years, so arguments added later are ``keyword_only``.
+- **keyword**, ``/genbridge/kw/<noun>/<verb> required ... name value ...``: the required arguments
+  in order, then ``name value`` pairs for optional, keyword-only and ``id``. No message was valid
+  on ``/genbridge/kw/`` before it existed, and a pair names its argument, so adding arguments
+  cannot change what an existing message means. Both forms give the same :class:`Request`.
+
+Every reply starts with the request id (0 if none); numbers may arrive as int or float (Pd sends
+every number as a float); anything invalid gets ``/genbridge/error id address message``.
 """
 
 from __future__ import annotations
@@ -18,6 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 PREFIX = "/genbridge"
+#: Every request address also exists under this prefix, in the keyword form.
+KEYWORD_PREFIX = f"{PREFIX}/kw"
+#: The keyword form's name for the request id.
+ID_KEYWORD = "id"
 
 
 @dataclass(frozen=True)
@@ -31,8 +45,20 @@ class Arg:
     doc: str = ""
     #: A string that may be "" (a description left empty).
     allow_empty: bool = False
+    #: Only in the keyword form (``name value``), never positionally: how an argument is added to
+    #: an existing address without changing what the messages of existing patches mean.
+    keyword_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.keyword_only and self.required:
+            raise ValueError(f"keyword-only argument {self.name!r} must be optional: a required one would "
+                             "refuse every message existing patches send")
+        if self.name == ID_KEYWORD:
+            raise ValueError(f"{ID_KEYWORD!r} is the request id's keyword, not an argument name")
 
     def signature(self) -> str:
+        if self.keyword_only:
+            return f"[{self.name}=…]"
         return self.name if self.required else f"[{self.name}]"
 
 
@@ -54,8 +80,43 @@ class Endpoint:
     doc: str
     examples: tuple[tuple[Any, ...], ...] = field(default=())
 
+    def __post_init__(self) -> None:
+        names = [a.name for a in self.args]
+        if len(names) != len(set(names)):
+            raise ValueError(f"{self.address}: argument names repeat: {names}")
+        if self.address.startswith(KEYWORD_PREFIX + "/"):
+            raise ValueError(f"{self.address}: {KEYWORD_PREFIX}/ is the keyword form's prefix")
+
+    @property
+    def positional(self) -> tuple[Arg, ...]:
+        """The positional form's arguments, in order (frozen per address: see the module doc)."""
+        return tuple(a for a in self.args if not a.keyword_only)
+
+    @property
+    def required(self) -> tuple[Arg, ...]:
+        """The arguments both forms take first, positionally."""
+        return tuple(a for a in self.args if a.required)
+
+    @property
+    def keywords(self) -> tuple[str, ...]:
+        """The names the keyword form accepts in ``name value`` pairs: everything optional, and id."""
+        return (*(a.name for a in self.args if not a.required), ID_KEYWORD)
+
+    @property
+    def keyword_address(self) -> str:
+        return KEYWORD_PREFIX + self.address.removeprefix(PREFIX)
+
     def signature(self) -> str:
-        return " ".join((f"`{self.address}`", *(a.signature() for a in self.args)))
+        """The table's form: positional arguments, then the keyword-only ones as ``[name=…]``."""
+        return " ".join((f"`{self.address}`", *(a.signature() for a in self.positional),
+                         *(a.signature() for a in self.args if a.keyword_only)))
+
+    def positional_signature(self) -> str:
+        return " ".join((self.address, *(a.signature() for a in self.positional), "[id]"))
+
+    def keyword_signature(self) -> str:
+        return " ".join((self.keyword_address, *(a.name for a in self.required),
+                         *(f"[{name} value]" for name in self.keywords)))
 
 
 REPLIES: dict[str, Reply] = {
@@ -154,7 +215,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              "send later replies for this host to this port (Max: [udpreceive PORT])"),
 )
 
+#: The positional form's addresses (what patches, MIDI and the checkers look up).
 BY_ADDRESS: dict[str, Endpoint] = {e.address: e for e in ENDPOINTS}
+#: The keyword form's addresses, ``/genbridge/kw/...``.
+BY_KEYWORD_ADDRESS: dict[str, Endpoint] = {e.keyword_address: e for e in ENDPOINTS}
 
 
 class ProtocolError(ValueError):
@@ -242,11 +306,39 @@ def velocity_to_gain(value: Any) -> float:
 
 
 def parse(address: str, args: Sequence[Any]) -> Request:
-    """Validate one OSC message against the table; raise ProtocolError with the id on failure."""
+    """Validate one OSC message against the table, in either form; raise ProtocolError with the id
+    on failure. The two forms give equal Requests for the same values."""
     endpoint = BY_ADDRESS.get(address)
-    if endpoint is None:
-        raise ProtocolError(f"unknown address {address!r}", guess_request_id(args), address)
-    n = len(endpoint.args)
+    if endpoint is not None:
+        return parse_positional(endpoint, args, address)
+    endpoint = BY_KEYWORD_ADDRESS.get(address)
+    if endpoint is not None:
+        return parse_keywords(endpoint, args, address)
+    rid = _keyword_request_id(args) if address.startswith(KEYWORD_PREFIX + "/") else None
+    raise ProtocolError(f"unknown address {address!r}", rid if rid is not None else guess_request_id(args),
+                        address)
+
+
+def _values(endpoint: Endpoint, given: dict[str, Any], request_id: int | str, address: str) -> dict[str, Any]:
+    """Every argument of the endpoint, in table order: the given ones converted, the rest defaults."""
+    values: dict[str, Any] = {}
+    for arg in endpoint.args:
+        if arg.name in given:
+            try:
+                values[arg.name] = _convert(arg, given[arg.name])
+            except ValueError as exc:
+                raise ProtocolError(str(exc), request_id, address) from None
+        else:
+            values[arg.name] = arg.default
+    return values
+
+
+def parse_positional(endpoint: Endpoint, args: Sequence[Any], address: str = "") -> Request:
+    """The v1 grammar, frozen: positional arguments, then at most one more, the id. Keyword-only
+    arguments are not read here (they take their defaults), so adding one changes nothing."""
+    address = address or endpoint.address
+    positional = endpoint.positional
+    n = len(positional)
     request_id: int | str = 0
     if len(args) == n + 1:
         rid = _as_id(args[-1])
@@ -255,21 +347,77 @@ def parse(address: str, args: Sequence[Any]) -> Request:
         request_id, args = rid, args[:-1]
     elif len(args) > n + 1:
         raise ProtocolError(
-            f"too many arguments: {len(args)} (expected {endpoint.signature()} [id])",
+            f"too many arguments: {len(args)} (expected {endpoint.positional_signature()})",
             guess_request_id(args), address)
-    required = sum(a.required for a in endpoint.args)
-    if len(args) < required:
-        raise ProtocolError(f"missing arguments: expected {endpoint.signature()} [id]", request_id, address)
-    values: dict[str, Any] = {}
-    for i, arg in enumerate(endpoint.args):
-        if i < len(args):
-            try:
-                values[arg.name] = _convert(arg, args[i])
-            except ValueError as exc:
-                raise ProtocolError(str(exc), request_id, address) from None
+    if len(args) < len(endpoint.required):
+        raise ProtocolError(f"missing arguments: expected {endpoint.positional_signature()}", request_id, address)
+    given = {arg.name: value for arg, value in zip(positional, args)}
+    return Request(endpoint, _values(endpoint, given, request_id, address), request_id)
+
+
+def _keyword_request_id(args: Sequence[Any], start: int = 0) -> int | str | None:
+    """The id of a keyword-form message, for an error reply: the value of the first ``id`` pair
+    from ``start`` (where the pairs begin), else the value after any ``id``; None when there is none."""
+    for i in [*range(start, len(args) - 1, 2), *range(len(args) - 1)]:
+        if args[i] == ID_KEYWORD:
+            rid = _as_id(args[i + 1])
+            if rid is not None:
+                return rid
+    return None
+
+
+def _order_hint(endpoint: Endpoint, args: Sequence[Any]) -> str:
+    """A hint for a keyword-form message that named an optional argument where a required one
+    goes (``kw/drum/generate id 42`` reads instrument 'id', then a lone 42)."""
+    required = endpoint.required
+    for arg, value in zip(required, args):
+        if isinstance(value, str) and value in endpoint.keywords:
+            names = " ".join(a.name for a in required)
+            return f"; {arg.name} was read as {value!r}: the required arguments ({names}) come first, without names"
+    return ""
+
+
+def parse_keywords(endpoint: Endpoint, args: Sequence[Any], address: str = "") -> Request:
+    """The keyword form: the required arguments in order, then ``name value`` pairs, each name an
+    optional or keyword-only argument of the endpoint, or ``id``. A value is converted exactly as
+    in the positional form, so the Request is the one the positional form gives."""
+    address = address or endpoint.keyword_address
+    required = endpoint.required
+    r = len(required)
+    found = _keyword_request_id(args, r)
+    rid_for_errors: int | str = found if found is not None else 0
+    accepted = ", ".join(endpoint.keywords)
+    if len(args) < r:
+        raise ProtocolError(f"missing arguments: expected {endpoint.keyword_signature()}", rid_for_errors, address)
+    pairs = args[r:]
+    required_names = [a.name for a in required]
+    given: dict[str, Any] = {arg.name: value for arg, value in zip(required, args)}
+    request_id: int | str = 0
+    seen: set[str] = set()
+    for i in range(0, len(pairs), 2):
+        name = pairs[i]
+        if not isinstance(name, str) or name not in endpoint.keywords:
+            what = f"unknown keyword {name!r}" if isinstance(name, str) else f"expected a keyword name, got {name!r}"
+            hint = ""
+            if name in required_names:
+                hint = f" ({name} is required: it comes first, without its name)"
+            raise ProtocolError(f"{what}: {address} accepts {accepted}{hint}{_order_hint(endpoint, args)}",
+                                rid_for_errors, address)
+        if name in seen:
+            raise ProtocolError(f"{name!r} given twice", rid_for_errors, address)
+        seen.add(name)
+        if i + 1 == len(pairs):
+            raise ProtocolError(f"{name!r} has no value: keyword arguments are name value pairs "
+                                f"(expected {endpoint.keyword_signature()})", rid_for_errors, address)
+        value = pairs[i + 1]
+        if name == ID_KEYWORD:
+            rid = _as_id(value)
+            if rid is None:
+                raise ProtocolError(f"request id must be an int or a string, got {value!r}", 0, address)
+            request_id = rid
         else:
-            values[arg.name] = arg.default
-    return Request(endpoint, values, request_id)
+            given[name] = value
+    return Request(endpoint, _values(endpoint, given, request_id, address), request_id)
 
 
 def markdown_table() -> str:
@@ -278,6 +426,9 @@ def markdown_table() -> str:
     for e in ENDPOINTS:
         replies = "<br>".join(REPLIES[r].signature() for r in e.replies)
         lines.append(f"| {e.signature()} | {replies} | {e.doc} |")
+    lines.append(f"| `{KEYWORD_PREFIX}/…` (each request above) required args, then `name value` pairs "
+                 f"| the same replies | the keyword form: optional args (`[name]`, `[name=…]`) and `{ID_KEYWORD}` "
+                 "by name, in any order; `[name=…]` ones exist only in this form |")
     err = REPLIES["error"]
     lines.append(f"| anything invalid | {err.signature()} "
                  "| unknown address, wrong types, bad values, malformed packet |")

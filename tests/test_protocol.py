@@ -53,6 +53,9 @@ def test_table_is_consistent() -> None:
         for r in e.replies:
             assert REPLIES[r].args[0] == "id"
         optional_seen = False
-        for a in e.args:  # optional arguments only at the end, or the id rule is ambiguous
+        for a in e.positional:  # optional arguments only at the end, or the id rule is ambiguous
             assert not (optional_seen and a.required)
             optional_seen |= not a.required
+        assert all(not a.required for a in e.args if a.keyword_only)
+        assert "id" not in {a.name for a in e.args}, "id is the keyword form's name for the request id"
+        assert e.keyword_address == "/genbridge/kw" + e.address.removeprefix("/genbridge")
