@@ -49,3 +49,12 @@ def test_params_are_checked_by_the_family_without_torch_work() -> None:
                          ({"strength": 1.5}, "strength must be"), ({"cfg": 3}, "no parameter 'cfg'")):
         with pytest.raises(GeneratorError, match=message):
             family.check_params(bad, None)
+
+
+def test_a_gpu_memory_ceiling_is_a_share_of_the_card_and_nothing_on_a_cpu() -> None:
+    from models.devices import cap_gpu_memory, gpu_memory_fraction
+
+    assert gpu_memory_fraction(0, 80_000) is None  # no ceiling configured
+    assert gpu_memory_fraction(20_000, 80_000) == 0.25
+    assert gpu_memory_fraction(200_000, 80_000) == 1.0  # a ceiling above the card: the card
+    assert cap_gpu_memory(torch.device("cpu"), 1000) is None  # a CPU worker is held by its RSS ceiling instead
