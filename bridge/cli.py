@@ -222,7 +222,11 @@ def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, 
                 return 1
             if name_of is not None:
                 clip.meta |= name_of(clip)
-            path = sink.write_to_session(clip)
+            try:
+                path = sink.write_to_session(clip)
+            except OSError as exc:  # a FolderError: the folder and why (disk full, read-only)
+                log.error("%s", exc)
+                return 1
             rtf = clip.meta.get("realtime_factor")
             bar.write(f"{path}" + (f" ({clip.duration_s:g} s, real-time factor {rtf:.2f})" if rtf else ""))
     return 0

@@ -31,12 +31,16 @@ from bridge.jobs import Counters, EngineError, Job, JobIds, Priority, Task, chec
 from bridge.pool_restore import restore_pools
 from bridge.pools import ClipPool
 from bridge.scheduling import next_dispatch
+from bridge.sinks.folder import FolderError, PooledFileGone
 from bridge.worker_handle import WorkerFactory, WorkerHandle, WorkerSpec, drum_worker_spec
 from models.generator import get_family
 
 log = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
+#: A refill the folder refused (full disk, read-only) is offered again after this, doubling to the max.
+WRITE_RETRY_S = 0.25
+WRITE_RETRY_MAX_S = 2.0
 
 __all__ = ["Engine", "EngineError", "Job", "PlayResult", "Priority"]
 
@@ -168,19 +172,17 @@ class Engine:
     async def play(self, instrument: str, velocity: float = 1.0) -> PlayResult:
         """Hand out a never-played clip; on a dry pool apply the configured policy."""
         pool, slot = self._instrument(instrument)
+        before = pool.last_played
         clip = pool.take_fresh()
         if clip is not None:
-            try:
-                path = self.sink.publish_pooled(clip)
-            except OSError as exc:
-                self.counters.add("write_errors")
-                raise EngineError(f"cannot move the clip into the shared folder: {exc}") from exc
+            path = await self._publish(pool, clip, before)
             self._pump(slot)
             return PlayResult(instrument, path, True, velocity, clip)
         if self.config.engine.dry_policy == "replay":
             last = pool.take_replay()
-            if last is not None and last.path is not None:
-                return PlayResult(instrument, last.path, False, velocity, last)
+            if last is not None and last.path is not None:  # the pad still sounds, whatever the disk does
+                return PlayResult(instrument, await self._replayable(last), False, velocity, last)
+        self._refuse_if_unstorable(instrument)
         # "wait" policy, or a cold start with nothing to replay: the next clip is ours.
         fut: asyncio.Future[Clip] = asyncio.get_running_loop().create_future()
         self.waiters[instrument].append(fut)
@@ -441,10 +443,9 @@ class Engine:
             job.writing += 1
             try:
                 await self.writer.save(clip)
-            except OSError as exc:
-                self.counters.add("write_errors")
+            except Exception as exc:  # the folder refused it (or a bug): the job says so rather than hang
                 job.writing -= 1
-                self._fail_job(job, f"cannot write to the shared folder: {exc}")
+                self._fail_job(job, self._write_failure(clip, exc))
                 return
             job.writing -= 1
             job.delivered += 1
@@ -458,39 +459,112 @@ class Engine:
             self._maybe_finish(job)
         await self._deliver_fresh(task.instrument, clip, reserved=job is None)
 
-    async def _deliver_fresh(self, instrument: str, clip: Clip, reserved: bool) -> None:
+    async def _deliver_fresh(self, instrument: str, clip: Clip, reserved: bool, waited_s: float = 0.0) -> None:
         """A new clip for an instrument: to a waiting play if there is one, else into the pool.
 
         ``reserved``: the clip is a refill whose pool place is counted in ``in_flight`` until now.
+        A refill the folder refuses (a full disk, a read-only remount) keeps that place and waits
+        in memory (counted in ``writer.held``) to be offered again after ``WRITE_RETRY_S``,
+        doubling to ``WRITE_RETRY_MAX_S``: no clip is lost and none is rendered in vain while the
+        folder cannot take it. ``waited_s`` is the wait just over (0: a new clip).
         """
-        if clip.meta.get("model") != self.config.instruments[instrument].model:  # a kit switch overtook it
-            if reserved:
-                self.pools[instrument].in_flight -= 1
-            self._pump(self.slots[self.config.instruments[instrument].model])
-            return
-        waiters = self.waiters[instrument]
-        while waiters and waiters[0].done():
-            waiters.popleft()
         pool = self.pools[instrument]
+        held = waited_s > 0
+        keep = False
+        fut: asyncio.Future[Clip] | None = None
         try:
+            if clip.meta.get("model") != self.config.instruments[instrument].model:  # a kit switch overtook it
+                return
+            waiters = self.waiters[instrument]
+            while waiters and waiters[0].done():
+                waiters.popleft()
             if waiters:
                 fut = waiters.popleft()
                 await self.writer.run(self._prepared(self.sink.write_to_session), clip)
                 if not fut.done():
                     fut.set_result(clip)
                     return
+                fut = None
                 # the play gave up meanwhile: the clip was never heard, so pool it as fresh
                 await self.writer.run(self.sink.return_to_pool, clip)
             else:
                 await self.writer.run(self._prepared(self.sink.write_to_pool), clip)
             pool.add(clip)
-        except OSError as exc:
-            self.counters.add("write_errors")
-            log.error("cannot write a %s clip: %s", instrument, exc)
+        except Exception as exc:
+            message = self._write_failure(clip, exc, count=not held)
+            if fut is not None and not fut.done():  # the waiting play hears why, now, not at its timeout
+                fut.set_exception(EngineError(f"no fresh {instrument} clip: {message}"))
+            keep = reserved and isinstance(exc, OSError) and not self._stopping
+            if not held:
+                log.error("cannot store a %s clip%s: %s", instrument, " (it waits in memory)" if keep else "", message)
+            if keep:
+                self._store_later(instrument, clip, waited_s)
         finally:
-            if reserved:
+            if held and not keep:
+                self.writer.held[instrument] -= 1
+            if reserved and not keep:
                 pool.in_flight -= 1
             self._pump(self.slots[self.config.instruments[instrument].model])
+
+    def _store_later(self, instrument: str, clip: Clip, waited_s: float) -> None:
+        """Offer a refill the folder refused again after a backoff; it keeps its pool place."""
+        assert self._loop is not None
+        delay = WRITE_RETRY_S if waited_s <= 0 else min(WRITE_RETRY_MAX_S, waited_s * 2)
+        if waited_s <= 0:
+            self.writer.held[instrument] += 1
+
+        def retry() -> None:
+            if not self._stopping:
+                self._spawn(self._deliver_fresh(instrument, clip, True, delay))
+
+        self._loop.call_later(delay, retry)
+
+    def _write_failure(self, clip: Clip, exc: BaseException, count: bool = True) -> str:
+        """The musician's message for a clip the folder did not take (a FolderError names the
+        folder and the reason); an exception that is no OSError is a bug, logged with its traceback."""
+        if isinstance(exc, OSError):
+            if count:
+                self.counters.add("write_errors")
+            return str(exc) if isinstance(exc, FolderError) else f"cannot write to the shared folder: {exc}"
+        log.error("cannot write a %s clip", clip.instrument, exc_info=exc)
+        return f"internal error writing the clip: {type(exc).__name__}: {exc}"
+
+    async def _publish(self, pool: ClipPool, clip: Clip, before: Clip | None) -> Path:
+        """Move a pooled clip into the session folder for a trigger (two renames). Its file gone
+        (the folder was removed): written again from memory, since the clip was never heard. The
+        folder refusing: the clip goes back to the front of its pool, unheard, and the play is told
+        why; ``before`` is the pool's last played clip to restore then."""
+        try:
+            try:
+                return self.sink.publish_pooled(clip)
+            except PooledFileGone:
+                log.warning("the pooled %s clip %s vanished; writing it again from memory", clip.instrument, clip.path)
+                return await self.writer.run(self.sink.write_to_session, clip)
+        except OSError as exc:
+            pool.clips.appendleft(clip)
+            pool.stats.served_fresh -= 1
+            pool.last_played = before
+            self.counters.add("write_errors")
+            raise EngineError(str(exc) if isinstance(exc, FolderError)
+                              else f"cannot move the clip into the shared folder: {exc}") from exc
+
+    def _refuse_if_unstorable(self, instrument: str) -> None:
+        """A pool dry because the folder refuses its refills (they wait in memory), and nothing to
+        replay: waiting would not help, so the play is told what is wrong with the folder now."""
+        failure = self.sink.failure
+        if failure is not None and self.writer.held.get(instrument, 0) > 0:
+            raise EngineError(f"no fresh {instrument} clip: {failure}")
+
+    async def _replayable(self, clip: Clip) -> Path:
+        """The file a replay names: the last played clip's, written again from memory when it was
+        removed (a reply must not name a file that is not there)."""
+        assert clip.path is not None
+        if clip.path.is_file():
+            return clip.path
+        try:
+            return await self.writer.run(self.sink.write_to_session, clip)
+        except OSError as exc:
+            raise EngineError(str(exc)) from exc
 
     def _prepared(self, write: Callable[[Clip], Path]) -> Callable[[Clip], Path]:
         def prepare_and_write(clip: Clip) -> Path:

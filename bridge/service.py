@@ -78,6 +78,9 @@ class Service:
             await handler(request, reply)
         except (EngineError, AudioUnavailable) as exc:
             error_reply(reply, rid, request.endpoint.address, str(exc))
+        except OSError as exc:  # the folder or a device refused (a FolderError names the folder): no traceback
+            log.warning("%s: %s", request.endpoint.address, exc)
+            error_reply(reply, rid, request.endpoint.address, str(exc))
         except Exception as exc:  # a bug must cost one reply, not the set
             log.exception("internal error serving %s", request.endpoint.address)
             error_reply(reply, rid, request.endpoint.address, f"internal error: {type(exc).__name__}: {exc}")
@@ -88,6 +91,7 @@ class Service:
     async def _status(self, request: Request, reply: ReplyFn) -> None:
         status = self.engine.status()
         status["audio"] = self.audio.status() if self.audio else {"state": "off", "reason": "audio.device = none"}
+        status["output"] = self.writer.status()
         for name, section in self.status_sections.items():
             status[name] = section()
         reply_with(reply, "status/reply", request.request_id, json.dumps(status))

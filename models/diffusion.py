@@ -504,7 +504,10 @@ def read_tiny_config(path: Path) -> tuple[UNetArch, dict[str, Any]]:
     extra: dict[str, Any] = {}
     if isinstance(steps, list) and steps and isinstance(steps[0], int):
         extra["default_steps"] = steps[0]
-    return UNetArch.from_mapping(block, sample_rate=sample_rate, length=length), extra
+    try:
+        return UNetArch.from_mapping(block, sample_rate=sample_rate, length=length), extra
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
 
 
 def _find_key(tree: Any, names: tuple[str, ...]) -> Any:
@@ -541,7 +544,8 @@ def _torch_load(path: Path) -> Any:
                 log.warning("%s holds pickled Python objects; loaded with weights_only=False. "
                             "Only load checkpoints you trust.", path)
             return obj
-    raise ModelLoadError(f"cannot read checkpoint {path}: {last}")
+    first = str(last).strip().splitlines()[0] if str(last).strip() else type(last).__name__
+    raise ModelLoadError(f"cannot read checkpoint {path}: {first[:300]} (truncated, or not a torch checkpoint?)")
 
 
 def extract_lightning_net(state: Mapping[str, Any], prefer: str = "ema") -> tuple[dict[str, torch.Tensor], str]:
@@ -563,19 +567,24 @@ def extract_lightning_net(state: Mapping[str, Any], prefer: str = "ema") -> tupl
     )
 
 
-def _load_strict(net: nn.Module, weights: Mapping[str, torch.Tensor], source: str) -> None:
+def _load_strict(net: nn.Module, weights: Mapping[str, torch.Tensor], source: str,
+                 config: Path | None = None) -> None:
+    """Load ``weights`` into ``net`` only when every key and shape is the one the config built;
+    a mismatch names the weights file and (``config``) the config that disagrees with it."""
     expected = net.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
+    what = f"the U-Net of {config}" if config is not None else "the configured U-Net"
     if missing or unexpected:
         raise ModelLoadError(
-            f"{source}: weights do not match the configured U-Net "
+            f"{source}: weights do not match {what} "
             f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
         )
     for key, tensor in weights.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise ModelLoadError(
-                f"{source}: {key} has shape {tuple(tensor.shape)}, the config expects {tuple(expected[key].shape)}"
+                f"{source}: {key} has shape {tuple(tensor.shape)}, {config or 'the config'} expects "
+                f"{tuple(expected[key].shape)}"
             )
     net.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
 
@@ -689,9 +698,12 @@ def load_lightning_checkpoint(path: Path, *, name: str, config: Path | None = No
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else None
     if not isinstance(state, Mapping):
         raise ModelLoadError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    weights, which = extract_lightning_net(state, prefer)
-    net = build_network(arch)
-    _load_strict(net, weights, str(path))
+    try:
+        weights, which = extract_lightning_net(state, prefer)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from None
+    net = _network_for(arch, cfg)
+    _load_strict(net, weights, str(path), cfg)
     del checkpoint, state, weights  # drop optimizer state and the other weight copies
     return _finish(net, arch, name=name, source=str(path), kind="tiny-audio-diffusion",
                    weights=which, trained=True, default_steps=int(extra.get("default_steps", 50)),
@@ -709,8 +721,24 @@ def read_genbridge_config(folder: Path) -> dict[str, Any]:
     return data
 
 
-def _genbridge_arch(data: Mapping[str, Any]) -> UNetArch:
-    return UNetArch.from_mapping(data["unet"], sample_rate=data["sample_rate"], length=data["length"])
+def _genbridge_arch(data: Mapping[str, Any], config: Path) -> UNetArch:
+    """The U-Net a genbridge ``config.json`` describes; anything wrong in it is an error naming it."""
+    try:
+        return UNetArch.from_mapping(data["unet"], sample_rate=data["sample_rate"], length=data["length"])
+    except KeyError as exc:
+        raise ModelLoadError(f"{config} lacks the key {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"{config}: malformed U-Net description: {exc}") from None
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{config}: {exc}") from None
+
+
+def _network_for(arch: UNetArch, config: Path, init_seed: int | None = None) -> nn.Module:
+    """:func:`build_network`, its refusal naming the config that described the network."""
+    try:
+        return build_network(arch, init_seed=init_seed)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{config}: {exc}") from None
 
 
 def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: str = "fp32",
@@ -722,12 +750,13 @@ def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: 
     log says so loudly.
     """
     data = read_genbridge_config(folder)
-    arch = _genbridge_arch(data)
+    config = folder / "config.json"
+    arch = _genbridge_arch(data, config)
     weights_name = data.get("weights")
     default_steps = int(data.get("default_steps", 25))
     if not weights_name:
         seed = int(data.get("init_seed", 0))
-        net = build_network(arch, init_seed=seed)
+        net = _network_for(arch, config, init_seed=seed)
         log.warning(
             "model %r (%s) has no trained weights: using a randomly initialised network "
             "(init_seed=%d). Its output is noise-like; see README, 'The default model'.",
@@ -738,8 +767,8 @@ def load_model_folder(folder: Path, *, name: str, sdpa: bool = True, precision: 
                        config={k: v for k, v in data.items() if k != "classes"})
     weights_path = folder / weights_name
     weights, extras = split_extras(load_state_dict_file(weights_path))
-    net = build_network(arch)
-    _load_strict(net, weights, str(weights_path))
+    net = _network_for(arch, config)
+    _load_strict(net, weights, str(weights_path), config)
     return _finish(net, arch, name=name, source=str(folder), kind="genbridge", weights=weights_name,
                    trained=True, default_steps=default_steps, sdpa=sdpa, precision=precision, device=device,
                    config=data, extras=extras)
@@ -750,9 +779,14 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelLoadError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:  # truncated, or not safetensors at all
+            raise ModelLoadError(f"cannot read the weights file {path}: {exc} (truncated, or not a "
+                                 "safetensors file?)") from None
     state = _torch_load(path)
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
@@ -812,10 +846,11 @@ def load_generator(path: str | Path, *, name: str, sdpa: bool = True, precision:
         return load_lightning_checkpoint(p, name=name, sdpa=sdpa, precision=precision, device=device)
     if p.suffix in (".safetensors", ".pt", ".pth", ".bin"):
         data = read_genbridge_config(p.parent)
-        arch = _genbridge_arch(data)
-        net = build_network(arch)
+        config = p.parent / "config.json"
+        arch = _genbridge_arch(data, config)
+        net = _network_for(arch, config)
         weights, extras = split_extras(load_state_dict_file(p))
-        _load_strict(net, weights, str(p))
+        _load_strict(net, weights, str(p), config)
         return _finish(net, arch, name=name, source=str(p), kind="genbridge", weights=p.name,
                        trained=True, default_steps=int(data.get("default_steps", 25)),
                        sdpa=sdpa, precision=precision, config=data, extras=extras)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models.diffusion import DiffusionGenerator, ModelInfo, UNetArch
+from models.diffusion import DiffusionGenerator, ModelInfo, ModelLoadError, UNetArch
 from models.output_filter import parse_lowpass
 
 
@@ -32,7 +32,11 @@ class OrtStep(torch.nn.Module):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.device = device or torch.device("cpu")
         self.providers = providers_for(self.device, ort.get_available_providers())
-        self.session = ort.InferenceSession(str(onnx_file), options, providers=self.providers)
+        try:
+            self.session = ort.InferenceSession(str(onnx_file), options, providers=self.providers)
+        except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail...) derive from Exception only
+            raise ModelLoadError(f"cannot load the ONNX model {onnx_file}: {exc} (delete it and "
+                                 f"{onnx_file.name}.json to export it again)") from None
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         feeds = {"x": x.detach().float().contiguous().cpu().numpy(),
@@ -45,8 +49,6 @@ class OrtStep(torch.nn.Module):
 def providers_for(device: torch.device, available: list[str]) -> list[str]:
     """onnxruntime's execution providers for a device: the CUDA provider first on a GPU (a clear
     error when this onnxruntime has none: the CPU build cannot use it), the CPU provider always."""
-    from models.diffusion import ModelLoadError
-
     if device.type != "cuda":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in available:
@@ -65,10 +67,15 @@ def load_onnx_generator(onnx_file: Path, *, name: str, threads: int, device: str
     if device == "auto" and "CUDAExecutionProvider" not in ort.get_available_providers():
         device = "cpu"  # the stock (CPU) onnxruntime: "auto" must not ask it for a GPU it cannot use
     where = resolve(device)
-    meta: dict[str, Any] = json.loads(Path(str(onnx_file) + ".json").read_text())
-    arch = UNetArch(sample_rate=meta["sample_rate"], length=meta["length"], in_channels=meta["channels"],
-                    channels=(), factors=(), items=(), attentions=())
-    info = ModelInfo(name=name, source=meta["source"], kind="onnx", weights=meta.get("weights", ""),
+    meta_file = Path(str(onnx_file) + ".json")
+    try:
+        meta: dict[str, Any] = json.loads(meta_file.read_text())
+        arch = UNetArch(sample_rate=int(meta["sample_rate"]), length=int(meta["length"]),
+                        in_channels=int(meta["channels"]), channels=(), factors=(), items=(), attentions=())
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        reason = f"no {exc.args[0]!r} key" if isinstance(exc, KeyError) else str(exc)
+        raise ModelLoadError(f"cannot read the ONNX export's metadata {meta_file}: {reason}") from None
+    info = ModelInfo(name=name, source=str(meta.get("source", onnx_file)), kind="onnx", weights=meta.get("weights", ""),
                      trained=bool(meta.get("trained", True)), parameters=int(meta.get("parameters", 0)),
                      sample_rate=arch.sample_rate, channels=arch.in_channels, length=arch.length,
                      default_steps=int(meta.get("default_steps", 25)), sdpa_layers=0, precision="fp32",

@@ -4,6 +4,14 @@ Why atomic: Max's ``buffer~``, Ableton's browser and file watchers read a file a
 name appears. Every file is written under a hidden temporary name in the destination folder,
 fsynced, then renamed (an atomic replace on one filesystem); only then is the path announced.
 
+Why a write failure is a :class:`FolderError`: a full disk, a folder remounted read-only or
+removed mid-set must reach the musician as one line that names the folder and says what is
+wrong ("cannot write to /x/20261122-024554: disk full (ENOSPC)"), not as libsndfile's "System
+error" or a traceback. The WAV is encoded in memory first, so the bytes reach the disk through
+one ``os.write`` loop whose errno says exactly why it failed, and whatever a failed write left
+(its temporary file, its sidecar) is removed before the error is raised. :meth:`FolderSink.health`
+says whether the folder takes writes right now (the last write decides), for status.
+
 Layout under the configured root:
     <root>/<session>/                 what clients are told about, names sort by time
     <root>/.pool/<instrument>/        pre-generated, never-played clips (same filesystem, so
@@ -12,6 +20,9 @@ Layout under the configured root:
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import itertools
 import json
 import logging
@@ -30,29 +41,95 @@ log = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
 
+#: What an errno means for the musician, said in words before its name.
+REASONS: dict[int, str] = {
+    errno.ENOSPC: "disk full (ENOSPC)",
+    errno.EDQUOT: "over the disk quota (EDQUOT)",
+    errno.EROFS: "the folder is read-only (EROFS)",
+    errno.ENOENT: "the folder vanished (ENOENT)",
+    errno.EIO: "I/O error (EIO)",
+    errno.EACCES: "permission denied (EACCES)",
+    errno.EPERM: "permission denied (EPERM)",
+}
+
+
+class FolderError(OSError):
+    """A write or move in the shared folder failed. ``str()`` is the message for the musician
+    (it names the folder and the reason); ``errno`` is the system's code; ``path`` the file."""
+
+    def __init__(self, message: str, code: int | None = None, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.errno = code  # type: ignore[misc]
+        self.path = path
+
+
+class PooledFileGone(FolderError):
+    """A pooled clip's file is no longer there (its folder was removed); the clip itself, still
+    in memory and never heard, can be written again."""
+
+
+def folder_error(exc: OSError, folder: Path, action: str = "write to") -> FolderError:
+    """``exc`` as a :class:`FolderError` whose message names ``folder`` and says why in words."""
+    if isinstance(exc, FolderError):
+        return exc
+    code = exc.errno
+    if code in REASONS:
+        reason = REASONS[code]
+    elif code:
+        reason = f"{exc.strerror or os.strerror(code)} ({errno.errorcode.get(code, code)})"
+    else:
+        reason = str(exc)
+    path = Path(exc.filename) if isinstance(exc.filename, str) else None
+    return FolderError(f"cannot {action} {folder}: {reason}", code, path)
+
 
 def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable. Best effort: the file is complete and visible
+    already, so a directory that cannot be fsynced is logged, not a failed write."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError as exc:
+        log.warning("cannot fsync %s: %s", folder, exc)
     finally:
         os.close(fd)
 
 
-def _atomic_write(final: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the result, then rename it to ``final``."""
+def _write_file(path: Path, data: bytes) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, fsynced. Every byte goes through
+    ``os.write``, so a failure is an OSError with the errno of the disk's answer."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(final: Path, data: bytes) -> None:
+    """Write ``data`` under a hidden temporary name beside ``final``, fsync it, rename it to
+    ``final``; on any failure the temporary file is removed and the error raised."""
     tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
     try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        _write_file(tmp, data)
         os.replace(tmp, final)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder never had it; the first error is the one to tell
+            tmp.unlink(missing_ok=True)
         raise
+
+
+def wav_bytes(clip: Clip, subtype: str) -> bytes:
+    """The clip as a complete WAV file in memory (no disk involved, so nothing here fails for
+    the disk's reasons)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, clip.audio.T, clip.sample_rate, subtype=subtype, format="WAV")
+    return buffer.getvalue()
 
 
 class FolderSink:
@@ -66,6 +143,10 @@ class FolderSink:
         self.pool_root = self.root / ".pool"
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        #: The error of the last write when it failed (None once a write succeeds again).
+        self._failure: FolderError | None = None
+        self._failing_since = 0.0
+        self.failed_writes = 0
 
     def open(self) -> None:
         """Create the folders and remove what a killed run left behind (temporary files of
@@ -75,6 +156,34 @@ class FolderSink:
         self.session_dir.mkdir(parents=True, exist_ok=True)
         self.pool_root.mkdir(parents=True, exist_ok=True)
         clean_leftovers(self.root, self.pool_root)
+
+    # ------------------------------------------------------------------ health
+
+    @property
+    def failure(self) -> FolderError | None:
+        """Why the last write failed, or None when it succeeded (or none failed yet)."""
+        return self._failure
+
+    def _failed(self, exc: FolderError) -> None:
+        if self._failure is None:
+            self._failing_since = time.time()
+        self._failure = exc
+        self.failed_writes += 1
+
+    def _succeeded(self) -> None:
+        if self._failure is not None:
+            log.info("the shared folder %s takes writes again", self.root)
+        self._failure = None
+
+    def health(self) -> dict[str, Any]:
+        """For status: whether the folder takes writes now, and if not, why and since when."""
+        failure = self._failure
+        return {"state": "ok" if failure is None else "failing", "dir": str(self.root),
+                "error": None if failure is None else str(failure),
+                "failing_since": round(self._failing_since, 3) if failure is not None else None,
+                "failed_writes": self.failed_writes}
+
+    # ------------------------------------------------------------------ pool files
 
     def pool_dir(self, instrument: str) -> Path:
         return self.pool_root / instrument
@@ -105,6 +214,8 @@ class FolderSink:
                     n += f.suffix == ".wav"
         return n
 
+    # ------------------------------------------------------------------ writes
+
     def _stem(self, instrument: str) -> str:
         with self._lock:
             seq = next(self._counter)
@@ -113,17 +224,31 @@ class FolderSink:
         return f"{stamp}-{seq:05d}-{instrument}"
 
     def _write(self, clip: Clip, folder: Path, stem: str) -> Path:
-        folder.mkdir(parents=True, exist_ok=True)
+        """Sidecar, then WAV, each atomically; a folder that is gone is made again. Raises
+        :class:`FolderError` and leaves nothing of this clip behind when the folder refuses."""
         wav = folder / f"{stem}.wav"
         sidecar = folder / f"{stem}.json"
         meta = dict(clip.meta)
         meta.update(sample_rate=clip.sample_rate, channels=clip.channels, frames=clip.frames,
                     duration_s=round(clip.duration_s, 6), wav_subtype=self.subtype)
-        # Sidecar first: whoever reacts to the WAV appearing can read its sidecar at once.
-        _atomic_write(sidecar, lambda p: p.write_text(json.dumps(meta, indent=2, default=str) + "\n"))
-        _atomic_write(wav, lambda p: sf.write(str(p), clip.audio.T, clip.sample_rate,
-                                              subtype=self.subtype, format="WAV"))
+        audio = wav_bytes(clip, self.subtype)
+        text = (json.dumps(meta, indent=2, default=str) + "\n").encode()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # Sidecar first: whoever reacts to the WAV appearing can read its sidecar at once.
+            _atomic_write(sidecar, text)
+            try:
+                _atomic_write(wav, audio)
+            except BaseException:
+                with contextlib.suppress(OSError):  # no sidecar without its WAV
+                    sidecar.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            error = folder_error(exc, folder)
+            self._failed(error)
+            raise error from exc
         _fsync_dir(folder)
+        self._succeeded()
         clip.path = wav
         return wav
 
@@ -135,16 +260,43 @@ class FolderSink:
         """Write a clip that waits, unplayed, for a trigger."""
         return self._write(clip, self.pool_dir(clip.instrument), self._stem(clip.instrument))
 
+    @staticmethod
+    def _move(src_wav: Path, dst_wav: Path) -> None:
+        """Rename a WAV and its sidecar (sidecar first); a failed WAV rename puts the sidecar back."""
+        src_json, dst_json = src_wav.with_suffix(".json"), dst_wav.with_suffix(".json")
+        moved_json = src_json.exists()
+        if moved_json:
+            os.replace(src_json, dst_json)
+        try:
+            os.replace(src_wav, dst_wav)
+        except OSError:
+            if moved_json:
+                with contextlib.suppress(OSError):
+                    os.replace(dst_json, src_json)
+            raise
+
     def publish_pooled(self, clip: Clip) -> Path:
-        """Move a pooled clip into the session folder: two renames, no audio written on the trigger."""
+        """Move a pooled clip into the session folder: two renames, no audio written on the trigger.
+
+        A removed session folder is made again. Raises :class:`PooledFileGone` when the pooled
+        file itself is gone, :class:`FolderError` when the folder refuses the move (nothing moved).
+        """
         assert clip.path is not None, "pooled clip has no file"
-        stem = self._stem(clip.instrument)
         src_wav = clip.path
-        dst_wav = self.session_dir / f"{stem}.wav"
-        src_json = src_wav.with_suffix(".json")
-        if src_json.exists():
-            os.replace(src_json, dst_wav.with_suffix(".json"))
-        os.replace(src_wav, dst_wav)
+        if not src_wav.is_file():
+            raise PooledFileGone(f"the pooled clip {src_wav} vanished", errno.ENOENT, src_wav)
+        dst_wav = self.session_dir / f"{self._stem(clip.instrument)}.wav"
+        try:
+            try:
+                self._move(src_wav, dst_wav)
+            except FileNotFoundError:
+                if self.session_dir.is_dir():
+                    raise
+                log.warning("the session folder %s was removed; making it again", self.session_dir)
+                self.session_dir.mkdir(parents=True, exist_ok=True)
+                self._move(src_wav, dst_wav)
+        except OSError as exc:
+            raise folder_error(exc, self.session_dir, "move a clip into") from exc
         clip.path = dst_wav
         return dst_wav
 
@@ -152,11 +304,11 @@ class FolderSink:
         """Move an unannounced clip from the session folder back into its pool (never heard)."""
         assert clip.path is not None, "clip has no file"
         folder = self.pool_dir(clip.instrument)
-        folder.mkdir(parents=True, exist_ok=True)
         dst = folder / clip.path.name
-        src_json = clip.path.with_suffix(".json")
-        if src_json.exists():
-            os.replace(src_json, dst.with_suffix(".json"))
-        os.replace(clip.path, dst)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._move(clip.path, dst)
+        except OSError as exc:
+            raise folder_error(exc, folder, "move a clip into") from exc
         clip.path = dst
         return dst
