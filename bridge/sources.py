@@ -73,6 +73,8 @@ def read_source(path: Path, *, sample_rate: int, channels: int, length: int) -> 
         data, rate = sf.read(str(path), dtype="float32", always_2d=True, frames=length * 8)
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise SourceError(f"cannot read {path.name} as audio: {exc}") from None
+    if not len(data):  # a header and no audio: a variation of silence is not what was asked for
+        raise SourceError(f"cannot read {path} as audio: it holds no frames")
     return fit_source(data.T, rate, sample_rate=sample_rate, channels=channels, length=length)
 
 
@@ -88,5 +90,5 @@ def read_tail(path: Path, seconds: float) -> tuple[np.ndarray, int]:
     except (RuntimeError, sf.LibsndfileError) as exc:
         raise SourceError(f"cannot read {path.name} as audio: {exc}") from None
     if not len(data):
-        raise SourceError(f"{path.name} holds no audio")
+        raise SourceError(f"cannot read {path} as audio: it holds no frames")
     return np.ascontiguousarray(data.T), int(rate)

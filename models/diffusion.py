@@ -853,7 +853,7 @@ def load_generator(path: str | Path, *, name: str, sdpa: bool = True, precision:
         _load_strict(net, weights, str(p), config)
         return _finish(net, arch, name=name, source=str(p), kind="genbridge", weights=p.name,
                        trained=True, default_steps=int(data.get("default_steps", 25)),
-                       sdpa=sdpa, precision=precision, config=data, extras=extras)
+                       sdpa=sdpa, precision=precision, config=data, extras=extras, device=device)
     raise ModelLoadError(f"unknown model file type: {p} (expected a folder, .ckpt, .safetensors or .pt)")
 
 

@@ -189,7 +189,8 @@ def test_a_corrupt_model_fails_alone_while_the_good_one_plays_fresh(tmp_path: Pa
 
 
 def _not_audio(folder: Path) -> dict[str, Path]:
-    """Files named .wav that are no WAV: random bytes, a text file, a WAV cut inside its header."""
+    """Files named .wav that are no WAV: random bytes, a text file, a WAV cut inside its header,
+    and a WAV with a header and not one frame."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "random.wav").write_bytes(_garbage(3000))
     (folder / "notes.wav").write_text("kick on 1 and 3, snare on 2 and 4\n" * 40)
@@ -197,7 +198,8 @@ def _not_audio(folder: Path) -> dict[str, Path]:
     sf.write(good, (0.3 * np.sin(np.arange(TINY_RATE) / 10.0)).astype(np.float32), TINY_RATE, subtype="PCM_16")
     (folder / "cut-header.wav").write_bytes(good.read_bytes()[:20])
     good.unlink()
-    return {name: folder / f"{name}.wav" for name in ("random", "notes", "cut-header")}
+    sf.write(folder / "no-frames.wav", np.zeros(0, dtype=np.float32), TINY_RATE, subtype="PCM_16")
+    return {name: folder / f"{name}.wav" for name in ("random", "notes", "cut-header", "no-frames")}
 
 
 def test_a_source_that_is_not_a_wav_is_an_error_naming_it_and_the_daemon_serves_on(

@@ -58,3 +58,15 @@ def test_a_gpu_memory_ceiling_is_a_share_of_the_card_and_nothing_on_a_cpu() -> N
     assert gpu_memory_fraction(20_000, 80_000) == 0.25
     assert gpu_memory_fraction(200_000, 80_000) == 1.0  # a ceiling above the card: the card
     assert cap_gpu_memory(torch.device("cpu"), 1000) is None  # a CPU worker is held by its RSS ceiling instead
+
+
+def test_a_plain_weights_file_goes_to_the_device_asked_for(tiny_model: Path) -> None:
+    """A model named by its weights file (not its folder) is placed like a folder: on a machine
+    without CUDA, asking for it is the clear refusal (it used to load on the CPU regardless)."""
+    from models.diffusion import load_generator
+
+    weights = tiny_model / "model.safetensors"
+    assert load_generator(weights, name="t", device="cpu").device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="sees no CUDA GPU"):
+            load_generator(weights, name="t", device="cuda")
