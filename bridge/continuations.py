@@ -45,6 +45,8 @@ class ContinuationJob:
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float = 0.0
     cancelled: bool = False
+    #: The job got its error reply (it gets one, however many of its writes fail).
+    failed: bool = False
     #: Chunk writes in flight: the final file is written only after the last chunk's.
     writes: list[asyncio.Future[Any]] = field(default_factory=list)
 
@@ -161,9 +163,10 @@ class Continuations:
             self._pump()
         elif op == "cancelled":
             self.running = None
-            self.cancelled += 1
-            if job.on_cancelled is not None:
-                job.on_cancelled(job)
+            if not job.failed:  # a job stopped because its writes failed was told so, not "cancelled"
+                self.cancelled += 1
+                if job.on_cancelled is not None:
+                    job.on_cancelled(job)
             self._pump()
 
     # ------------------------------------------------------------------ jobs
@@ -236,16 +239,24 @@ class Continuations:
             "model_kind": self.info.get("kind"), "job": job.id, "source": job.source_name, "created": time.time()}
 
     async def _write_chunk(self, job: ContinuationJob, index: int, clip: Clip) -> None:
+        if job.failed:
+            return
         try:
             await self.writer.save(clip)
         except OSError as exc:
+            # the folder refuses (full, read-only): one error reply, and MusicGen stops rather than
+            # spend minutes on audio that has nowhere to go
             self._fail(job, f"cannot write chunk {index}: {exc}")
+            if self.running is job and self.worker is not None:
+                self.worker.send({"op": "cancel", "task": job.id})
             return
         if job.on_chunk is not None and not job.cancelled:
             job.on_chunk(job, index, clip)
 
     async def _finish(self, job: ContinuationJob, clip: Clip) -> None:
         await asyncio.gather(*job.writes, return_exceptions=True)
+        if job.failed:
+            return
         try:
             await self.writer.save(clip)
         except OSError as exc:
@@ -257,6 +268,9 @@ class Continuations:
             job.on_done(job, clip)
 
     def _fail(self, job: ContinuationJob, message: str) -> None:
+        if job.failed:
+            return
+        job.failed = True
         self.failed += 1
         if job.on_error is not None and not job.cancelled:
             job.on_error(job, message)

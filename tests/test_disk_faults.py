@@ -95,7 +95,8 @@ class FolderWatcher:
     """Reads every visible WAV in a folder tree over and over, as a DAW's browser would, and
     records any that cannot be read whole, and any sidecar left without its WAV at the end."""
 
-    def __init__(self, root: Path, frames: int = TINY_LENGTH) -> None:
+    def __init__(self, root: Path, frames: int | None = TINY_LENGTH) -> None:
+        """``frames``: the length every WAV must have (None: any length, read whole)."""
         self.root, self.frames = root, frames
         self.problems: list[str] = []
         self.reads = 0
@@ -129,7 +130,7 @@ class FolderWatcher:
                         self.problems.append(f"{path}: unreadable: {exc}")
                         continue
                     self.reads += 1
-                    if frames != self.frames:
+                    if self.frames is not None and frames != self.frames:
                         self.problems.append(f"{path}: {frames} of {self.frames} frames")
                 elif orphans and ".tmp-" in name:
                     self.problems.append(f"{path}: a temporary file left behind")
@@ -388,3 +389,38 @@ def test_eio_fails_jobs_clearly_and_keeps_refills_in_memory_until_the_disk_recov
         asyncio.run(run())
     finally:
         writer.shutdown()
+
+
+# --------------------------------------------------------------------------- a continuation on a full disk
+
+
+def test_a_continuation_on_a_full_disk_gets_one_error_and_stops_then_the_next_one_works(
+        tmp_path: Path, tmpfs: Path) -> None:
+    """Its first chunk cannot be written: one error reply (not one per chunk), MusicGen stops
+    rather than render a minute of audio with nowhere to go, and after space returns the next
+    continuation is made whole."""
+    from test_continue_osc import _config, _prompt
+
+    with serving(tmpfs, _config(tmp_path)) as (daemon, client), FolderWatcher(tmpfs, frames=None) as watcher:
+        _prompt(tmpfs)
+        client.wait_until(lambda s: s.get("continuation", {}).get("state") == "ready", what="the MusicGen worker")
+        filler = fill(tmpfs)
+        client.send("/genbridge/continue", "prompt.wav", 60.0, "", 5, "full")
+        job = client.expect("/genbridge/job/queued").args[1]
+        while (r := client.recv(timeout=120)).address == "/genbridge/job/progress":
+            pass
+        assert r.address == ERROR and r.args[:2] == ["full", "/genbridge/continue"], r
+        assert "cannot write chunk 0" in r.args[2] and "disk full (ENOSPC)" in r.args[2], r.args
+        status = client.wait_until(lambda s: s["continuation"]["running"] is None, timeout=60,
+                                   what="MusicGen to stop the job whose chunks cannot be stored")
+        assert status["continuation"]["failed"] == 1 and status["continuation"]["cancelled"] == 0
+        assert client.request("/genbridge/ping", 3, reply="/genbridge/pong").args[0] == 3  # no more replies for it
+        filler.unlink()
+        client.send("/genbridge/continue", "prompt.wav", 1.0, "", 6, "after")
+        assert client.expect("/genbridge/job/queued").args[1] == job + 1
+        while (r := client.recv(timeout=120)).address != "/genbridge/job/done":
+            assert r.address != ERROR, r
+        whole, rate = sf.read(r.args[3], dtype="float32", always_2d=True)
+        assert rate == 32000 and whole.shape == (32000, 1)
+        assert daemon.proc.poll() is None
+    assert not watcher.problems, watcher.problems[:5]
