@@ -261,10 +261,11 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
             rss_peak[0] = max(rss_peak[0], rss_mb(pid))
             stop.wait(0.2)
 
-    def recovered_worker(c: OscClient, restarts: int, deadline: float) -> bool:
-        """The worker of model m was restarted, and its new process makes a clip."""
+    def recovered_worker(c: OscClient, st: OscClient, restarts: int, deadline: float) -> bool:
+        """The worker of model m was restarted (``st`` asks status, nothing else), and its new
+        process makes a clip (asked for on ``c``)."""
         try:
-            c.wait_until(lambda s: s["models"]["m"]["restarts"] > restarts and s["models"]["m"]["state"] == "ready",
+            st.wait_until(lambda s: s["models"]["m"]["restarts"] > restarts and s["models"]["m"]["state"] == "ready",
                          timeout=max(1.0, deadline - time.monotonic()), what="the worker back")
         except AssertionError:
             return False
@@ -311,10 +312,10 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
             t = time.monotonic()
             if kind == "kill -9 worker" and worker:
                 os.kill(worker, signal.SIGKILL)
-                ok = recovered_worker(c, restarts, t + 60)
+                ok = recovered_worker(c, st, restarts, t + 60)
             elif kind == "SIGSTOP worker" and worker:
                 os.kill(worker, signal.SIGSTOP)
-                ok = recovered_worker(c, restarts, t + 60)
+                ok = recovered_worker(c, st, restarts, t + 60)
             elif kind == "disk full":
                 filler = out / "filler"
                 subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
+import queue
 import threading
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, Callable
 
 from bridge.liveness import Pulse, child_entry
@@ -35,13 +37,9 @@ def spawn_child(target: Callable[..., None], args: tuple[Any, ...], name: str, *
     return proc, parent, pulse
 
 
-def stop_child(proc: mp.process.BaseProcess | None, conn: Any, timeout: float = 3.0) -> None:
-    """Ask the child to stop ({"op": "stop"}), then terminate and kill it if it does not."""
-    if conn is not None:
-        try:
-            conn.send({"op": "stop"})
-        except (OSError, ValueError):
-            pass
+def stop_child(proc: mp.process.BaseProcess | None, timeout: float = 3.0) -> None:
+    """Wait for a child that was asked to stop ({"op": "stop"}, through its :class:`Outbox`),
+    then terminate it, then kill it (SIGKILL also ends a stopped process)."""
     if proc is not None:
         proc.join(timeout=timeout / 2)
         if proc.is_alive():
@@ -50,8 +48,6 @@ def stop_child(proc: mp.process.BaseProcess | None, conn: Any, timeout: float = 
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=1)
-    if conn is not None:
-        conn.close()
 
 
 def read_child(conn: Any, proc: mp.process.BaseProcess, loop: asyncio.AbstractEventLoop,
@@ -80,3 +76,48 @@ def read_child(conn: Any, proc: mp.process.BaseProcess, loop: asyncio.AbstractEv
         post(on_exit, proc.exitcode)
 
     threading.Thread(target=run, name=f"reader-{name}", daemon=True).start()
+
+
+class Outbox:
+    """Messages to one child, written to its pipe by a thread of their own.
+
+    Why: a child that stops reading (stopped with SIGSTOP, stuck in a driver or in PortAudio)
+    fills its pipe after 64 KiB, and a send on the event loop would then block the loop - OSC,
+    and the very watch that would kill the child. Messages are pickled here, on the caller's
+    thread, as ``Connection.send`` would, so the outbox knows their size: past ``limit_bytes``
+    waiting it refuses (the child is not reading; what it would get is stale by now)."""
+
+    def __init__(self, conn: Any, name: str, limit_bytes: int = 64 * 2**20) -> None:
+        self._conn = conn
+        self.limit_bytes = limit_bytes
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._run, name=f"outbox-{name}", daemon=True).start()
+
+    def put(self, msg: Any) -> bool:
+        """Queue ``msg``; False when the pipe is broken or too much is waiting already."""
+        data = bytes(ForkingPickler.dumps(msg))
+        with self._lock:
+            if self._closed or self._waiting + len(data) > self.limit_bytes:
+                return False
+            self._waiting += len(data)
+        self._queue.put(data)
+        return True
+
+    def close(self) -> None:
+        """Send what is queued, then end the thread (it also ends when the pipe breaks)."""
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            with self._lock:
+                self._waiting -= len(data)
+            if self._closed:
+                continue
+            try:
+                self._conn.send_bytes(data)
+            except (OSError, ValueError):  # the child is gone, or the pipe was closed
+                with self._lock:
+                    self._closed = True

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from bridge.child_process import read_child, spawn_child, stop_child
+from bridge.child_process import Outbox, read_child, spawn_child, stop_child
 from bridge.liveness import STATE_NAMES, LivenessPolicy, MemoryCage, Pulse, rss_mb, verdict
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class SupervisedChild:
         self.crashes_in_a_row = 0
         self.process: Any = None
         self._conn: Any = None
+        self._outbox: Outbox | None = None
         self._healthy_since: float | None = None
         self._gave_up = False
         self._stopping = False
@@ -110,6 +111,7 @@ class SupervisedChild:
         self.process, self._conn, self._pulse = spawn_child(
             self.target, self.args, name=f"genbridge-{self.name}", beat_s=lv.beat_s if lv else 0.0,
             oom_score_adj=self.oom_score_adj)
+        self._outbox = Outbox(self._conn, self.name)
         if lv is not None and lv.memory_limit_mb:
             if self._cage is None:
                 self._cage = MemoryCage.open(self.name, lv.memory_limit_mb)
@@ -161,14 +163,11 @@ class SupervisedChild:
         self._gave_up = True
 
     def send(self, msg: dict[str, Any]) -> bool:
-        """Send to the child; False if it is gone (its death is reported separately)."""
-        if self._conn is None:
+        """Send to the child without ever blocking the loop (its :class:`Outbox` writes the pipe);
+        False if it is gone or not reading (its death, or its kill, is reported separately)."""
+        if self._outbox is None:
             return False
-        try:
-            self._conn.send(msg)
-            return True
-        except (OSError, ValueError):
-            return False
+        return self._outbox.put(msg)
 
     def stop(self, timeout: float = 3.0) -> None:
         """Ask the child to stop, then terminate and kill it; no restart, no more callbacks."""
@@ -180,8 +179,14 @@ class SupervisedChild:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
-        stop_child(self.process, self._conn, timeout)
-        self.process, self._conn = None, None
+        if self._outbox is not None:
+            self._outbox.put({"op": "stop"})  # after what is queued; never blocks on a child that does not read
+        stop_child(self.process, timeout)
+        if self._outbox is not None:
+            self._outbox.close()
+        if self._conn is not None:
+            self._conn.close()
+        self.process, self._conn, self._outbox = None, None, None
         if self._cage is not None:
             self._cage.remove()
             self._cage = None
@@ -193,7 +198,9 @@ class SupervisedChild:
     def _exited(self, generation: int, code: int | None) -> None:
         if generation != self.generation:
             return
-        self.process, self._conn = None, None
+        if self._outbox is not None:
+            self._outbox.close()
+        self.process, self._conn, self._outbox = None, None, None
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None

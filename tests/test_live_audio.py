@@ -266,7 +266,7 @@ def test_jack_restarted_mid_run_plays_again(tmp_path, tiny_model, jack_server, s
 def test_a_frozen_audio_process_is_replaced_and_sound_comes_back(tmp_path, tiny_model, jack_server, start_daemon):
     """The audio process stops answering (SIGSTOP: what a PortAudio call stuck on a vanished
     server looks like from outside): it is killed within its heartbeat limit, a new one opens the
-    device, and hits sound again; OSC served throughout."""
+    device, and hits sound again; OSC and plays are served throughout."""
     import os
     import signal
 
@@ -276,6 +276,10 @@ def test_a_frozen_audio_process_is_replaced_and_sound_comes_back(tmp_path, tiny_
     recorder.close()
     os.kill(pid, signal.SIGSTOP)
     try:
+        # hits keep coming: far more audio than a pipe holds goes to a process that does not read,
+        # and the daemon must not block on it (OSC answers, the watch kills and restarts it)
+        for n in range(12):
+            assert client.request("/genbridge/drum/play", "kick", 100, n, reply=PLAYED).args[0] == n
         assert client.request("/genbridge/ping", 5, reply="/genbridge/pong").args[0] == 5
         status = client.wait_until(lambda s: s["audio"]["state"] == "running" and s["audio"]["pid"] != pid,
                                    timeout=60, what="a new audio process")
