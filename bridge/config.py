@@ -132,7 +132,7 @@ class EngineConfig:
     stall_timeout_s: float = field(default=120.0, metadata=_check(lambda v: v == 0 or v >= 1, "0 or >= 1"))
     #: Resident memory ceiling of each model worker, in MB; 0: half of this machine's memory.
     #: Over it, the worker is restarted with an error reply for what it was making.
-    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
 
     def worker_memory_limit_mb(self, own: float = 0.0) -> float:
         """A worker's ceiling: its own setting, else this one, else half the machine."""
@@ -171,10 +171,10 @@ class ModelConfig:
     #: Where the ONNX export lives; "" puts it beside the model (denoiser.onnx / <name>.onnx).
     onnx_path: str = ""
     #: This model's worker memory ceiling in MB (0: engine.memory_limit_mb).
-    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
     #: On a GPU: the most GPU memory this worker may allocate, in MB (0: no cap); a request that
     #: needs more gets an out-of-memory error reply, and the other models keep theirs.
-    gpu_memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    gpu_memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
 
     def resolved_path(self) -> Path:
         if self.path.startswith(BUILTIN_PREFIX):
@@ -260,9 +260,9 @@ class ContinuationConfig:
     #: Play each chunk on the audio output as it arrives.
     play_chunks: bool = False
     #: The MusicGen worker's memory ceiling in MB (0: engine.memory_limit_mb).
-    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
     #: On a GPU: the most GPU memory MusicGen may allocate, in MB (0: no cap).
-    gpu_memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v >= 0, ">= 0"))
+    gpu_memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
 
 
 def _default_instruments() -> dict[str, InstrumentConfig]:

@@ -112,7 +112,7 @@ class Continuations:
             self._fail(job, f"the MusicGen worker died ({why}) during the job; it is being restarted")
         if self.state == "failed" or restart_in is None:
             self.state = "failed"
-            self.error = self.error or f"the MusicGen worker exited (code {code}) for good"
+            self.error = self.error or f"the MusicGen worker ended for good ({why})"
             for waiting in list(self.waiting):
                 self._fail(waiting, f"MusicGen failed to load: {self.error}")
             self.waiting.clear()

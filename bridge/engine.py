@@ -403,7 +403,7 @@ class Engine:
         if slot.state == "failed":
             return  # a load failure: restarting would fail the same way
         if restart_in is None:  # gone for good without saying why (a remote worker's host went away)
-            slot.state, slot.error = "failed", slot.error or f"the worker exited (code {exitcode}) for good"
+            slot.state, slot.error = "failed", slot.error or f"the worker ended for good ({why})"
             self._fail_slot_jobs(slot, f"model {slot.name!r} is gone: {slot.error}")
             return
         kind = health.get("last_exit_kind") or "exit"

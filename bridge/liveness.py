@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 LOADING, IDLE, BUSY = 0.0, 1.0, 2.0
 STATE_NAMES = {LOADING: "loading", IDLE: "idle", BUSY: "busy"}
-_BEAT, _MARK, _STATE = 0, 1, 2
+_BEAT, _MARK, _STATE, _WORKED = 0, 1, 2, 3
 
 #: Workers are what the kernel's own out-of-memory killer should take first, before the daemon
 #: (OSC, the folder) or the audio process: raising one's own score needs no privilege.
@@ -70,9 +70,10 @@ class Pulse:
     Linux, so both sides read the same time."""
 
     def __init__(self, ctx: Any) -> None:
-        self._values = ctx.RawArray("d", 3)
+        self._values = ctx.RawArray("d", 4)
         now = time.monotonic()
         self._values[_BEAT], self._values[_MARK], self._values[_STATE] = now, now, LOADING
+        self._values[_WORKED] = 0.0
 
     # ------------------------------------------------------------------ the child's side
 
@@ -85,6 +86,8 @@ class Pulse:
 
     def set_state(self, state: float) -> None:
         self._values[_MARK] = time.monotonic()
+        if state == BUSY:
+            self._values[_WORKED] += 1
         self._values[_STATE] = state
 
     def start_beating(self, beat_s: float) -> None:
@@ -97,6 +100,11 @@ class Pulse:
         threading.Thread(target=run, name="heartbeat", daemon=True).start()
 
     # ------------------------------------------------------------------ the supervisor's side
+
+    @property
+    def worked(self) -> bool:
+        """The child took up work at least once (it got past loading and idling)."""
+        return self._values[_WORKED] > 0
 
     def ages(self, now: float | None = None) -> tuple[float, float, float]:
         """(seconds since the heartbeat, seconds since the last mark, state)."""

@@ -132,6 +132,11 @@ class SupervisedChild:
         rss = rss_mb(self.process.pid)
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         found = verdict(self._pulse.ages(), rss, self.liveness)
+        if found is not None and found[0] == "memory" and not self._pulse.worked:
+            # over the ceiling before doing any work: every restart would be killed the same way
+            found = ("memory", f"over its memory ceiling before any work: {rss:.0f} MB resident > "
+                               f"{self.liveness.memory_limit_mb:g} MB; it needs a higher memory_limit_mb")
+            self._gave_up = True
         if found is not None and self._kill_reason is None:
             self._kill_reason = found
             log.error("%s (pid %s) %s: killing it; it will be restarted", self.name, self.process.pid, found[1])
@@ -209,6 +214,9 @@ class SupervisedChild:
         elif self._cage is not None and self._cage.oom_kills() > self._cage_kills:
             self.last_exit_kind = "memory"
             self.last_exit = f"over its memory ceiling: killed by the kernel ({self._cage.describe()})"
+            if self._pulse is not None and not self._pulse.worked:  # it would be, again, at every restart
+                self.last_exit += " before any work; it needs a higher memory_limit_mb"
+                self._gave_up = True
         else:
             self.last_exit_kind, self.last_exit = "exit", f"exit code {code}"
         if self._stopping or self._gave_up:

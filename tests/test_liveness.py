@@ -68,8 +68,10 @@ def stall_main_thread(conn: Any) -> None:
 
 
 def grow(conn: Any) -> None:
+    """A worker that leaks while it works."""
     liveness.set_state(IDLE)
     conn.send({"op": "hello", "pid": os.getpid()})
+    liveness.set_state(BUSY)
     held = []
     while True:
         block = bytearray(20 * 2**20)
@@ -77,6 +79,15 @@ def grow(conn: Any) -> None:
         held.append(block)
         liveness.mark()
         time.sleep(0.02)
+
+
+def big_from_the_start(conn: Any) -> None:
+    """A model that needs more than its ceiling before it does any work."""
+    block = bytearray(200 * 2**20)
+    block[::4096] = b"\x01" * len(range(0, len(block), 4096))
+    liveness.set_state(IDLE)
+    conn.send({"op": "hello", "pid": os.getpid()})
+    conn.recv()
 
 
 def supervise(target: Any, policy: LivenessPolicy, restarts: int = 1) -> tuple[list[int], list[str | None], float]:
@@ -135,6 +146,30 @@ def test_a_growing_child_is_stopped_at_its_memory_ceiling() -> None:
     assert len(set(pids)) == 2
     # the watch says how big it got; if it grew faster than the watch, the kernel's cgroup stopped it
     assert reasons[0] is not None and "memory ceiling" in reasons[0], reasons
+
+
+def test_a_child_over_its_ceiling_before_any_work_is_not_restarted_in_a_loop() -> None:
+    async def run() -> tuple[list, SupervisedChild]:
+        loop = asyncio.get_running_loop()
+        exits: list[tuple[int | None, float | None]] = []
+        done = asyncio.Event()
+
+        def on_exit(code: int | None, restart_in: float | None) -> None:
+            exits.append((code, restart_in))
+            done.set()
+
+        child = SupervisedChild("big", big_from_the_start, (), loop, on_message=lambda msg: None, on_exit=on_exit,
+                                policy=RestartPolicy(first_delay_s=0.05),
+                                liveness=LivenessPolicy(beat_s=0.1, memory_limit_mb=120, check_every_s=0.1))
+        child.start()
+        await asyncio.wait_for(done.wait(), 60)
+        child.stop()
+        return exits, child
+
+    exits, child = asyncio.run(run())
+    assert exits[0][1] is None, "not restarted: it would be over its ceiling again"
+    assert "before any work" in child.last_exit and "memory_limit_mb" in child.last_exit, child.last_exit
+    assert child.restarts == 0
 
 
 # ---------------------------------------------------------------------- in the daemon
