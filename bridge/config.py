@@ -125,11 +125,14 @@ class EngineConfig:
     worker_nice: int = field(default=10, metadata=_check(lambda v: 0 <= v <= 19, "0-19"))
     #: First delay before restarting a crashed worker; doubles per crash up to 30 s.
     restart_delay_s: float = field(default=0.5, metadata=_check(lambda v: v >= 0, ">= 0"))
-    #: A worker (or the audio process) whose heartbeat is silent this long is hung (stopped,
-    #: frozen) and is killed and restarted; its pools keep their clips. 0 turns the check off.
+    #: A model worker whose heartbeat is silent this long is hung (stopped, frozen) and is
+    #: killed and restarted; its pools keep their clips. 0 turns the check off. (The audio
+    #: process has its own 5 s: its loop turns every 1/8 s.)
     heartbeat_timeout_s: float = field(default=10.0, metadata=_check(lambda v: v == 0 or v >= 1, "0 or >= 1"))
     #: A worker busy this long without a single step of progress is stuck and is restarted.
     stall_timeout_s: float = field(default=120.0, metadata=_check(lambda v: v == 0 or v >= 1, "0 or >= 1"))
+    #: A model load with no milestone (a shape compiled, an export written) for this long is stuck.
+    load_timeout_s: float = field(default=900.0, metadata=_check(lambda v: v == 0 or v >= 10, "0 or >= 10"))
     #: Resident memory ceiling of each model worker, in MB; 0: half of this machine's memory.
     #: Over it, the worker is restarted with an error reply for what it was making.
     memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))

@@ -64,7 +64,8 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
 
             cap_gpu_memory(resolve(spec.get("device", "auto")), float(spec["gpu_memory_limit_mb"]))
         generator = family.load(LoadSpec(name=name, path=spec["model_path"], device=spec.get("device", "auto"),
-                                         threads=threads, options=dict(spec.get("options", {}))))
+                                         threads=threads, options=dict(spec.get("options", {})),
+                                         milestone=liveness.mark))
         load_s = time.perf_counter() - t0
         info = generator_info(generator, family, spec["model_path"]) | {"load_s": round(load_s, 3),
                                                                          "threads": threads}

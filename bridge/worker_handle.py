@@ -170,7 +170,8 @@ def continuation_worker_spec(config: Config) -> WorkerSpec:
 
 
 def worker_liveness(config: Config) -> LivenessPolicy:
-    """How the daemon watches its model workers ([engine] heartbeat_timeout_s, stall_timeout_s;
-    each spec brings its memory ceiling)."""
+    """How the daemon watches its model workers ([engine] heartbeat_timeout_s, stall_timeout_s,
+    load_timeout_s; each spec brings its memory ceiling)."""
     e = config.engine
-    return LivenessPolicy(silent_after_s=e.heartbeat_timeout_s, stalled_after_s=e.stall_timeout_s)
+    return LivenessPolicy(silent_after_s=e.heartbeat_timeout_s, stalled_after_s=e.stall_timeout_s,
+                          loading_after_s=e.load_timeout_s)

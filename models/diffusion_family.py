@@ -155,7 +155,7 @@ class DiffusionFamily(Family):
                              precision=str(opts.get("precision", "auto")), device=spec.device)
         if opts.get("steps"):  # [models.NAME] steps: the model's default from now on
             gen.info.default_steps = int(opts["steps"])
-        compiled = compile_network(gen, opts.get("compile", "off"), opts.get("warm_batches", (1,)))
+        compiled = compile_network(gen, opts.get("compile", "off"), opts.get("warm_batches", (1,)), spec.milestone)
         return DiffusionRenderer(gen, self.name, self.runtime, compiled)
 
 
@@ -179,6 +179,7 @@ class OnnxDiffusionFamily(DiffusionFamily):
         if not is_fresh(onnx_file, Path(spec.path)):
             log.info("exporting %s to ONNX at %s (missing or stale)", spec.path, onnx_file)
             export_denoiser(spec.path, onnx_file, name=spec.name)
+            spec.milestone()
         gen = load_onnx_generator(onnx_file, name=spec.name, threads=spec.threads, device=spec.device)
         if spec.options.get("steps"):
             gen.info.default_steps = int(spec.options["steps"])
@@ -188,12 +189,13 @@ class OnnxDiffusionFamily(DiffusionFamily):
 COMPILE_MODES = ("off", "compile", "graphs")
 
 
-def compile_network(gen: Any, mode: str, warm_batches: Any) -> str:
+def compile_network(gen: Any, mode: str, warm_batches: Any, milestone: Any = None) -> str:
     """``compile = "compile"``: torch.compile the network for fixed shapes; ``"graphs"``: the same
     with CUDA graphs (mode "reduce-overhead"; only on a GPU). Every batch size in
     ``warm_batches`` (the daemon passes 1 .. engine.refill_batch: a refill deals any size up to
     it) is compiled here, so no trigger waits for a compile; torch recompiles at most 8 shapes
     before it falls back to eager, so a refill batch above 8 leaves the larger sizes eager.
+    ``milestone()`` after each shape (minutes each on a CPU: the load is moving, not hung).
     Returns the mode that is in effect."""
     import torch
 
@@ -208,4 +210,6 @@ def compile_network(gen: Any, mode: str, warm_batches: Any) -> str:
     for batch in sorted({int(b) for b in warm_batches}):
         for _ in range(3 if mode == "graphs" else 1):  # CUDA graphs record on the third call
             gen.generate_batch(list(range(batch)), 1, instruments=[first] * batch)
+        if milestone is not None:
+            milestone()
     return mode

@@ -153,6 +153,9 @@ class LoadSpec:
     threads: int = 1
     #: Family-specific options from the config (precision, sdpa, runtime, quantize...).
     options: dict[str, Any] = field(default_factory=dict)
+    #: Called at each milestone of a long load (a shape compiled, an export written): whoever
+    #: watches the worker for hangs then sees a load that moves, not one that is stuck.
+    milestone: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
 
 
 class Family(ABC):
