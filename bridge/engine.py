@@ -541,9 +541,12 @@ class Engine:
                 log.warning("the pooled %s clip %s vanished; writing it again from memory", clip.instrument, clip.path)
                 return await self.writer.run(self.sink.write_to_session, clip)
         except OSError as exc:
-            pool.clips.appendleft(clip)
-            pool.stats.served_fresh -= 1
-            pool.last_played = before
+            # back to the front of its pool, unheard - unless the pool moved on during the rewrite's
+            # await (a kit switch, another play): then it is only not played
+            if pool.last_played is clip and clip.meta.get("model") == self.config.instruments[clip.instrument].model:
+                pool.clips.appendleft(clip)
+                pool.stats.served_fresh -= 1
+                pool.last_played = before
             self.counters.add("write_errors")
             raise EngineError(str(exc) if isinstance(exc, FolderError)
                               else f"cannot move the clip into the shared folder: {exc}") from exc
@@ -613,6 +616,9 @@ class Engine:
             "kit": self.kit,
             "instruments": {
                 name: {"model": self.config.instruments[name].model, **pool.to_json(),
+                       # refills made but refused by the folder keep their pool place: not "generating"
+                       "generating": pool.in_flight - self.writer.held.get(name, 0),
+                       "held": self.writer.held.get(name, 0),
                        "waiting_plays": sum(not f.done() for f in self.waiters[name])}
                 for name, pool in self.pools.items()
             },

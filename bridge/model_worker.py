@@ -59,16 +59,17 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
     try:
         t0 = time.perf_counter()
         family = get_family(spec["family"])
-        if spec.get("gpu_memory_limit_mb"):  # before the load, so that the load is held to it too
-            from models.devices import cap_gpu_memory, resolve
-
-            cap_gpu_memory(resolve(spec.get("device", "auto")), float(spec["gpu_memory_limit_mb"]))
+        gpu_limit = float(spec.get("gpu_memory_limit_mb") or 0)
+        options = dict(spec.get("options", {})) | ({"gpu_memory_limit_mb": gpu_limit} if gpu_limit else {})
         generator = family.load(LoadSpec(name=name, path=spec["model_path"], device=spec.get("device", "auto"),
-                                         threads=threads, options=dict(spec.get("options", {})),
-                                         milestone=liveness.mark))
+                                         threads=threads, options=options, milestone=liveness.mark))
         load_s = time.perf_counter() - t0
         info = generator_info(generator, family, spec["model_path"]) | {"load_s": round(load_s, 3),
                                                                          "threads": threads}
+        if gpu_limit and str(info["device"]).startswith("cuda"):  # where the family put it, not "auto"
+            from models.devices import cap_gpu_memory, resolve
+
+            info["gpu_memory_fraction"] = cap_gpu_memory(resolve(str(info["device"])), gpu_limit)
     except Exception as exc:  # a bad file must not take the daemon down: tell the engine
         log.error("cannot load model %r from %s: %s", name, spec["model_path"], exc)
         conn.send({"op": "fatal", "error": f"{type(exc).__name__}: {exc}"})

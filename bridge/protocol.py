@@ -237,10 +237,17 @@ class Request:
     request_id: int | str = 0
     #: When to act (time.monotonic()), from an OSC bundle's future timetag; None: now.
     at: float | None = None
+    #: The address it came on ("" for the endpoint's own): a keyword-form request's errors name
+    #: /genbridge/kw/..., as its parse errors do, so a client matching errors by address sees all.
+    sent_to: str = field(default="", compare=False)
 
     @property
     def name(self) -> str:
         return self.endpoint.name
+
+    @property
+    def address(self) -> str:
+        return self.sent_to or self.endpoint.address
 
 
 def _as_int(value: Any) -> int | None:
@@ -352,7 +359,7 @@ def parse_positional(endpoint: Endpoint, args: Sequence[Any], address: str = "")
     if len(args) < len(endpoint.required):
         raise ProtocolError(f"missing arguments: expected {endpoint.positional_signature()}", request_id, address)
     given = {arg.name: value for arg, value in zip(positional, args)}
-    return Request(endpoint, _values(endpoint, given, request_id, address), request_id)
+    return Request(endpoint, _values(endpoint, given, request_id, address), request_id, sent_to=address)
 
 
 def _keyword_request_id(args: Sequence[Any], start: int = 0) -> int | str | None:
@@ -417,7 +424,7 @@ def parse_keywords(endpoint: Endpoint, args: Sequence[Any], address: str = "") -
             request_id = rid
         else:
             given[name] = value
-    return Request(endpoint, _values(endpoint, given, request_id, address), request_id)
+    return Request(endpoint, _values(endpoint, given, request_id, address), request_id, sent_to=address)
 
 
 def markdown_table() -> str:

@@ -74,16 +74,16 @@ class Service:
         try:
             handler = self.handlers.get(request.name)
             if handler is None:
-                raise EngineError(f"{request.endpoint.address} is not served here")
+                raise EngineError(f"{request.address} is not served here")
             await handler(request, reply)
         except (EngineError, AudioUnavailable) as exc:
-            error_reply(reply, rid, request.endpoint.address, str(exc))
+            error_reply(reply, rid, request.address, str(exc))
         except OSError as exc:  # the folder or a device refused (a FolderError names the folder): no traceback
-            log.warning("%s: %s", request.endpoint.address, exc)
-            error_reply(reply, rid, request.endpoint.address, str(exc))
+            log.warning("%s: %s", request.address, exc)
+            error_reply(reply, rid, request.address, str(exc))
         except Exception as exc:  # a bug must cost one reply, not the set
-            log.exception("internal error serving %s", request.endpoint.address)
-            error_reply(reply, rid, request.endpoint.address, f"internal error: {type(exc).__name__}: {exc}")
+            log.exception("internal error serving %s", request.address)
+            error_reply(reply, rid, request.address, f"internal error: {type(exc).__name__}: {exc}")
 
     async def _ping(self, request: Request, reply: ReplyFn) -> None:
         reply_with(reply, "pong", request.request_id, __version__)
@@ -107,7 +107,7 @@ class Service:
     async def _drum_generate(self, request: Request, reply: ReplyFn) -> None:
         v = request.values
         rid = request.request_id
-        address = request.endpoint.address
+        address = request.address
 
         def on_clip(clip: Clip) -> None:
             reply_with(reply, "drum/ready", rid, clip.instrument, str(clip.path))
@@ -126,7 +126,7 @@ class Service:
     async def _drum_vary(self, request: Request, reply: ReplyFn) -> None:
         v = request.values
         rid = request.request_id
-        address = request.endpoint.address
+        address = request.address
         seed = None if v["seed"] is None or v["seed"] < 0 else v["seed"]
         job = self.engine.vary(
             v["instrument"], v["source"], v["strength"], seed, {"steps": v["steps"]},
@@ -172,7 +172,7 @@ class Service:
         if conts is None:
             raise EngineError("continuation is off: set [continuation] model = ... in the config")
         v = request.values
-        rid, address, source = request.request_id, request.endpoint.address, v["source"]
+        rid, address, source = request.request_id, request.address, v["source"]
         prompt_s = conts.config.prompt_seconds
         if source == "capture":
             if self.audio is None:

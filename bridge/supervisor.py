@@ -117,7 +117,9 @@ class SupervisedChild:
                 self._cage = MemoryCage.open(self.name, lv.memory_limit_mb)
             if self._cage is not None:
                 self._cage_kills = self._cage.oom_kills()
-                self._cage.add(self.process.pid)
+                if not self._cage.add(self.process.pid):  # then only the RSS watch holds it
+                    self._cage.remove()
+                    self._cage = None
         read_child(self._conn, self.process, self.loop,
                    on_message=lambda msg: self._message(generation, msg),
                    on_exit=lambda code: self._exited(generation, code), name=self.name)

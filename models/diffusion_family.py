@@ -180,7 +180,8 @@ class OnnxDiffusionFamily(DiffusionFamily):
             log.info("exporting %s to ONNX at %s (missing or stale)", spec.path, onnx_file)
             export_denoiser(spec.path, onnx_file, name=spec.name)
             spec.milestone()
-        gen = load_onnx_generator(onnx_file, name=spec.name, threads=spec.threads, device=spec.device)
+        gen = load_onnx_generator(onnx_file, name=spec.name, threads=spec.threads, device=spec.device,
+                                  gpu_memory_limit_mb=float(spec.options.get("gpu_memory_limit_mb") or 0))
         if spec.options.get("steps"):
             gen.info.default_steps = int(spec.options["steps"])
         return DiffusionRenderer(gen, self.name, self.runtime)

@@ -22,7 +22,8 @@ from models.output_filter import parse_lowpass
 class OrtStep(torch.nn.Module):
     """Looks like the U-Net to the sampling loop; runs an onnxruntime session."""
 
-    def __init__(self, onnx_file: Path, threads: int, device: torch.device | None = None) -> None:
+    def __init__(self, onnx_file: Path, threads: int, device: torch.device | None = None,
+                 gpu_memory_limit_mb: float = 0.0) -> None:
         super().__init__()
         import onnxruntime as ort
 
@@ -31,7 +32,7 @@ class OrtStep(torch.nn.Module):
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.device = device or torch.device("cpu")
-        self.providers = providers_for(self.device, ort.get_available_providers())
+        self.providers = providers_for(self.device, ort.get_available_providers(), gpu_memory_limit_mb)
         try:
             self.session = ort.InferenceSession(str(onnx_file), options, providers=self.providers)
         except Exception as exc:  # onnxruntime's own classes (InvalidProtobuf, Fail...) derive from Exception only
@@ -46,18 +47,23 @@ class OrtStep(torch.nn.Module):
         return torch.from_numpy(self.session.run(None, feeds)[0]).to(self.device)
 
 
-def providers_for(device: torch.device, available: list[str]) -> list[str]:
+def providers_for(device: torch.device, available: list[str], gpu_memory_limit_mb: float = 0.0) -> list[str]:
     """onnxruntime's execution providers for a device: the CUDA provider first on a GPU (a clear
-    error when this onnxruntime has none: the CPU build cannot use it), the CPU provider always."""
+    error when this onnxruntime has none: the CPU build cannot use it), the CPU provider always.
+    ``gpu_memory_limit_mb`` caps the CUDA provider's own arena (torch's cap does not reach it)."""
     if device.type != "cuda":
         return ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" not in available:
         raise ModelLoadError(f"device {device} asked for, but this onnxruntime has no CUDA provider (it has "
                              f"{', '.join(available)}); install onnxruntime-gpu, or use family = 'diffusion'")
-    return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]  # type: ignore[list-item]
+    options: dict[str, Any] = {"device_id": device.index or 0}
+    if gpu_memory_limit_mb > 0:
+        options["gpu_mem_limit"] = int(gpu_memory_limit_mb * 2**20)
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]  # type: ignore[list-item]
 
 
-def load_onnx_generator(onnx_file: Path, *, name: str, threads: int, device: str = "cpu") -> DiffusionGenerator:
+def load_onnx_generator(onnx_file: Path, *, name: str, threads: int, device: str = "cpu",
+                        gpu_memory_limit_mb: float = 0.0) -> DiffusionGenerator:
     """The exported denoiser behind :class:`DiffusionGenerator`: noise, sampling and filters in torch
     on ``device`` ("auto": a GPU when torch sees one), the network step in onnxruntime."""
     import onnxruntime as ort
@@ -84,4 +90,4 @@ def load_onnx_generator(onnx_file: Path, *, name: str, threads: int, device: str
                      output_lowpass_hz=parse_lowpass(meta.get("output_lowpass_hz"), sample_rate=arch.sample_rate,
                                                      classes=meta.get("classes") or None))
     info.device = str(where)
-    return DiffusionGenerator(OrtStep(onnx_file, threads, where), arch, info, where)
+    return DiffusionGenerator(OrtStep(onnx_file, threads, where, gpu_memory_limit_mb), arch, info, where)

@@ -35,6 +35,9 @@ def test_onnxruntime_providers_follow_the_device() -> None:
     assert on_gpu[0] == ("CUDAExecutionProvider", {"device_id": 1}) and on_gpu[-1] == "CPUExecutionProvider"
     with pytest.raises(ModelLoadError, match="onnxruntime-gpu"):
         providers_for(torch.device("cuda:0"), ["CPUExecutionProvider"])
+    # a worker's GPU memory ceiling reaches onnxruntime's own arena (torch's cap does not)
+    capped = providers_for(torch.device("cuda:0"), ["CUDAExecutionProvider", "CPUExecutionProvider"], 2048)
+    assert capped[0] == ("CUDAExecutionProvider", {"device_id": 0, "gpu_mem_limit": 2048 * 2**20})
 
 
 def test_cuda_graphs_on_a_cpu_are_refused_at_load(tiny_model: Path) -> None:

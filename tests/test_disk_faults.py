@@ -218,6 +218,8 @@ def test_a_read_only_folder_gets_clear_errors_keeps_its_pool_and_recovers_on_rw(
             err = play(client, rid="ro")
             assert err.address == ERROR and err.args[0] == "ro", err
             assert f"cannot move a clip into {session}: the folder is read-only (EROFS)" in err.args[2], err.args
+            status = client.status()  # a refused move alone says the folder is failing
+            assert status["output"]["state"] == "failing" and "read-only" in status["output"]["error"], status["output"]
             err = generate(client, rid="gen-ro")
             assert err.address == ERROR, err
             assert f"cannot write to {session}: the folder is read-only (EROFS)" in err.args[2], err.args

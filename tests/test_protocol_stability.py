@@ -410,3 +410,12 @@ def test_keyword_form_over_udp(tmp_path: Path, tiny_model: Path, start_daemon) -
     assert status.args[0] == "st" and json.loads(status.args[1])
     error = client.request("/genbridge/kw/ping", "id", 8, "id", 9, reply="/genbridge/error")
     assert error.args[:2] == [8, "/genbridge/kw/ping"] and "given twice" in error.args[2]
+
+
+def test_a_keyword_request_keeps_the_address_it_came_on_for_its_later_errors() -> None:
+    """Errors raised after parsing (by the service) name the address the client used."""
+    positional = parse("/genbridge/drum/generate", ["snare", 1, 2, 3, "x"])
+    keyword = parse("/genbridge/kw/drum/generate", ["snare", "count", 1, "seed", 2, "steps", 3, "id", "x"])
+    assert positional == keyword
+    assert positional.address == "/genbridge/drum/generate"
+    assert keyword.address == "/genbridge/kw/drum/generate"

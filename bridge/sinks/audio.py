@@ -141,8 +141,9 @@ class AudioOutput:
         if restart_in is None:
             return
         if self.state != "lost":
-            self.state, self.reason = "lost", f"the audio process exited (code {exitcode})"
-            log.error("audio process exited (code %s); restarting it in %.1f s", exitcode, restart_in)
+            why = (self._child.last_exit if self._child is not None else None) or f"exit code {exitcode}"
+            self.state, self.reason = "lost", f"the audio process ended ({why})"
+            log.error("audio process ended (%s); restarting it in %.1f s", why, restart_in)
 
     def close(self) -> None:
         self._stopping = True

@@ -296,7 +296,11 @@ class FolderSink:
                 self.session_dir.mkdir(parents=True, exist_ok=True)
                 self._move(src_wav, dst_wav)
         except OSError as exc:
-            raise folder_error(exc, self.session_dir, "move a clip into") from exc
+            # counted in the folder's health; a move that works does not clear it (renames need no
+            # space: only a write that lands says the folder takes writes again)
+            error = folder_error(exc, self.session_dir, "move a clip into")
+            self._failed(error)
+            raise error from exc
         clip.path = dst_wav
         return dst_wav
 
@@ -309,6 +313,8 @@ class FolderSink:
             folder.mkdir(parents=True, exist_ok=True)
             self._move(clip.path, dst)
         except OSError as exc:
-            raise folder_error(exc, folder, "move a clip into") from exc
+            error = folder_error(exc, folder, "move a clip into")
+            self._failed(error)
+            raise error from exc
         clip.path = dst
         return dst
