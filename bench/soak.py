@@ -261,44 +261,42 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
             rss_peak[0] = max(rss_peak[0], rss_mb(pid))
             stop.wait(0.2)
 
-    def recovered_worker(c: OscClient, st: OscClient, restarts: int, deadline: float) -> bool:
-        """The worker of model m was restarted (``st`` asks status, nothing else), and its new
-        process makes a clip (asked for on ``c``)."""
+    def recovered_worker(st: OscClient, restarts: int, deadline: float) -> str | None:
+        """None once the worker of model m was restarted and its new process made a clip (a
+        refill, or one of the many generate jobs the fuzz's valid mutations queue); else what did
+        not happen. ``st`` asks status and nothing else."""
         try:
-            st.wait_until(lambda s: s["models"]["m"]["restarts"] > restarts and s["models"]["m"]["state"] == "ready",
-                         timeout=max(1.0, deadline - time.monotonic()), what="the worker back")
-        except AssertionError:
-            return False
-        while time.monotonic() < deadline:
-            c.send("/genbridge/drum/generate", "kick", 1, -1, 0, "probe-gen")
-            try:
-                while time.monotonic() < deadline:
-                    reply = c.recv(max(0.1, deadline - time.monotonic()))
-                    if reply.args and reply.args[0] == "probe-gen":
-                        if reply.address == "/genbridge/drum/ready":
-                            return True
-                        if reply.address == "/genbridge/error":
-                            break  # e.g. busy while the pools refill: ask again
-            except socket.timeout:
-                return False
-            stop.wait(0.5)
-        return False
+            back = st.wait_until(lambda s: s["models"]["m"]["restarts"] > restarts
+                                 and s["models"]["m"]["state"] == "ready",
+                                 timeout=max(1.0, deadline - time.monotonic()), what="the worker back")
+            made = back["models"]["m"]["made"]
+            st.wait_until(lambda s: s["models"]["m"]["made"] > made, timeout=max(1.0, deadline - time.monotonic()),
+                          what="a clip from the new worker")
+        except (AssertionError, socket.timeout) as exc:
+            return str(exc)[:200]
+        return None
 
-    def recovered_folder(c: OscClient, deadline: float) -> bool:
-        """A play is written again, and the file is whole."""
-        while time.monotonic() < deadline:
-            c.send("/genbridge/drum/play", "kick", 100, "probe-play")
-            try:
-                while True:
-                    reply = c.recv(max(0.1, deadline - time.monotonic()))
-                    if reply.args and reply.args[0] == "probe-play":
-                        break
-            except socket.timeout:
-                return False
-            if reply.address == "/genbridge/drum/played" and sf.info(reply.args[2]).frames == TINY_LENGTH:
-                return True
-            stop.wait(0.5)
-        return False
+    def recovered_folder(c: OscClient, st: OscClient, deadline: float) -> str | None:
+        """None once the folder takes writes again (status: output ok, no clip held in memory:
+        every refill the full disk refused was written) and a play names a whole file; else what
+        did not happen. Fresh plays are not asked for: the fuzz's valid generate jobs outrank
+        refills, so how soon a pool is fresh again measures the fuzz, not the disk."""
+        try:
+            st.wait_until(lambda s: s["output"]["state"] == "ok" and not s["output"]["held_clips"],
+                          timeout=max(1.0, deadline - time.monotonic()), what="the folder to take writes again")
+        except (AssertionError, socket.timeout) as exc:
+            return str(exc)[:200]
+        c.send("/genbridge/drum/play", "kick", 100, "probe-play")
+        try:
+            while (reply := c.recv(max(0.1, deadline - time.monotonic()))).args[:1] != ["probe-play"]:
+                pass
+        except socket.timeout:
+            return "no reply to a play"
+        if reply.address != "/genbridge/drum/played":
+            return f"{reply.address} {reply.args[1:]}"
+        if sf.info(reply.args[2]).frames != TINY_LENGTH:
+            return f"{reply.args[2]} is not whole"
+        return None
 
     def fault_loop() -> None:
         c, st = OscClient(daemon.port), OscClient(daemon.port)  # probes; status only
@@ -312,23 +310,24 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
             t = time.monotonic()
             if kind == "kill -9 worker" and worker:
                 os.kill(worker, signal.SIGKILL)
-                ok = recovered_worker(c, st, restarts, t + 60)
+                failure = recovered_worker(st, restarts, t + 60)
             elif kind == "SIGSTOP worker" and worker:
                 os.kill(worker, signal.SIGSTOP)
-                ok = recovered_worker(c, st, restarts, t + 60)
+                failure = recovered_worker(st, restarts, t + 60)
             elif kind == "disk full":
                 filler = out / "filler"
                 subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
                 stop.wait(8.0)
                 filler.unlink()
                 t = time.monotonic()
-                ok = recovered_folder(c, t + 60)
+                failure = recovered_folder(c, st, t + 60)
             else:
                 continue
+            ok = failure is None
             faults.append({"kind": kind, "at_s": round(t - t0, 1), "recovered": ok,
-                           "recovery_s": round(time.monotonic() - t, 2) if ok else None})
+                           "recovery_s": round(time.monotonic() - t, 2) if ok else None, "failure": failure})
             print(f"  fault {kind} at {t - t0:.0f} s: " + (f"recovered in {faults[-1]['recovery_s']} s" if ok
-                                                           else "NOT RECOVERED"), flush=True)
+                                                           else f"NOT RECOVERED: {failure}"), flush=True)
         c.close()
         st.close()
 

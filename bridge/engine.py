@@ -75,6 +75,8 @@ class ModelSlot:
     refill_limit: int = 0
     #: Clips in the render now running (running shrinks as its clips come back).
     dispatched: int = 0
+    #: Clips its workers made since the daemon started (a restarted worker is working when it grows).
+    made: int = 0
     refill_retry: asyncio.TimerHandle | None = None
 
 
@@ -369,6 +371,7 @@ class Engine:
             self._fail_slot_jobs(slot, f"model {slot.name!r} failed to load: {slot.error}")
         elif op == "clip":
             slot.memory = msg.get("memory") or slot.memory
+            slot.made += 1
             task = self._task_over(slot, msg.get("task"), keep_reservation=True)
             if task is not None and task.job is None:
                 slot.refill_failures = 0
@@ -643,6 +646,7 @@ def model_status(slot: ModelSlot) -> dict[str, Any]:
         "restarts": slot.worker.restarts if slot.worker else 0,
         "health": slot.worker.health() if slot.worker else {},
         "busy": bool(slot.running),
+        "made": slot.made,
         "batch": len(slot.running),
         "queued_jobs": len(slot.queue),
         "info": info,
