@@ -298,6 +298,29 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
             return f"{reply.args[2]} is not whole"
         return None
 
+    def fill_disk(folder: Path, st: OscClient, seconds: float) -> bool:
+        """Keep the folder's filesystem full for ``seconds`` (the sweep frees space as it removes
+        old clips: the filler takes it back at once), then free it. True when status said the
+        folder was failing meanwhile (the fault happened)."""
+        filler = folder / "filler"
+        failing = False
+        end = time.monotonic() + seconds
+        with open(filler, "ab", buffering=0) as fh:
+            while time.monotonic() < end:
+                try:
+                    while True:
+                        fh.write(b"\0" * 65536)
+                except OSError:
+                    try:
+                        while True:
+                            fh.write(b"\0" * 512)
+                    except OSError:
+                        pass
+                failing = failing or st.status()["output"]["state"] == "failing"
+                stop.wait(0.2)
+        filler.unlink()
+        return failing
+
     def fault_loop() -> None:
         c, st = OscClient(daemon.port), OscClient(daemon.port)  # probes; status only
         kinds = ["kill -9 worker", "SIGSTOP worker"] + (["disk full"] if tmpfs else [])
@@ -315,12 +338,9 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
                 os.kill(worker, signal.SIGSTOP)
                 failure = recovered_worker(st, restarts, t + 60)
             elif kind == "disk full":
-                filler = out / "filler"
-                subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=100"], capture_output=True)
-                stop.wait(8.0)
-                filler.unlink()
+                failing = fill_disk(out, st, 8.0)
                 t = time.monotonic()
-                failure = recovered_folder(c, st, t + 60)
+                failure = recovered_folder(c, st, t + 60) if failing else "the daemon never said the disk was full"
             else:
                 continue
             ok = failure is None
