@@ -443,6 +443,9 @@ class Engine:
     async def _deliver(self, task: Task, clip: Clip) -> None:
         job = task.job
         if job is not None and job.priority == Priority.GENERATE:
+            if job.failed:  # its requester was told it failed: a clip still on its way is dropped
+                self._maybe_finish(job)
+                return
             job.writing += 1
             try:
                 await self.writer.save(clip)
@@ -584,18 +587,19 @@ class Engine:
         return prepare_and_write
 
     def _fail_job(self, job: Job, message: str) -> None:
+        """Tell the job's requester once; forget the job when nothing of it is left in flight
+        (a later task's failure must still let it go, or failed jobs pile up in ``jobs``)."""
         job.seeds.clear()
-        if job.failed:
-            return
-        job.failed = True
-        if job.priority == Priority.PLAY_WAIT:
-            waiters = self.waiters[job.instrument]
-            if waiters:
-                fut = waiters.popleft()
-                if not fut.done():
-                    fut.set_exception(EngineError(message))
-        elif job.on_error is not None and not job.cancelled:
-            job.on_error(job, message)
+        if not job.failed:
+            job.failed = True
+            if job.priority == Priority.PLAY_WAIT:
+                waiters = self.waiters[job.instrument]
+                if waiters:
+                    fut = waiters.popleft()
+                    if not fut.done():
+                        fut.set_exception(EngineError(message))
+            elif job.on_error is not None and not job.cancelled:
+                job.on_error(job, message)
         self._maybe_finish(job)
 
     def _fail_slot_jobs(self, slot: ModelSlot, message: str) -> None:
