@@ -23,6 +23,7 @@ Usage: python bench/soak.py [--seconds 300] [--flood 10000] [--fuzz 1000] [--fau
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import random
@@ -261,17 +262,33 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
             rss_peak[0] = max(rss_peak[0], rss_mb(pid))
             stop.wait(0.2)
 
+    def status_until(st: OscClient, predicate, deadline: float, what: str) -> dict:
+        """Ask for status until ``predicate`` holds; a request or reply the flood made the kernel
+        drop (UDP) is asked again, not taken for the daemon's silence."""
+        while True:
+            try:
+                st.send("/genbridge/status")
+                while (reply := st.recv(min(2.0, max(0.1, deadline - time.monotonic())))).address != \
+                        "/genbridge/status/reply":
+                    pass
+                status = json.loads(reply.args[1])
+                if predicate(status):
+                    return status
+            except socket.timeout:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            stop.wait(0.05)
+
     def recovered_worker(st: OscClient, restarts: int, deadline: float) -> str | None:
         """None once the worker of model m was restarted and its new process made a clip (a
         refill, or one of the many generate jobs the fuzz's valid mutations queue); else what did
         not happen. ``st`` asks status and nothing else."""
         try:
-            back = st.wait_until(lambda s: s["models"]["m"]["restarts"] > restarts
-                                 and s["models"]["m"]["state"] == "ready",
-                                 timeout=max(1.0, deadline - time.monotonic()), what="the worker back")
+            back = status_until(st, lambda s: s["models"]["m"]["restarts"] > restarts
+                                and s["models"]["m"]["state"] == "ready", deadline, "the worker back")
             made = back["models"]["m"]["made"]
-            st.wait_until(lambda s: s["models"]["m"]["made"] > made, timeout=max(1.0, deadline - time.monotonic()),
-                          what="a clip from the new worker")
+            status_until(st, lambda s: s["models"]["m"]["made"] > made, deadline, "a clip from the new worker")
         except (AssertionError, socket.timeout) as exc:
             return str(exc)[:200]
         return None
@@ -282,8 +299,8 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
         did not happen. Fresh plays are not asked for: the fuzz's valid generate jobs outrank
         refills, so how soon a pool is fresh again measures the fuzz, not the disk."""
         try:
-            st.wait_until(lambda s: s["output"]["state"] == "ok" and not s["output"]["held_clips"],
-                          timeout=max(1.0, deadline - time.monotonic()), what="the folder to take writes again")
+            status_until(st, lambda s: s["output"]["state"] == "ok" and not s["output"]["held_clips"], deadline,
+                         "the folder to take writes again")
         except (AssertionError, socket.timeout) as exc:
             return str(exc)[:200]
         c.send("/genbridge/drum/play", "kick", 100, "probe-play")
@@ -316,7 +333,10 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
                             fh.write(b"\0" * 512)
                     except OSError:
                         pass
-                failing = failing or st.status()["output"]["state"] == "failing"
+                try:
+                    failing = failing or st.status()["output"]["state"] == "failing"
+                except socket.timeout:
+                    pass  # a status the flood made the kernel drop: asked again on the next round
                 stop.wait(0.2)
         filler.unlink()
         return failing
@@ -328,7 +348,7 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
         while not stop.wait(args.fault_every):
             kind = kinds[n % len(kinds)]
             n += 1
-            status = st.status()
+            status = status_until(st, lambda s: True, time.monotonic() + 30, "status")
             worker, restarts = status["models"]["m"]["pid"], status["models"]["m"]["restarts"]
             t = time.monotonic()
             if kind == "kill -9 worker" and worker:
