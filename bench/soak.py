@@ -23,6 +23,7 @@ Usage: python bench/soak.py [--seconds 300] [--flood 10000] [--fuzz 1000] [--fau
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import multiprocessing
 import os
@@ -150,6 +151,7 @@ def main() -> None:
     ap.add_argument("--leak-mb", type=float, default=4.0, help="MB the leaky model keeps per clip (0: no leak)")
     ap.add_argument("--memory-limit-mb", type=float, default=700.0, help="the leaky model's memory ceiling")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that atexit stops the daemon
 
     seeds = [osc_message("/genbridge/ping", 1), osc_message("/genbridge/drum/play", "kick", 100),
              osc_message("/genbridge/drum/generate", "snare", 2, 5), osc_message("/genbridge/status"),
@@ -173,6 +175,7 @@ def run(args: argparse.Namespace, seeds: list[bytes], tmp_path: Path, out: Path,
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAMILIES), os.environ.get("PYTHONPATH", "")]),
                GENBRIDGE_TEST_LEAK_MB=str(args.leak_mb))
     daemon = Daemon(out, config, env=env)
+    atexit.register(daemon.stop)  # a soak stopped early (SIGTERM, Ctrl-C) leaves no daemon behind
     daemon.wait_for_ping()
     control = OscClient(daemon.port)
     control.wait_until(lambda s: all(i["ready"] >= i["target"] for i in s["instruments"].values()),
