@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from models.devices import rss_bytes
+
 log = logging.getLogger(__name__)
 
 LOADING, IDLE, BUSY = 0.0, 1.0, 2.0
@@ -148,11 +150,7 @@ def physical_memory_mb() -> float:
 
 def rss_mb(pid: int) -> float:
     """Resident memory of ``pid`` in MB (0 when it cannot be read: the process is gone)."""
-    try:
-        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0.0
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return rss_bytes(pid) / 2**20
 
 
 def verdict(ages: tuple[float, float, float], rss: float, policy: LivenessPolicy) -> tuple[str, str] | None:

@@ -87,6 +87,8 @@ class SupervisedChild:
         self.last_exit: str | None = None
         self.last_exit_kind: str | None = None
         self.peak_rss_mb = 0.0
+        #: The watch's last reading (status shows it rather than reading /proc again).
+        self._rss_mb = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -107,6 +109,7 @@ class SupervisedChild:
         self._gave_up = False
         self._healthy_since = None
         self._kill_reason = None
+        self._rss_mb = 0.0
         lv = self.liveness
         self.process, self._conn, self._pulse = spawn_child(
             self.target, self.args, name=f"genbridge-{self.name}", beat_s=lv.beat_s if lv else 0.0,
@@ -131,7 +134,7 @@ class SupervisedChild:
         self._watch = None
         if generation != self.generation or self.process is None or self._pulse is None or self.liveness is None:
             return
-        rss = rss_mb(self.process.pid)
+        rss = self._rss_mb = rss_mb(self.process.pid)
         self.peak_rss_mb = max(self.peak_rss_mb, rss)
         found = verdict(self._pulse.ages(), rss, self.liveness)
         if found is not None and found[0] == "memory" and not self._pulse.worked:
@@ -155,7 +158,7 @@ class SupervisedChild:
         if self._pulse is not None and self.process is not None:
             beat_age, mark_age, state = self._pulse.ages()
             out |= {"heartbeat_age_s": round(beat_age, 2), "progress_age_s": round(mark_age, 2),
-                    "state": STATE_NAMES.get(state, "?"), "rss_mb": round(rss_mb(self.process.pid), 1)}
+                    "state": STATE_NAMES.get(state, "?"), "rss_mb": round(self._rss_mb, 1)}
         if self.liveness is not None:
             out["memory_limit_mb"] = self.liveness.memory_limit_mb or None
             out["memory_limit_os"] = self._cage.describe() if self._cage is not None else None
@@ -183,9 +186,7 @@ class SupervisedChild:
             self._restart.cancel()
             self._restart = None
         self.generation += 1  # ignore its last words
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+        self._end_watch()
         if self._outbox is not None:
             self._outbox.put({"op": "stop"})  # after what is queued; never blocks on a child that does not read
         stop_child(self.process, timeout)
@@ -198,6 +199,11 @@ class SupervisedChild:
             self._cage.remove()
             self._cage = None
 
+    def _end_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
     def _message(self, generation: int, msg: dict[str, Any]) -> None:
         if generation == self.generation:
             self.on_message(msg)
@@ -208,9 +214,7 @@ class SupervisedChild:
         if self._outbox is not None:
             self._outbox.close()
         self.process, self._conn, self._outbox = None, None, None
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+        self._end_watch()
         if self._kill_reason is not None:
             self.last_exit_kind, self.last_exit = self._kill_reason
         elif self._cage is not None and self._cage.oom_kills() > self._cage_kills:

@@ -130,9 +130,10 @@ def memory(device: Any) -> dict[str, Any]:
     return {"rss_mb": round(rss_bytes() / 2**20, 1)}
 
 
-def rss_bytes() -> int:
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident memory of a process (this one by default); 0 when it cannot be read (gone)."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             import os
 
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
