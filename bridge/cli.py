@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--midi-port", action="append", metavar="NAME",
                    help="MIDI input to open, by name or part of one (repeatable; replaces midi.ports)")
     s.add_argument("--midi-virtual", action="store_true", help="open a virtual MIDI input named genbridge")
+    s.add_argument("--link", action="store_true", help="follow an Ableton Link session ([tempo] source = \"link\")")
     s.add_argument("--device", help="run every model on this device: auto, cpu, cuda or cuda:N "
                    "(replaces [models.*] device and continuation.device)")
 
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             apply_overrides(config, host=args.host, osc_port=args.osc_port, out=args.out,
                             audio_device=args.audio_device, midi_ports=args.midi_port,
-                            midi_virtual=args.midi_virtual, device=args.device)
+                            midi_virtual=args.midi_virtual, device=args.device, link=args.link)
             return _serve(args, config)
         return _generate(args, config)
     except ConfigError as exc:

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 
 from bridge.finishing import FinishingSettings
 from bridge.liveness import physical_memory_mb
+from bridge.tempo import GRID_HINT, MAX_BPM, MIN_BPM, TEMPO_SOURCES, is_grid
 from models.devices import DEVICE_HINT, is_device_name
 from models.generator import FAMILIES, is_family_name
 
@@ -199,6 +200,9 @@ class InstrumentConfig:
     pan: float = field(default=0.0, metadata=_check(lambda v: -1 <= v <= 1, "-1..1"))
     #: Instruments sharing a group cut each other off (closed hat chokes open hat); 0 = none.
     choke_group: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 64, "0-64"))
+    #: Start every hit of this instrument on the next point of this grid ("off", "1/16", "1/8",
+    #: "beat", "bar", ...) of the tempo source; a request's own ``quantize`` wins.
+    quantize: str = field(default="off", metadata=_check(is_grid, GRID_HINT))
 
 
 #: General MIDI drum map (and Ableton Drum Rack's pads 36-51) for the default instruments and
@@ -262,10 +266,30 @@ class ContinuationConfig:
     queue_limit: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 1000, "1-1000"))
     #: Play each chunk on the audio output as it arrives.
     play_chunks: bool = False
+    #: Where played chunks (and a ``play`` on done) start: the next point of this grid of the
+    #: tempo source, late enough that playback will not run dry; then gap-free. "off": at once.
+    play_quantize: str = field(default="bar", metadata=_check(is_grid, GRID_HINT))
     #: The MusicGen worker's memory ceiling in MB (0: engine.memory_limit_mb).
     memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
     #: On a GPU: the most GPU memory MusicGen may allocate, in MB (0: no cap).
     gpu_memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
+
+
+@dataclass
+class TempoConfig:
+    """Musical time: the tempo source quantised starts and lengths in bars follow."""
+
+    #: "fixed" (bpm, the daemon's own beat), "midi" (MIDI clock in), "link" (Ableton Link).
+    source: str = field(default="fixed", metadata=_check(lambda v: v in TEMPO_SOURCES,
+                                                         " or ".join(repr(s) for s in TEMPO_SOURCES)))
+    #: The fixed tempo, Link's start tempo (a session already running keeps its own), MIDI's
+    #: stand-in before the first clock ticks.
+    bpm: float = field(default=120.0, metadata=_check(lambda v: MIN_BPM <= v <= MAX_BPM, f"{MIN_BPM:g}-{MAX_BPM:g}"))
+    #: Beats per bar (Link's quantum): what "bar" means for quantised starts and lengths in bars.
+    quantum: float = field(default=4.0, metadata=_check(lambda v: 1 <= v <= 16 and float(v).is_integer(),
+                                                        "a whole number of beats 1-16"))
+    #: Tempo listeners kept (``/genbridge/tempo/listen``); the oldest go first.
+    max_listeners: int = field(default=64, metadata=_check(lambda v: 1 <= v <= 4096, "1-4096"))
 
 
 def _default_instruments() -> dict[str, InstrumentConfig]:
@@ -285,6 +309,7 @@ class Config:
     #: Named sets of instrument -> model, switched by MIDI program change or /genbridge/kit/select.
     kits: dict[str, dict[str, str]] = field(default_factory=dict)
     continuation: ContinuationConfig = field(default_factory=ContinuationConfig)
+    tempo: TempoConfig = field(default_factory=TempoConfig)
 
     def validate(self) -> None:
         import ipaddress
@@ -463,7 +488,7 @@ def load_config(path: str | Path | None) -> Config:
 def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | None = None,
                     out: str | None = None, audio_device: str | None = None,
                     midi_ports: list[str] | None = None, midi_virtual: bool | None = None,
-                    device: str | None = None) -> Config:
+                    device: str | None = None, link: bool = False) -> Config:
     """Command-line flags win over the file; checked like file options. ``device`` puts every
     model (and the continuation model) on one device."""
     if host is not None:
@@ -480,6 +505,8 @@ def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | 
         config.midi.ports = list(midi_ports)
     if midi_virtual:
         config.midi.virtual = True
+    if link:
+        config.tempo.source = "link"
     if device is not None:
         from models.devices import DeviceError, check_available
 

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bridge.bar_shape import BarShape, ShapeError, shape
 from bridge.clip import Clip
 from bridge.config import ContinuationConfig
 from bridge.folder_writer import FolderWriter
@@ -49,6 +50,8 @@ class ContinuationJob:
     failed: bool = False
     #: Chunk writes in flight: the final file is written only after the last chunk's.
     writes: list[asyncio.Future[Any]] = field(default_factory=list)
+    #: A length in bars: the result is cut on the bar (or looped) before it is written.
+    shape: BarShape | None = None
 
 
 class Continuations:
@@ -172,10 +175,17 @@ class Continuations:
     # ------------------------------------------------------------------ jobs
 
     def submit(self, audio: np.ndarray, rate: int, source_name: str, seconds: float, *, description: str = "",
-               seed: int | None = None, **callbacks: Any) -> tuple[ContinuationJob, int]:
-        """Queue a continuation; returns the job and its position (0 = starts now)."""
+               seed: int | None = None, shape: BarShape | None = None,
+               **callbacks: Any) -> tuple[ContinuationJob, int]:
+        """Queue a continuation; returns the job and its position (0 = starts now). With ``shape``
+        the model makes a little more than its bars and the result is cut (or looped) to them."""
         if self.state == "failed":
             raise EngineError(f"MusicGen failed to load: {self.error}")
+        if shape is not None:
+            seconds = shape.seconds_to_generate()
+            if seconds > self.config.max_seconds:
+                raise EngineError(f"{shape.bars:g} bars at {shape.bpm:.1f} BPM need {seconds:.1f} s, more than "
+                                  f"continuation.max_seconds ({self.config.max_seconds:g})")
         if not 0 < seconds <= self.config.max_seconds:
             raise EngineError(f"seconds must be 0-{self.config.max_seconds:g} (continuation.max_seconds), "
                               f"got {seconds:g}")
@@ -188,7 +198,7 @@ class Continuations:
                   "chunk_seconds": c.chunk_seconds}
         params = checked_params(self.family, params, self.info)
         seed = int(seed if seed is not None and seed >= 0 else np.random.randint(0, 2**31 - 1))
-        job = ContinuationJob(self.job_ids.next(), seed, source_name, params, **callbacks)
+        job = ContinuationJob(self.job_ids.next(), seed, source_name, params, shape=shape, **callbacks)
         position = len(self.waiting) + (1 if self.running is not None or self.state != "ready" else 0)
         self.waiting.append(job)
         self._pump()
@@ -257,6 +267,13 @@ class Continuations:
         await asyncio.gather(*job.writes, return_exceptions=True)
         if job.failed:
             return
+        if job.shape is not None:
+            try:
+                clip = Clip(shape(clip.audio, clip.sample_rate, job.shape), clip.sample_rate,
+                            clip.meta | job.shape.meta() | {"generated_s": round(clip.duration_s, 6)})
+            except ShapeError as exc:
+                self._fail(job, f"cannot cut the continuation to {job.shape.bars:g} bars: {exc}")
+                return
         try:
             await self.writer.save(clip)
         except OSError as exc:

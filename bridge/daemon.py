@@ -24,6 +24,8 @@ from bridge.service import ReplyFn, Service
 from bridge.sinks.audio import AudioOutput
 from bridge.sinks.folder import FolderSink
 from bridge.supervisor import RestartPolicy
+from bridge.tempo import MidiClock, make_timeline
+from bridge.tempo_listeners import TempoListeners
 from bridge.worker_handle import continuation_worker_spec, local_workers, worker_liveness
 
 log = logging.getLogger("genbridge")
@@ -67,11 +69,15 @@ async def run_daemon(config: Config) -> None:
     except OSError as exc:
         raise StartupError(f"cannot listen for OSC on udp {config.server.host}:{config.server.osc_port}: "
                            f"{exc.strerror or exc}") from exc
-    midi = MidiInput(config, handle)
+    midi_clock = MidiClock()
+    midi = MidiInput(config, handle, clock=midi_clock)
+    timeline = make_timeline(config.tempo.source, config.tempo.bpm, config.tempo.quantum, midi_clock)
+    tempo_listeners = TempoListeners(timeline, config.tempo.max_listeners)
     sections: dict[str, Callable[[], dict[str, Any]]] = {"osc": osc.status, "midi": midi.status}
     if continuations is not None:
         sections["continuation"] = continuations.status
-    service = Service(engine, writer, audio=audio, continuations=continuations, status_sections=sections)
+    service = Service(engine, writer, audio=audio, continuations=continuations, timeline=timeline,
+                      tempo_listeners=tempo_listeners, status_sections=sections)
     sweeper = FolderSweeper(writer, config.output,
                             [engine.protected_paths] + ([continuations.protected_paths] if continuations else []),
                             counters)
@@ -84,6 +90,12 @@ async def run_daemon(config: Config) -> None:
         continuations.start()
     sweeper.start()
     await midi.start()
+    try:
+        await timeline.start()
+    except Exception as exc:  # Link's library missing or its sockets refused: tempo falls back, serving goes on
+        log.error("tempo source %r did not start (%s: %s); its beat is the fixed %.1f BPM until a restart",
+                  config.tempo.source, type(exc).__name__, exc, config.tempo.bpm)
+    tempo_listeners.start()
     for name, inst in config.instruments.items():
         log.info("instrument %-8s model=%s pool=%d", name, inst.model, inst.pool)
     log.info("genbridge %s listening for OSC on udp://%s:%d; clips go to %s",
@@ -99,6 +111,8 @@ async def run_daemon(config: Config) -> None:
         log.info("shutting down")
         transport.close()
         midi.close()
+        tempo_listeners.close()
+        timeline.close()
         if audio is not None:
             audio.close()
         if continuations is not None:

@@ -3,7 +3,8 @@
 A transport like ``bridge.osc``: it knows no torch and no engine internals. A note-on becomes
 the same ``drum.play`` Request an OSC message would, handled by the same Service; a CC changes
 the configuration the engine and the audio sink read (steps, gains, dry policy); clock ticks
-feed a tempo estimate shown in ``/genbridge/status``.
+feed :class:`bridge.tempo.MidiClock` (the tempo source when ``[tempo] source = "midi"``, and the
+estimate shown in the ``midi`` section of ``/genbridge/status``).
 
 Ports: by exact name or substring (several at once), plus an optional virtual input named
 ``genbridge`` where the backend allows (JACK, ALSA, CoreMIDI). Ports that appear later are
@@ -17,48 +18,17 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
 from typing import Any, Callable
 
 from bridge.config import Config, MidiConfig
 from bridge.protocol import BY_ADDRESS, Request
 from bridge.service import RequestHandler
+from bridge.tempo import MidiClock
 
 log = logging.getLogger(__name__)
 
 VIRTUAL_NAME = "genbridge"
-CLOCK_WINDOW = 192  # ticks (8 beats, 4 s at 120 BPM) in the tempo estimate
 WATCH_S = 2.0
-
-
-class TempoClock:
-    """Tempo from MIDI clock (24 per quarter note).
-
-    Ticks are stamped on arrival, so each carries the JACK/ALSA period it arrived in plus any
-    wait for the GIL. The estimate is the median, over the window, of the time 48 ticks (two
-    beats) took: a late tick spoils two of ~150 spans, not the answer.
-    """
-
-    SPAN = 48
-
-    def __init__(self, window: int = CLOCK_WINDOW) -> None:
-        self.times: deque[float] = deque(maxlen=window)
-        self.ticks = 0
-        self.transport = "stopped"
-
-    def tick(self, t: float) -> None:
-        if self.times and t - self.times[-1] > 1.0:  # a pause longer than any sane tick: restart
-            self.times.clear()
-        self.times.append(t)
-        self.ticks += 1
-
-    def bpm(self) -> float | None:
-        times = list(self.times)
-        spans = sorted(times[i + self.SPAN] - times[i] for i in range(len(times) - self.SPAN))
-        if len(spans) < 24:
-            return None
-        seconds_per_tick = spans[len(spans) // 2] / self.SPAN
-        return 60.0 / (24 * seconds_per_tick) if seconds_per_tick > 0 else None
 
 
 def _scale(value: int, low: float, high: float) -> float:
@@ -66,14 +36,15 @@ def _scale(value: int, low: float, high: float) -> float:
 
 
 class MidiInput:
-    def __init__(self, config: Config, handle: RequestHandler) -> None:
+    def __init__(self, config: Config, handle: RequestHandler, clock: MidiClock | None = None) -> None:
         self.config = config
         self.cfg: MidiConfig = config.midi
         #: Serves a parsed request (bridge.service.Service.handle in the daemon).
         self.handle_request = handle
         self.state = "off"  # off, running, unavailable
         self.reason = ""
-        self.clock = TempoClock()
+        #: MIDI clock as it arrives; the tempo source reads it when [tempo] source = "midi".
+        self.clock = clock or MidiClock()
         self.ports: dict[str, Any] = {}  # source name -> open mido port
         self.virtual: Any = None
         self.counters = {"messages": 0, "notes": 0, "unmapped_notes": 0, "filtered_channel": 0, "cc": 0,
@@ -217,12 +188,17 @@ class MidiInput:
         if kind == "clock":
             self.clock.tick(t)
             return
-        if kind in ("start", "continue"):
-            self.clock.transport = "playing"
-            self.clock.times.clear()
+        if kind == "start":
+            self.clock.start()
+            return
+        if kind == "continue":
+            self.clock.resume()
             return
         if kind == "stop":
-            self.clock.transport = "stopped"
+            self.clock.stop()
+            return
+        if kind == "songpos":
+            self.clock.song_position(msg.pos)
             return
         channel = getattr(msg, "channel", None)
         if channel is not None and self.cfg.channel and channel + 1 != self.cfg.channel:

@@ -122,6 +122,7 @@ class OscTransport(asyncio.DatagramProtocol):
         #: host -> its latest registered reply port; (host, sender port) -> that socket's.
         self.reply_ports: dict[str, int] = {}
         self.socket_reply_ports: dict[tuple[str, int], int] = {}
+        self._repliers: dict[tuple[str, int], ReplyFn] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = {"packets": 0, "malformed": 0, "errors_sent": 0, "errors_suppressed": 0,
@@ -132,7 +133,18 @@ class OscTransport(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def replier(self, sender: Address) -> ReplyFn:
-        host, port = sender[0], sender[1]
+        """The reply callable of one client socket: the same object for every packet it sends, so
+        a registration made with it (``tempo/listen``) is found again by that socket's next request."""
+        key = (sender[0], sender[1])
+        reply = self._repliers.get(key)
+        if reply is None:
+            reply = self._repliers[key] = self._make_replier(key)
+            while len(self._repliers) > MAX_SOCKET_REGISTRATIONS:  # oldest first
+                self._repliers.pop(next(iter(self._repliers)))
+        return reply
+
+    def _make_replier(self, sender: tuple[str, int]) -> ReplyFn:
+        host, port = sender
 
         def reply(address: str, args: list[Any]) -> None:
             if address == protocol.REPLIES["error"].address:

@@ -48,8 +48,12 @@ class Arg:
     #: Only in the keyword form (``name value``), never positionally: how an argument is added to
     #: an existing address without changing what the messages of existing patches mean.
     keyword_only: bool = False
+    #: For a "str": the values it may take (empty: any).
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.choices and self.kind != "str":
+            raise ValueError(f"{self.name}: choices are for str arguments")
         if self.keyword_only and self.required:
             raise ValueError(f"keyword-only argument {self.name!r} must be optional: a required one would "
                              "refuse every message existing patches send")
@@ -119,6 +123,10 @@ class Endpoint:
                          *(f"[{name} value]" for name in self.keywords)))
 
 
+#: What a tempo reply carries, typed (no JSON to take apart in a patch): playing is 0/1,
+#: source "fixed", "midi" or "link".
+_TEMPO_ARGS = ("id", "bpm", "beat", "phase", "quantum", "peers", "playing", "source")
+
 REPLIES: dict[str, Reply] = {
     r.address.removeprefix(PREFIX + "/"): r
     for r in (
@@ -135,6 +143,8 @@ REPLIES: dict[str, Reply] = {
         Reply(f"{PREFIX}/client/registered", ("id", "port")),
         Reply(f"{PREFIX}/capture/saved", ("id", "path", "seconds")),
         Reply(f"{PREFIX}/kit/selected", ("id", "kit")),
+        Reply(f"{PREFIX}/tempo/reply", _TEMPO_ARGS),
+        Reply(f"{PREFIX}/tempo/bar", _TEMPO_ARGS),
         Reply(f"{PREFIX}/error", ("id", "address", "message")),
     )
 }
@@ -149,6 +159,23 @@ def _seed(doc: str) -> Arg:
 def _steps(doc: str) -> Arg:
     return Arg("steps", "int", required=False, default=0, minimum=0, maximum=1000, doc=doc)
 
+
+#: The grids a start may be quantised to (bridge.tempo.GRIDS; "" = the configured one).
+GRID_CHOICES = ("", "off", "1/32", "1/16", "1/8", "1/4", "beat", "1/2", "bar")
+_PLAY_CHOICES = ("", "off", "chunks", "done")
+
+
+def _play_arg() -> Arg:
+    return Arg("play", "str", required=False, default="", allow_empty=True, keyword_only=True, choices=_PLAY_CHOICES,
+               doc="'chunks': play them as they are made, 'done': play the result, both from the next "
+                   "continuation.play_quantize point; 'off'; '' = continuation.play_chunks")
+
+
+_SOURCE = Arg("source", "str", doc="'capture' (the last seconds of audio input), 'last' (the last continuation) "
+                                   "or a WAV path inside the shared folder")
+_DESCRIPTION = Arg("description", "str", required=False, default="", allow_empty=True,
+                   doc="text, when the model's text encoder is available; '' for none")
+
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("ping", f"{PREFIX}/ping", (), ("pong",), "health check"),
     Endpoint("status", f"{PREFIX}/status", (), ("status/reply",),
@@ -156,10 +183,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "drum.play", f"{PREFIX}/drum/play",
         (_INSTRUMENT, Arg("velocity", "velocity", required=False, default=1.0,
-                          doc="0-127, or 0.0-1.0 as a float")),
+                          doc="0-127, or 0.0-1.0 as a float"),
+         Arg("quantize", "str", required=False, default="", allow_empty=True, keyword_only=True,
+             choices=GRID_CHOICES, doc="start on the next point of this grid of the tempo source (after the "
+                                       "bundle's timetag, if any); '' = the instrument's quantize")),
         ("drum/played",),
         "take a never-played clip from the instrument's pool, write it to the shared folder "
-        "(fresh 1), or replay the last one when the pool is dry (fresh 0)",
+        "(fresh 1), or replay the last one when the pool is dry (fresh 0); quantize starts it on the beat",
         examples=(("kick",), ("snare", 100)),
     ),
     Endpoint(
@@ -187,16 +217,30 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "continue", f"{PREFIX}/continue",
-        (Arg("source", "str", doc="'capture' (the last seconds of audio input), 'last' (the last continuation) "
-                                  "or a WAV path inside the shared folder"),
+        (_SOURCE,
          Arg("seconds", "float", minimum=0.1, maximum=120, doc="how much new audio to make"),
-         Arg("description", "str", required=False, default="", allow_empty=True,
-             doc="text, when the model's text encoder is available; '' for none"),
-         _seed("-1 for random")),
+         _DESCRIPTION,
+         _seed("-1 for random"),
+         _play_arg()),
         ("job/queued", "job/progress", "job/chunk", "job/done"),
         "continue the last seconds of a clip with MusicGen: progress and chunks as they are made, then "
         "the whole continuation (job/done's path); one runs at a time, the rest queue",
         examples=(("last", 4.0), ("capture", 8.0, "", 7)),
+    ),
+    Endpoint(
+        "continue.bars", f"{PREFIX}/continue/bars",
+        (_SOURCE,
+         Arg("bars", "float", minimum=0.25, maximum=512, doc="length in bars (of [tempo] quantum beats) at the "
+                                                            "current tempo"),
+         Arg("loop", "int", required=False, default=0, minimum=0, maximum=1,
+             doc="1: its end flows into its start (crossfaded), to loop in a sampler"),
+         _DESCRIPTION,
+         _seed("-1 for random"),
+         _play_arg()),
+        ("job/queued", "job/progress", "job/chunk", "job/done"),
+        "continue for a length in bars at the current tempo: the result is cut on the bar (a 5 ms fade) "
+        "or, with loop 1, made to loop seamlessly; the sidecar records tempo, bars and loop",
+        examples=(("last", 2), ("capture", 4, 1, "", 7)),
     ),
     Endpoint("job.cancel", f"{PREFIX}/job/cancel",
              (Arg("job_id", "int", minimum=1),), ("job/cancelled",),
@@ -209,6 +253,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("kit.select", f"{PREFIX}/kit/select", (Arg("kit", "str", doc="a kit name from [kits]"),),
              ("kit/selected",),
              "switch instruments to the kit's models (MIDI program change does the same)"),
+    Endpoint("tempo", f"{PREFIX}/tempo", (), ("tempo/reply",),
+             "the tempo source's tempo, beat, phase in the bar, beats per bar, Link peers, transport"),
+    Endpoint("tempo.set", f"{PREFIX}/tempo/set",
+             (Arg("bpm", "float", minimum=20, maximum=999, doc="the new tempo"),), ("tempo/reply",),
+             "change the tempo (a Link session's for every peer; refused under MIDI clock)"),
+    Endpoint("tempo.listen", f"{PREFIX}/tempo/listen",
+             (Arg("bars", "int", required=False, default=100000, minimum=0, maximum=10**7,
+                  doc="how many bars to send; 0 stops this client socket's listening"),),
+             ("tempo/reply", "tempo/bar"),
+             "the tempo now, then a tempo/bar on every bar (on its downbeat) to the replying port"),
     Endpoint("client.reply_port", f"{PREFIX}/client/reply_port",
              (Arg("port", "int", minimum=0, maximum=65535, doc="0 forgets the registration"),),
              ("client/registered",),
@@ -279,6 +333,8 @@ def _convert(arg: Arg, value: Any) -> Any:
     if arg.kind == "str":
         if not isinstance(value, str) or (not value and not arg.allow_empty):
             raise ValueError(f"{arg.name} must be a non-empty string, got {value!r}")
+        if arg.choices and value not in arg.choices:
+            raise ValueError(f"{arg.name} must be one of {', '.join(repr(c) for c in arg.choices)}, got {value!r}")
         return value
     if arg.kind == "int":
         number = _as_int(value)

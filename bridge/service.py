@@ -15,6 +15,7 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 from bridge import __version__
+from bridge.bar_shape import BarShape
 from bridge.clip import Clip
 from bridge.continuations import Continuations
 from bridge.engine import Engine
@@ -22,6 +23,8 @@ from bridge.folder_writer import FolderWriter
 from bridge.jobs import EngineError, Job
 from bridge.protocol import REPLIES, Request
 from bridge.sinks.audio import AudioOutput, AudioUnavailable
+from bridge.tempo import FixedTimeline, TempoError, Timeline
+from bridge.tempo_listeners import TempoListeners, send_tempo
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +49,20 @@ class Service:
     explicit address -> handler map; built with all its collaborators, changed by none later."""
 
     def __init__(self, engine: Engine, writer: FolderWriter, *, audio: AudioOutput | None = None,
-                 continuations: Continuations | None = None,
+                 continuations: Continuations | None = None, timeline: Timeline | None = None,
+                 tempo_listeners: TempoListeners | None = None,
                  status_sections: Mapping[str, Callable[[], dict[str, Any]]] | None = None) -> None:
         self.engine = engine
         self.writer = writer
         self.audio = audio
         #: MusicGen continuation jobs, when [continuation] names a model.
         self.continuations = continuations
+        #: Where the beat is: quantised starts, lengths in bars, the tempo replies.
+        #: (The daemon passes its configured source; the default is [tempo]'s own default.)
+        self.timeline: Timeline = timeline or FixedTimeline(120.0, 4.0)
+        self.tempo_listeners = tempo_listeners or TempoListeners(self.timeline)
+        #: Chunk playback of continuation jobs: job id -> (start time, seconds of audio scheduled).
+        self._chunk_clock: dict[int, list[float]] = {}
         #: More sections for /genbridge/status (transports, continuation), by name.
         self.status_sections = dict(status_sections or {})
         #: endpoint name (bridge.protocol.ENDPOINTS) -> handler.
@@ -63,6 +73,10 @@ class Service:
             "drum.generate": self._drum_generate,
             "drum.vary": self._drum_vary,
             "continue": self._continue,
+            "continue.bars": self._continue_bars,
+            "tempo": self._tempo,
+            "tempo.set": self._tempo_set,
+            "tempo.listen": self._tempo_listen,
             "job.cancel": self._job_cancel,
             "capture.save": self._capture_save,
             "kit.select": self._kit_select,
@@ -76,7 +90,7 @@ class Service:
             if handler is None:
                 raise EngineError(f"{request.address} is not served here")
             await handler(request, reply)
-        except (EngineError, AudioUnavailable) as exc:
+        except (EngineError, AudioUnavailable, TempoError) as exc:
             error_reply(reply, rid, request.address, str(exc))
         except OSError as exc:  # the folder or a device refused (a FolderError names the folder): no traceback
             log.warning("%s: %s", request.address, exc)
@@ -92,6 +106,7 @@ class Service:
         status = self.engine.status()
         status["audio"] = self.audio.status() if self.audio else {"state": "off", "reason": "audio.device = none"}
         status["output"] = self.writer.status()
+        status["tempo"] = self.timeline.read().as_dict() | self.timeline.status() | self.tempo_listeners.status()
         for name, section in self.status_sections.items():
             status[name] = section()
         reply_with(reply, "status/reply", request.request_id, json.dumps(status))
@@ -100,7 +115,9 @@ class Service:
         v = request.values
         result = await self.engine.play(v["instrument"], v["velocity"])
         if self.audio is not None:
-            self.audio.play(result.clip, result.instrument, result.velocity, request.at)
+            inst = self.engine.config.instruments.get(result.instrument)
+            grid = v.get("quantize") or (inst.quantize if inst else "off")
+            self.audio.play(result.clip, result.instrument, result.velocity, self._start_time(grid, request.at))
         reply_with(reply, "drum/played", request.request_id, result.instrument, str(result.path),
                    int(result.fresh))
 
@@ -136,11 +153,51 @@ class Service:
         )
         reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
 
-    def _chunk_ready(self, reply: ReplyFn, rid: int | str, job_id: int, index: int, clip: Clip) -> None:
-        """Announce a chunk; with continuation.play_chunks, also play it as it arrives."""
-        reply_with(reply, "job/chunk", rid, job_id, index, str(clip.path))
-        if self.continuations is not None and self.continuations.config.play_chunks and self.audio is not None:
-            self.audio.play(clip, "continue", 1.0)
+    def _start_time(self, grid: str, at: float | None) -> float | None:
+        """When a sound asked for at ``at`` (None: now) on ``grid`` starts: the first grid point the
+        audio device can still reach (its output latency ahead), or ``at`` itself when not quantised."""
+        if grid in ("", "off") or self.audio is None:
+            return at
+        earliest = time.monotonic() + self.audio.lead_s()
+        return self.timeline.read().next_grid_time(grid, max(at or earliest, earliest))
+
+    def _play_mode(self, requested: str) -> str:
+        """'chunks', 'done' or 'off' for a continuation (its ``play``, else continuation.play_chunks)."""
+        if requested:
+            return requested
+        conts = self.continuations
+        return "chunks" if conts is not None and conts.config.play_chunks else "off"
+
+    def _chunk_ready(self, reply: ReplyFn, rid: int | str, job: Any, index: int, clip: Clip, play: str) -> None:
+        """Announce a chunk; when its job plays chunks, schedule it right after the one before.
+
+        The first chunk starts on the next continuation.play_quantize point from which playback
+        will not run dry: generation slower than real time (measured from this job's first chunk)
+        pushes the start as many bars later as the job needs to stay ahead; every later chunk is
+        queued gap-free behind it (or plays at once, late, if it comes after its slot)."""
+        reply_with(reply, "job/chunk", rid, job.id, index, str(clip.path))
+        if play != "chunks" or self.audio is None or self.continuations is None:
+            return
+        clock = self._chunk_clock.get(job.id)
+        now = time.monotonic()
+        if clock is None:
+            total = float(job.params.get("seconds", clip.duration_s))
+            made_per_s = clip.duration_s / max(1e-3, now - (job.started_at or now))
+            # the last chunk must arrive before it is due: start + (total - chunk) >= its arrival
+            arrival_of_last = now + max(0.0, total - clip.duration_s) / max(1e-3, made_per_s) * 1.1
+            earliest = max(now + self.audio.lead_s(), arrival_of_last - (total - clip.duration_s))
+            grid = self.continuations.config.play_quantize
+            start = self._start_time(grid, earliest) if grid != "off" else earliest
+            clock = self._chunk_clock[job.id] = [start, 0.0]
+        at = clock[0] + clock[1]
+        self.audio.play(clip, "continue", 1.0, at if at > now + self.audio.lead_s() else None)
+        clock[1] += clip.duration_s
+
+    def _played_done(self, job: Any, clip: Clip, play: str) -> None:
+        """A continuation that plays its result does so from the next continuation.play_quantize point."""
+        self._chunk_clock.pop(job.id, None)
+        if play == "done" and self.audio is not None and self.continuations is not None:
+            self.audio.play(clip, "continue", 1.0, self._start_time(self.continuations.config.play_quantize, None))
 
     async def _capture_save(self, request: Request, reply: ReplyFn) -> None:
         if self.audio is None:
@@ -165,7 +222,24 @@ class Service:
         job = self.engine.cancel(job_id)
         reply_with(reply, "job/cancelled", request.request_id, job.id)
 
-    async def _continue(self, request: Request, reply: ReplyFn) -> None:
+    async def _tempo(self, request: Request, reply: ReplyFn) -> None:
+        send_tempo(reply, "tempo/reply", request.request_id, self.timeline.read())
+
+    async def _tempo_set(self, request: Request, reply: ReplyFn) -> None:
+        self.timeline.set_tempo(request.values["bpm"])
+        send_tempo(reply, "tempo/reply", request.request_id, self.timeline.read())
+
+    async def _tempo_listen(self, request: Request, reply: ReplyFn) -> None:
+        self.tempo_listeners.listen(reply, request.request_id, request.values["bars"])
+        send_tempo(reply, "tempo/reply", request.request_id, self.timeline.read())
+
+    async def _continue_bars(self, request: Request, reply: ReplyFn) -> None:
+        reading = self.timeline.read()
+        v = request.values
+        bar_shape = BarShape(v["bars"], reading.bpm, reading.quantum, bool(v["loop"]))
+        await self._continue(request, reply, bar_shape)
+
+    async def _continue(self, request: Request, reply: ReplyFn, bar_shape: BarShape | None = None) -> None:
         from bridge.sources import SourceError, read_tail, resolve_inside
 
         conts = self.continuations
@@ -190,11 +264,21 @@ class Service:
             except SourceError as exc:
                 raise EngineError(str(exc)) from None
             name = str(path)
+        play = self._play_mode(v["play"])
+
+        def on_done(job: Any, clip: Clip) -> None:
+            self._played_done(job, clip, play)
+            reply_with(reply, "job/done", rid, job.id, job.chunks, str(clip.path))
+
+        def on_error(job: Any, message: str) -> None:
+            self._chunk_clock.pop(job.id, None)
+            error_reply(reply, rid, address, f"job {job.id}: {message}")
+
         job, position = conts.submit(
-            audio, rate, name, v["seconds"], description=v["description"], seed=v["seed"],
+            audio, rate, name, v.get("seconds", 0.0), description=v["description"], seed=v["seed"], shape=bar_shape,
             on_progress=lambda job, f: reply_with(reply, "job/progress", rid, job.id, round(f, 4)),
-            on_chunk=lambda job, i, clip: self._chunk_ready(reply, rid, job.id, i, clip),
-            on_done=lambda job, clip: reply_with(reply, "job/done", rid, job.id, job.chunks, str(clip.path)),
-            on_error=lambda job, message: error_reply(reply, rid, address, f"job {job.id}: {message}"),
+            on_chunk=lambda job, i, clip: self._chunk_ready(reply, rid, job, i, clip, play),
+            on_done=on_done, on_error=on_error,
+            on_cancelled=lambda job: self._chunk_clock.pop(job.id, None),
         )
         reply_with(reply, "job/queued", rid, job.id, position)

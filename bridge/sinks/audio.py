@@ -187,6 +187,14 @@ class AudioOutput:
         return self._child.send({"op": "play", "audio": clip.playable, "gains": gains, "at": at,
                                  "choke": inst.choke_group if inst else 0})
 
+    def lead_s(self) -> float:
+        """How far ahead a start time must be for the device to still make it: the block the
+        callback is filling now and the next (a message arrives between callbacks), PortAudio's
+        pipeline after them, and 2 ms for the pipe to the audio process."""
+        rate = self.sample_rate or 48000
+        pipeline = float(self.device_status.get("pipeline_ms", 0.0)) / 1000
+        return 2 * self.config.block_size / rate + pipeline + 0.002
+
     async def capture(self, seconds: float, timeout: float = 5.0) -> np.ndarray:
         """The last ``seconds`` of input as (channels, frames) float32."""
         if self.state != "running" or self._child is None or not self._child.alive:
