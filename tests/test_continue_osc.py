@@ -3,6 +3,7 @@ a queue with positions, cancel within one chunk, and clear errors."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -105,3 +106,37 @@ def test_bad_continue_requests_get_clear_errors(tmp_path: Path, start_daemon, ar
     assert message in r.args[2], r.args
     with pytest.raises(socket.timeout):
         client.expect("/genbridge/job/queued", timeout=0.3)
+
+
+def test_bars_give_the_exact_length_and_a_loop_wraps_without_a_click(tmp_path: Path, start_daemon) -> None:
+    daemon, client = start_daemon(_config(tmp_path))
+    _prompt(daemon.out)
+    client.wait_until(lambda s: s.get("continuation", {}).get("state") == "ready", what="the MusicGen worker")
+    assert client.status()["tempo"]["bpm"] == 120.0  # the fixed default
+
+    results = {}
+    for loop in (0, 1):
+        client.send("/genbridge/continue/bars", "prompt.wav", 2, loop, "", 5, f"bars{loop}")
+        job = client.expect("/genbridge/job/queued").args[1]
+        _, chunks, done = _collect(client, job)
+        audio, rate = sf.read(done.args[3], dtype="float32", always_2d=True)
+        assert rate == 32000 and abs(audio.shape[0] - 128000) <= 1, audio.shape  # 4.000 s
+        meta = json.loads(Path(done.args[3]).with_suffix(".json").read_text())
+        assert (meta["bars"], meta["tempo_bpm"], meta["beats_per_bar"], meta["loop"]) == (2.0, 120.0, 4.0, bool(loop))
+        assert meta["generated_s"] > 4.0, "the model made more than the bars, and it was cut"
+        assert float(np.sqrt(np.mean(audio ** 2))) > 1e-4
+        results[loop] = audio[:, 0]
+    cut, looped = results[0], results[1]
+    assert cut[-1] == 0.0, "the cut ends in a fade"
+    wrap = abs(float(looped[0]) - float(looped[-1]))
+    steps = np.abs(np.diff(looped))
+    assert wrap <= steps.max(), f"the loop's join ({wrap:.4f}) steps further than the clip itself ({steps.max():.4f})"
+
+    # at another tempo the same request is another length: 1 bar at 90 BPM is 2.667 s
+    reply = client.request("/genbridge/tempo/set", 90.0, "t", reply="/genbridge/tempo/reply")
+    assert reply.args[:2] == ["t", 90.0]
+    client.send("/genbridge/continue/bars", "last", 1, 0, "", 6, "slow")
+    job = client.expect("/genbridge/job/queued").args[1]
+    _, _, done = _collect(client, job)
+    audio, _ = sf.read(done.args[3], dtype="float32", always_2d=True)
+    assert abs(audio.shape[0] - round(32000 * 8 / 3)) <= 1
