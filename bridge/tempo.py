@@ -94,8 +94,10 @@ class TempoReading:
         return bars * self.quantum * self.seconds_per_beat
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "bpm": round(self.bpm, 4), "beat": round(self.beat, 4),
-                "phase": round(self.phase, 4), "quantum": self.quantum, "peers": self.peers,
+        """For status: the beat and phase now (the line extrapolated from ``at``)."""
+        beat = self.beat_at(time.monotonic())
+        return {"source": self.source, "bpm": round(self.bpm, 4), "beat": round(beat, 4),
+                "phase": round(beat % self.quantum, 4), "quantum": self.quantum, "peers": self.peers,
                 "playing": self.playing, "locked": self.locked}
 
 

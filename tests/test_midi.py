@@ -23,8 +23,8 @@ ports = ["seqsrc"]
 AUDIO = 'device = "system"\nblock_size = 256\nvelocity_exponent = 2.0'
 
 
-def _start(tmp_path, tiny_model, jack_server, start_daemon, **kw):
-    config = write_config(tmp_path / "c.toml", tiny_model, audio=AUDIO, extra=MIDI, **kw)
+def _start(tmp_path, tiny_model, jack_server, start_daemon, more: str = "", **kw):
+    config = write_config(tmp_path / "c.toml", tiny_model, audio=AUDIO, extra=MIDI + more, **kw)
     daemon, client = start_daemon(config, env=jack_server.env())
     status = client.wait_until(lambda s: s["audio"]["state"] == "running" and pools_full()(s), what="audio, pools")
     assert status["midi"]["state"] == "running" and status["midi"]["virtual"] == "genbridge", status["midi"]
@@ -64,10 +64,13 @@ def test_jack_midiseq_note_plays_the_mapped_instrument(tmp_path, tiny_model, jac
 
 
 def test_unmapped_note_cc_steps_and_clock(tmp_path, tiny_model, jack_server, start_daemon):
-    daemon, client = _start(tmp_path, tiny_model, jack_server, start_daemon, instruments=("kick",))
+    daemon, client = _start(tmp_path, tiny_model, jack_server, start_daemon, instruments=("kick",),
+                            more='\n[tempo]\nsource = "midi"\nbpm = 90.0\n')
     recorder = Recorder(jack_server, jack_server.wait_for_port("PortAudio"))
     sender = MidiSender(jack_server, "genbridge:genbridge")
     try:
+        tempo = client.status()["tempo"]
+        assert (tempo["source"], tempo["bpm"], tempo["locked"]) == ("midi", 90.0, False), "no clock yet: the stand-in"
         files_before = sorted(daemon.session_dir().iterdir())
         start = recorder.mark()
         sender.send(0x90, 60, 100)  # middle C: no instrument
@@ -92,6 +95,13 @@ def test_unmapped_note_cc_steps_and_clock(tmp_path, tiny_model, jack_server, sta
         status = client.wait_until(lambda s: s["midi"]["clock_ticks"] >= 230, timeout=30, what="clock ticks")
         assert status["midi"]["transport"] == "playing"
         assert abs(status["midi"]["tempo_bpm"] - 120.0) <= 0.5, status["midi"]["tempo_bpm"]
+        # the tempo source follows the clock: its tempo, and its beat counted from Start
+        tempo = status["tempo"]
+        assert tempo["source"] == "midi" and tempo["locked"] and tempo["playing"]
+        assert abs(tempo["bpm"] - 120.0) <= 0.5
+        assert abs(tempo["beat"] - (status["midi"]["clock_ticks"] - 1) / 24) < 0.5, (tempo, status["midi"])
+        error = client.request("/genbridge/tempo/set", 100, "t", reply="/genbridge/error")
+        assert error.args[0] == "t" and "MIDI clock" in error.args[2]
         sender.send(0xFC)  # stop
         client.wait_until(lambda s: s["midi"]["transport"] == "stopped", what="stop")
     finally:

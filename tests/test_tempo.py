@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -102,3 +104,10 @@ def test_a_loop_wraps_with_no_step_larger_than_its_own() -> None:
     matches = [k for k in range(int(0.01 * rate) + 1)
                if np.array_equal(out[:, overlap:], audio[:, k + overlap : k + frames])]
     assert len(matches) == 1
+
+
+def test_status_reports_the_beat_now_not_at_the_anchor() -> None:
+    r = reading(bpm=120.0, beat=0.0, at=time.monotonic() - 10.0)  # anchored 10 s (20 beats) ago
+    d = r.as_dict()
+    assert d["beat"] == pytest.approx(20.0, abs=0.05)
+    assert min(d["phase"], 4.0 - d["phase"]) < 0.05  # beat 20 is a downbeat (phase wraps at 4)
