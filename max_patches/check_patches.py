@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE.parent))
 from pd_file import read_pd  # noqa: E402
 
 from bridge.config import ServerConfig  # noqa: E402
-from bridge.protocol import BY_ADDRESS, ProtocolError, parse  # noqa: E402
+from bridge.protocol import BY_ADDRESS, BY_KEYWORD_ADDRESS, Arg, ProtocolError, parse  # noqa: E402
 
 EXAMPLE_NUMBER = 100.0  # what a $1 / a velocity inlet stands for when checking
 
@@ -42,15 +42,40 @@ def _atom(token: str) -> Any:
 EXAMPLE_PATH = "prompt.wav"  # what a $1 in a string argument's place stands for
 
 
+def _example(arg: Arg | None) -> Any:
+    """What a placeholder in this argument's place stands for: one of its choices, a file name
+    for another string, else a number."""
+    if arg is None or arg.kind != "str":
+        return EXAMPLE_NUMBER
+    return arg.choices[-1] if arg.choices else EXAMPLE_PATH
+
+
+def _arg_in_place(address: str, args: list[Any], i: int) -> Arg | None:
+    """The table's argument that position ``i`` of a message to ``address`` fills: by position in
+    the positional form; in the keyword form, the required ones by position, then by the name
+    before the value."""
+    endpoint = BY_ADDRESS.get(address)
+    if endpoint is not None:
+        return endpoint.positional[i] if i < len(endpoint.positional) else None
+    endpoint = BY_KEYWORD_ADDRESS.get(address)
+    if endpoint is None:
+        return None
+    r = len(endpoint.required)
+    if i < r:
+        return endpoint.required[i]
+    if (i - r) % 2 == 1:
+        by_name = {a.name: a for a in endpoint.args}
+        return by_name.get(args[i - 1]) if isinstance(args[i - 1], str) else None
+    return None
+
+
 def _fill_placeholders(address: str, args: list[Any]) -> list[Any]:
     """Replace $1, $2 ... (filled in at run time by Max or Pd) by an example of the kind the
-    address table expects in that place: a number, or a file name for a string argument."""
-    endpoint = BY_ADDRESS.get(address)
+    address table expects in that place (see _example)."""
     out = []
     for i, value in enumerate(args):
         if isinstance(value, str) and value.lstrip("\\").startswith("$"):
-            kind = endpoint.args[i].kind if endpoint is not None and i < len(endpoint.args) else "float"
-            value = EXAMPLE_PATH if kind == "str" else EXAMPLE_NUMBER
+            value = _example(_arg_in_place(address, args, i))
         out.append(value)
     return out
 
@@ -68,9 +93,10 @@ def check_pd(path: Path) -> Report:
     report = Report(path)
     boxes, connects = read_pd(path)
     objects = [(box.kind, box.words) for box in boxes]
-    inputs: dict[int, list[int]] = {}
-    for a, _, b, _ in connects:
-        inputs.setdefault(b, []).append(a)
+    inputs: dict[int, list[int]] = {}  # object -> what feeds its left inlet
+    right: dict[int, list[int]] = {}  # object -> what feeds its other inlets
+    for a, _, b, inlet in connects:
+        (inputs if inlet == 0 else right).setdefault(b, []).append(a)
 
     def resolve(index: int, depth: int = 0) -> list[list[Any]] | None:
         """Argument lists object ``index`` can output; None when they come from outside."""
@@ -87,6 +113,13 @@ def check_pd(path: Path) -> Report:
                     for args in resolve(src, depth + 1) or [[EXAMPLE_NUMBER]]:
                         results.append([_atom(w) for w in words[2:]] + args)
                 return results
+            if name == "list" and len(words) > 1 and words[1] == "append":
+                # what comes in on the left, then the right inlet's latest (the box's own words at first)
+                tails = [[_atom(w) for w in words[2:]]]
+                for src in right.get(index, []):
+                    tails.extend(resolve(src, depth + 1) or [])
+                return [head + tail for src in inputs.get(index, [])
+                        for head in resolve(src, depth + 1) or [[EXAMPLE_NUMBER]] for tail in tails]
             if name == "list" and len(words) > 1 and words[1] == "trim":
                 results = []
                 for src in inputs.get(index, []):

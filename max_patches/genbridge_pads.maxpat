@@ -70,13 +70,28 @@
    {
     "box": {
      "id": "obj-4",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      20,
+      70,
+      60,
+      22
+     ],
+     "text": "t b b"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-5",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
-      20,
+      90,
       70,
-      160,
+      260,
       22
      ],
      "text": "/genbridge/client/reply_port 9001"
@@ -84,7 +99,112 @@
    },
    {
     "box": {
-     "id": "obj-5",
+     "id": "obj-6",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      360,
+      70,
+      160,
+      22
+     ],
+     "text": "/genbridge/tempo/listen"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-7",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      20,
+      280,
+      150,
+      22
+     ],
+     "text": "quantize the pads to:"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-8",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      170,
+      280,
+      65,
+      22
+     ],
+     "text": "symbol off"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-9",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      240,
+      280,
+      65,
+      22
+     ],
+     "text": "symbol 1/16"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-10",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      310,
+      280,
+      65,
+      22
+     ],
+     "text": "symbol 1/8"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-11",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      380,
+      280,
+      65,
+      22
+     ],
+     "text": "symbol beat"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-12",
+     "maxclass": "message",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      450,
+      280,
+      65,
+      22
+     ],
+     "text": "symbol bar"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-13",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -98,7 +218,7 @@
    },
    {
     "box": {
-     "id": "obj-6",
+     "id": "obj-14",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -113,7 +233,7 @@
    },
    {
     "box": {
-     "id": "obj-7",
+     "id": "obj-15",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -128,22 +248,37 @@
    },
    {
     "box": {
-     "id": "obj-8",
+     "id": "obj-16",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      20,
+      320,
+      90,
+      22
+     ],
+     "text": "pack 0 off"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-17",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       20,
-      230,
-      190,
+      350,
+      340,
       22
      ],
-     "text": "/genbridge/drum/play kick $1"
+     "text": "/genbridge/kw/drum/play kick velocity $1 quantize $2"
     }
    },
    {
     "box": {
-     "id": "obj-9",
+     "id": "obj-18",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -157,7 +292,7 @@
    },
    {
     "box": {
-     "id": "obj-10",
+     "id": "obj-19",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -172,7 +307,7 @@
    },
    {
     "box": {
-     "id": "obj-11",
+     "id": "obj-20",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -187,22 +322,37 @@
    },
    {
     "box": {
-     "id": "obj-12",
+     "id": "obj-21",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      220,
+      320,
+      90,
+      22
+     ],
+     "text": "pack 0 off"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-22",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       220,
-      230,
-      190,
+      378,
+      340,
       22
      ],
-     "text": "/genbridge/drum/play snare $1"
+     "text": "/genbridge/kw/drum/play snare velocity $1 quantize $2"
     }
    },
    {
     "box": {
-     "id": "obj-13",
+     "id": "obj-23",
      "maxclass": "button",
      "numinlets": 1,
      "numoutlets": 1,
@@ -216,7 +366,7 @@
    },
    {
     "box": {
-     "id": "obj-14",
+     "id": "obj-24",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -231,7 +381,7 @@
    },
    {
     "box": {
-     "id": "obj-15",
+     "id": "obj-25",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -246,28 +396,43 @@
    },
    {
     "box": {
-     "id": "obj-16",
+     "id": "obj-26",
+     "maxclass": "newobj",
+     "numinlets": 2,
+     "numoutlets": 1,
+     "patching_rect": [
+      420,
+      320,
+      90,
+      22
+     ],
+     "text": "pack 0 off"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-27",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       420,
-      230,
-      190,
+      406,
+      340,
       22
      ],
-     "text": "/genbridge/drum/play hat $1"
+     "text": "/genbridge/kw/drum/play hat velocity $1 quantize $2"
     }
    },
    {
     "box": {
-     "id": "obj-17",
+     "id": "obj-28",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 3,
      "patching_rect": [
       620,
-      40,
+      110,
       160,
       22
      ],
@@ -276,13 +441,13 @@
    },
    {
     "box": {
-     "id": "obj-18",
+     "id": "obj-29",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
      "patching_rect": [
       620,
-      70,
+      140,
       160,
       22
      ],
@@ -291,13 +456,13 @@
    },
    {
     "box": {
-     "id": "obj-19",
+     "id": "obj-30",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
      "patching_rect": [
       620,
-      100,
+      170,
       160,
       22
      ],
@@ -306,13 +471,13 @@
    },
    {
     "box": {
-     "id": "obj-20",
+     "id": "obj-31",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
      "patching_rect": [
       700,
-      40,
+      110,
       140,
       22
      ],
@@ -321,13 +486,13 @@
    },
    {
     "box": {
-     "id": "obj-21",
+     "id": "obj-32",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
      "patching_rect": [
       90,
-      170,
+      240,
       60,
       22
      ],
@@ -336,13 +501,13 @@
    },
    {
     "box": {
-     "id": "obj-22",
+     "id": "obj-33",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
      "patching_rect": [
       290,
-      170,
+      240,
       60,
       22
      ],
@@ -351,13 +516,13 @@
    },
    {
     "box": {
-     "id": "obj-23",
+     "id": "obj-34",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
      "patching_rect": [
       490,
-      170,
+      240,
       60,
       22
      ],
@@ -366,7 +531,7 @@
    },
    {
     "box": {
-     "id": "obj-24",
+     "id": "obj-35",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -381,22 +546,80 @@
    },
    {
     "box": {
-     "id": "obj-25",
+     "id": "obj-36",
      "maxclass": "newobj",
      "numinlets": 1,
-     "numoutlets": 4,
+     "numoutlets": 6,
      "patching_rect": [
       20,
       520,
-      420,
+      620,
       22
      ],
-     "text": "route /genbridge/drum/played /genbridge/status/reply /genbridge/error"
+     "text": "route /genbridge/drum/played /genbridge/status/reply /genbridge/error /genbridge/tempo/bar /genbridge/tempo/reply"
     }
    },
    {
     "box": {
-     "id": "obj-26",
+     "id": "obj-37",
+     "maxclass": "newobj",
+     "numinlets": 1,
+     "numoutlets": 8,
+     "patching_rect": [
+      640,
+      640,
+      200,
+      22
+     ],
+     "text": "unpack 0 0. 0. 0. 0. 0 0 s"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-38",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      640,
+      670,
+      60,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-39",
+     "maxclass": "flonum",
+     "numinlets": 1,
+     "numoutlets": 2,
+     "patching_rect": [
+      710,
+      670,
+      50,
+      22
+     ]
+    }
+   },
+   {
+    "box": {
+     "id": "obj-40",
+     "maxclass": "comment",
+     "numinlets": 1,
+     "numoutlets": 0,
+     "patching_rect": [
+      640,
+      695,
+      150,
+      22
+     ],
+     "text": "BPM  beat in bar"
+    }
+   },
+   {
+    "box": {
+     "id": "obj-41",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -411,7 +634,7 @@
    },
    {
     "box": {
-     "id": "obj-27",
+     "id": "obj-42",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 4,
@@ -426,7 +649,7 @@
    },
    {
     "box": {
-     "id": "obj-28",
+     "id": "obj-43",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -441,7 +664,7 @@
    },
    {
     "box": {
-     "id": "obj-29",
+     "id": "obj-44",
      "maxclass": "number",
      "numinlets": 1,
      "numoutlets": 2,
@@ -455,7 +678,7 @@
    },
    {
     "box": {
-     "id": "obj-30",
+     "id": "obj-45",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -470,7 +693,7 @@
    },
    {
     "box": {
-     "id": "obj-31",
+     "id": "obj-46",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 0,
@@ -485,7 +708,7 @@
    },
    {
     "box": {
-     "id": "obj-32",
+     "id": "obj-47",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -500,7 +723,7 @@
    },
    {
     "box": {
-     "id": "obj-33",
+     "id": "obj-48",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -515,7 +738,7 @@
    },
    {
     "box": {
-     "id": "obj-34",
+     "id": "obj-49",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -530,7 +753,7 @@
    },
    {
     "box": {
-     "id": "obj-35",
+     "id": "obj-50",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -545,7 +768,7 @@
    },
    {
     "box": {
-     "id": "obj-36",
+     "id": "obj-51",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -560,7 +783,7 @@
    },
    {
     "box": {
-     "id": "obj-37",
+     "id": "obj-52",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -575,7 +798,7 @@
    },
    {
     "box": {
-     "id": "obj-38",
+     "id": "obj-53",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -590,7 +813,7 @@
    },
    {
     "box": {
-     "id": "obj-39",
+     "id": "obj-54",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -605,7 +828,7 @@
    },
    {
     "box": {
-     "id": "obj-40",
+     "id": "obj-55",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -620,7 +843,7 @@
    },
    {
     "box": {
-     "id": "obj-41",
+     "id": "obj-56",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -635,7 +858,7 @@
    },
    {
     "box": {
-     "id": "obj-42",
+     "id": "obj-57",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -650,7 +873,7 @@
    },
    {
     "box": {
-     "id": "obj-43",
+     "id": "obj-58",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -665,7 +888,7 @@
    },
    {
     "box": {
-     "id": "obj-44",
+     "id": "obj-59",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 1,
@@ -680,7 +903,7 @@
    },
    {
     "box": {
-     "id": "obj-45",
+     "id": "obj-60",
      "maxclass": "newobj",
      "numinlets": 1,
      "numoutlets": 2,
@@ -695,7 +918,7 @@
    },
    {
     "box": {
-     "id": "obj-46",
+     "id": "obj-61",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -710,7 +933,7 @@
    },
    {
     "box": {
-     "id": "obj-47",
+     "id": "obj-62",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 2,
@@ -725,7 +948,7 @@
    },
    {
     "box": {
-     "id": "obj-48",
+     "id": "obj-63",
      "maxclass": "newobj",
      "numinlets": 2,
      "numoutlets": 1,
@@ -740,7 +963,7 @@
    },
    {
     "box": {
-     "id": "obj-49",
+     "id": "obj-64",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -755,7 +978,7 @@
    },
    {
     "box": {
-     "id": "obj-50",
+     "id": "obj-65",
      "maxclass": "toggle",
      "numinlets": 1,
      "numoutlets": 1,
@@ -769,7 +992,7 @@
    },
    {
     "box": {
-     "id": "obj-51",
+     "id": "obj-66",
      "maxclass": "comment",
      "numinlets": 1,
      "numoutlets": 0,
@@ -784,7 +1007,7 @@
    },
    {
     "box": {
-     "id": "obj-52",
+     "id": "obj-67",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -798,7 +1021,7 @@
    },
    {
     "box": {
-     "id": "obj-53",
+     "id": "obj-68",
      "maxclass": "message",
      "numinlets": 2,
      "numoutlets": 1,
@@ -828,10 +1051,22 @@
     "patchline": {
      "source": [
       "obj-4",
+      1
+     ],
+     "destination": [
+      "obj-5",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-4",
       0
      ],
      "destination": [
-      "obj-2",
+      "obj-6",
       0
      ]
     }
@@ -843,30 +1078,6 @@
       0
      ],
      "destination": [
-      "obj-7",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-7",
-      0
-     ],
-     "destination": [
-      "obj-8",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-8",
-      0
-     ],
-     "destination": [
       "obj-2",
       0
      ]
@@ -875,31 +1086,7 @@
    {
     "patchline": {
      "source": [
-      "obj-9",
-      0
-     ],
-     "destination": [
-      "obj-11",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-11",
-      0
-     ],
-     "destination": [
-      "obj-12",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-12",
+      "obj-6",
       0
      ],
      "destination": [
@@ -939,6 +1126,18 @@
       0
      ],
      "destination": [
+      "obj-17",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-17",
+      0
+     ],
+     "destination": [
       "obj-2",
       0
      ]
@@ -947,95 +1146,71 @@
    {
     "patchline": {
      "source": [
-      "obj-17",
-      0
-     ],
-     "destination": [
-      "obj-18",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-17",
-      1
-     ],
-     "destination": [
-      "obj-18",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-18",
-      0
-     ],
-     "destination": [
-      "obj-19",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-19",
-      0
-     ],
-     "destination": [
-      "obj-21",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-21",
-      1
-     ],
-     "destination": [
       "obj-8",
       0
+     ],
+     "destination": [
+      "obj-16",
+      1
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-19",
-      1
-     ],
-     "destination": [
-      "obj-22",
+      "obj-9",
       0
+     ],
+     "destination": [
+      "obj-16",
+      1
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-22",
-      1
+      "obj-10",
+      0
      ],
      "destination": [
+      "obj-16",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-11",
+      0
+     ],
+     "destination": [
+      "obj-16",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-12",
       0
+     ],
+     "destination": [
+      "obj-16",
+      1
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-19",
-      2
+      "obj-18",
+      0
      ],
      "destination": [
-      "obj-23",
+      "obj-20",
       0
      ]
     }
@@ -1043,7 +1218,259 @@
    {
     "patchline": {
      "source": [
+      "obj-20",
+      0
+     ],
+     "destination": [
+      "obj-21",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-21",
+      0
+     ],
+     "destination": [
+      "obj-22",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-22",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-8",
+      0
+     ],
+     "destination": [
+      "obj-21",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-9",
+      0
+     ],
+     "destination": [
+      "obj-21",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-10",
+      0
+     ],
+     "destination": [
+      "obj-21",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-11",
+      0
+     ],
+     "destination": [
+      "obj-21",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-12",
+      0
+     ],
+     "destination": [
+      "obj-21",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
       "obj-23",
+      0
+     ],
+     "destination": [
+      "obj-25",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-25",
+      0
+     ],
+     "destination": [
+      "obj-26",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-26",
+      0
+     ],
+     "destination": [
+      "obj-27",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-27",
+      0
+     ],
+     "destination": [
+      "obj-2",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-8",
+      0
+     ],
+     "destination": [
+      "obj-26",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-9",
+      0
+     ],
+     "destination": [
+      "obj-26",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-10",
+      0
+     ],
+     "destination": [
+      "obj-26",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-11",
+      0
+     ],
+     "destination": [
+      "obj-26",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-12",
+      0
+     ],
+     "destination": [
+      "obj-26",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-28",
+      0
+     ],
+     "destination": [
+      "obj-29",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-28",
+      1
+     ],
+     "destination": [
+      "obj-29",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-29",
+      0
+     ],
+     "destination": [
+      "obj-30",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-30",
+      0
+     ],
+     "destination": [
+      "obj-32",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-32",
       1
      ],
      "destination": [
@@ -1055,35 +1482,11 @@
    {
     "patchline": {
      "source": [
-      "obj-24",
-      0
-     ],
-     "destination": [
-      "obj-25",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-25",
-      0
-     ],
-     "destination": [
-      "obj-26",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-26",
+      "obj-30",
       1
      ],
      "destination": [
-      "obj-28",
+      "obj-33",
       0
      ]
     }
@@ -1091,23 +1494,47 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
+      "obj-33",
+      1
+     ],
+     "destination": [
+      "obj-21",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-30",
       2
      ],
      "destination": [
-      "obj-28",
-      1
+      "obj-34",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-28",
+      "obj-34",
+      1
+     ],
+     "destination": [
+      "obj-26",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-35",
       0
      ],
      "destination": [
-      "obj-27",
+      "obj-36",
       0
      ]
     }
@@ -1115,59 +1542,11 @@
    {
     "patchline": {
      "source": [
-      "obj-26",
+      "obj-36",
       3
      ],
      "destination": [
-      "obj-29",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-27",
-      0
-     ],
-     "destination": [
-      "obj-33",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-33",
-      1
-     ],
-     "destination": [
-      "obj-34",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-34",
-      0
-     ],
-     "destination": [
-      "obj-35",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-33",
-      0
-     ],
-     "destination": [
-      "obj-36",
+      "obj-37",
       0
      ]
     }
@@ -1176,7 +1555,7 @@
     "patchline": {
      "source": [
       "obj-36",
-      0
+      4
      ],
      "destination": [
       "obj-37",
@@ -1188,30 +1567,6 @@
     "patchline": {
      "source": [
       "obj-37",
-      0
-     ],
-     "destination": [
-      "obj-31",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-37",
-      0
-     ],
-     "destination": [
-      "obj-31",
-      1
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-27",
       1
      ],
      "destination": [
@@ -1223,8 +1578,8 @@
    {
     "patchline": {
      "source": [
-      "obj-38",
-      1
+      "obj-37",
+      3
      ],
      "destination": [
       "obj-39",
@@ -1235,19 +1590,7 @@
    {
     "patchline": {
      "source": [
-      "obj-39",
-      0
-     ],
-     "destination": [
-      "obj-40",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-38",
+      "obj-36",
       0
      ],
      "destination": [
@@ -1260,71 +1603,23 @@
     "patchline": {
      "source": [
       "obj-41",
-      0
-     ],
-     "destination": [
-      "obj-42",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-42",
-      0
-     ],
-     "destination": [
-      "obj-31",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-42",
-      0
-     ],
-     "destination": [
-      "obj-31",
       1
+     ],
+     "destination": [
+      "obj-43",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
-      "obj-27",
+      "obj-41",
       2
      ],
      "destination": [
       "obj-43",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-43",
       1
-     ],
-     "destination": [
-      "obj-44",
-      0
-     ]
-    }
-   },
-   {
-    "patchline": {
-     "source": [
-      "obj-44",
-      0
-     ],
-     "destination": [
-      "obj-45",
-      0
      ]
     }
    },
@@ -1335,7 +1630,7 @@
       0
      ],
      "destination": [
-      "obj-46",
+      "obj-42",
       0
      ]
     }
@@ -1343,11 +1638,11 @@
    {
     "patchline": {
      "source": [
-      "obj-46",
-      0
+      "obj-41",
+      3
      ],
      "destination": [
-      "obj-47",
+      "obj-44",
       0
      ]
     }
@@ -1355,11 +1650,11 @@
    {
     "patchline": {
      "source": [
-      "obj-47",
+      "obj-42",
       0
      ],
      "destination": [
-      "obj-31",
+      "obj-48",
       0
      ]
     }
@@ -1367,24 +1662,24 @@
    {
     "patchline": {
      "source": [
-      "obj-47",
-      0
-     ],
-     "destination": [
-      "obj-31",
+      "obj-48",
       1
+     ],
+     "destination": [
+      "obj-49",
+      0
      ]
     }
    },
    {
     "patchline": {
      "source": [
+      "obj-49",
+      0
+     ],
+     "destination": [
       "obj-50",
       0
-     ],
-     "destination": [
-      "obj-48",
-      0
      ]
     }
    },
@@ -1395,7 +1690,7 @@
       0
      ],
      "destination": [
-      "obj-49",
+      "obj-51",
       0
      ]
     }
@@ -1403,7 +1698,235 @@
    {
     "patchline": {
      "source": [
-      "obj-49",
+      "obj-51",
+      0
+     ],
+     "destination": [
+      "obj-52",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-52",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-52",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-42",
+      1
+     ],
+     "destination": [
+      "obj-53",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-53",
+      1
+     ],
+     "destination": [
+      "obj-54",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-54",
+      0
+     ],
+     "destination": [
+      "obj-55",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-53",
+      0
+     ],
+     "destination": [
+      "obj-56",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-56",
+      0
+     ],
+     "destination": [
+      "obj-57",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-57",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-57",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-42",
+      2
+     ],
+     "destination": [
+      "obj-58",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-58",
+      1
+     ],
+     "destination": [
+      "obj-59",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-59",
+      0
+     ],
+     "destination": [
+      "obj-60",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-58",
+      0
+     ],
+     "destination": [
+      "obj-61",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-61",
+      0
+     ],
+     "destination": [
+      "obj-62",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-62",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-62",
+      0
+     ],
+     "destination": [
+      "obj-46",
+      1
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-65",
+      0
+     ],
+     "destination": [
+      "obj-63",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-63",
+      0
+     ],
+     "destination": [
+      "obj-64",
+      0
+     ]
+    }
+   },
+   {
+    "patchline": {
+     "source": [
+      "obj-64",
       0
      ],
      "destination": [
@@ -1415,11 +1938,11 @@
    {
     "patchline": {
      "source": [
-      "obj-25",
+      "obj-36",
       1
      ],
      "destination": [
-      "obj-52",
+      "obj-67",
       1
      ]
     }
@@ -1427,11 +1950,11 @@
    {
     "patchline": {
      "source": [
-      "obj-25",
+      "obj-36",
       2
      ],
      "destination": [
-      "obj-53",
+      "obj-68",
       1
      ]
     }

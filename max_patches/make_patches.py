@@ -16,7 +16,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bridge.config import GM_DRUM_NOTES, ServerConfig  # noqa: E402
-from bridge.protocol import BY_ADDRESS  # noqa: E402
+from bridge.protocol import BY_ADDRESS, BY_KEYWORD_ADDRESS, GRID_CHOICES  # noqa: E402
 
 DAEMON_PORT = ServerConfig().osc_port
 REPLY_PORT = DAEMON_PORT + 1
@@ -24,13 +24,18 @@ PADS = ("kick", "snare", "hat")
 PLAY = "/genbridge/drum/play"
 REGISTER = "/genbridge/client/reply_port"
 STATUS = "/genbridge/status"
+PLAY_KW = "/genbridge/kw/drum/play"  # the pads play through the keyword form: velocity and quantize by name
+TEMPO_LISTEN = "/genbridge/tempo/listen"
+#: The quantise selector's grids (bridge.protocol.GRID_CHOICES has them all).
+GRIDS = ("off", "1/16", "1/8", "beat", "bar")
 CONTINUE = "/genbridge/continue"
 CANCEL = "/genbridge/job/cancel"
 #: The continue patches listen on their own port, so they can be open beside the pads patches
 #: (the daemon keeps a reply port per sending socket).
 CONTINUE_REPLY_PORT = REPLY_PORT + 1
-for _address in (PLAY, REGISTER, STATUS, CONTINUE, CANCEL):
+for _address in (PLAY, REGISTER, STATUS, CONTINUE, CANCEL, TEMPO_LISTEN):
     assert _address in BY_ADDRESS, _address
+assert PLAY_KW in BY_KEYWORD_ADDRESS and set(GRIDS) <= set(GRID_CHOICES)
 #: The pad notes: General MIDI (and Ableton Drum Rack) kick, snare, closed hat.
 NOTE_OF = {"kick": 36, "snare": 38, "hat": 42}
 for _inst, _note in NOTE_OF.items():
@@ -59,6 +64,9 @@ class PdPatch:
     def comment(self, x: int, y: int, text: str) -> int:
         return self.add("text", x, y, text.replace(",", " \\,").replace(";", " \\;"))
 
+    def number(self, x: int, y: int, width: int = 6) -> int:
+        return self.add("floatatom", x, y, f"{width} 0 0 0 - - - 0")
+
     def array(self, name: str, x: int, y: int) -> int:
         self.lines += [
             "#N canvas 0 50 450 250 (subpatch) 0;",
@@ -80,20 +88,25 @@ def osc_words(address: str) -> str:
     return " ".join(address.strip("/").split("/"))
 
 
-def pd_connection(p: PdPatch, reply_port: int, send_y: int) -> int:
-    """On load: connect [netsend] to the daemon and register the reply port; returns [netsend]."""
+def pd_connection(p: PdPatch, reply_port: int, send_y: int, tempo: bool = False) -> int:
+    """On load: connect [netsend] to the daemon, register the reply port and (``tempo``) ask for the
+    tempo on every bar; returns [netsend]."""
     load = p.obj(20, 40, "loadbang")
-    order = p.obj(20, 70, "t b b")
+    order = p.obj(20, 70, "t b b b" if tempo else "t b b")
     connect = p.msg(120, 100, f"connect 127.0.0.1 {DAEMON_PORT}")
     send = p.obj(20, send_y, "netsend -u -b")
     register = p.msg(20, 100, f"{reply_port}")
     register_osc = p.obj(20, 130, f"oscformat {osc_words(REGISTER)}")
     p.connect(load, 0, order)
-    p.connect(order, 1, connect)
-    p.connect(order, 0, register)
+    p.connect(order, 2 if tempo else 1, connect)
+    p.connect(order, 1 if tempo else 0, register)
     p.connect(connect, 0, send)
     p.connect(register, 0, register_osc)
     p.connect(register_osc, 0, send)
+    if tempo:  # then hear the tempo on every bar
+        listen = p.obj(320, 130, f"oscformat {osc_words(TEMPO_LISTEN)}")
+        p.connect(order, 0, listen)
+        p.connect(listen, 0, send)
     return send
 
 
@@ -101,9 +114,20 @@ def pd_pads() -> str:
     p = PdPatch()
     p.comment(20, 10, f"genbridge pads: click a pad (or send MIDI notes) - daemon on udp {DAEMON_PORT}, "
               f"replies on {REPLY_PORT}")
-    send = pd_connection(p, REPLY_PORT, 470)
+    send = pd_connection(p, REPLY_PORT, 470, tempo=True)
     play_osc = p.obj(20, 420, f"oscformat {osc_words(PLAY)}")
     p.connect(play_osc, 0, send)
+    # the pads play through the keyword form: "kick velocity 100 quantize bar"
+    kw_osc = p.obj(200, 440, f"oscformat {osc_words(PLAY_KW)}")
+    p.connect(kw_osc, 0, send)
+    with_grid = p.obj(200, 380, f"list append quantize {GRIDS[0]}")
+    kw_trim = p.obj(200, 410, "list trim")
+    p.connect(with_grid, 0, kw_trim)
+    p.connect(kw_trim, 0, kw_osc)
+    p.comment(360, 120, "quantize the pads to:")
+    for i, grid in enumerate(GRIDS):
+        choice = p.msg(360 + i * 90, 145, f"quantize {grid}")
+        p.connect(choice, 0, with_grid, 1)
     # MIDI notes (General MIDI drum map) play the same pads with their velocity; [notein]
     # sends velocity before note, so [pack] pairs them as "note velocity"
     notein = p.obj(360, 170, "notein")
@@ -116,12 +140,10 @@ def pd_pads() -> str:
         x = 20 + i * 110
         pad = p.obj(x, 180, f"bng 60 250 50 0 empty empty {inst} 4 30 0 14 #e0e0e0 #000000 #000000")
         vel = p.msg(x, 260, "100")
-        prep = p.obj(x, 300, f"list prepend {inst}")
-        trim = p.obj(x, 330, "list trim")
+        prep = p.obj(x, 300, f"list prepend {inst} velocity")
         p.connect(pad, 0, vel)
         p.connect(vel, 0, prep)
-        p.connect(prep, 0, trim)
-        p.connect(trim, 0, play_osc)
+        p.connect(prep, 0, with_grid)
         note_on = p.obj(360 + i * 60, 260, "moses 1")  # velocity 0 is a note-off
         p.connect(route, i, note_on)
         p.connect(note_on, 1, prep)
@@ -135,7 +157,7 @@ def pd_pads() -> str:
     parse = p.obj(20, 540, "oscparse")
     trim = p.obj(20, 570, "list trim")
     top = p.obj(20, 600, "route genbridge")
-    kind = p.obj(20, 630, "route drum status error")
+    kind = p.obj(20, 630, "route drum status error tempo")
     drum = p.obj(20, 660, "route played ready")
     played = p.obj(20, 690, "unpack f s s f")
     show = p.obj(300, 720, "print genbridge-played")
@@ -152,6 +174,19 @@ def pd_pads() -> str:
     p.connect(kind, 0, drum)
     p.connect(kind, 1, status)
     p.connect(kind, 2, error)
+    # the tempo: bpm and beat in the bar, every bar
+    tempo = p.obj(600, 300, "route bar reply")
+    tempo_args = p.obj(600, 330, "unpack f f f f f f f s")
+    bpm = p.number(600, 380)
+    phase = p.number(680, 380, 4)
+    p.comment(600, 405, "BPM   beat in bar")
+    tempo_print = p.obj(600, 440, "print genbridge-tempo")
+    p.connect(kind, 3, tempo)
+    p.connect(tempo, 0, tempo_args)
+    p.connect(tempo, 1, tempo_args)
+    p.connect(tempo, 0, tempo_print)
+    p.connect(tempo_args, 1, bpm)
+    p.connect(tempo_args, 3, phase)
     p.connect(drum, 0, played)
     p.connect(drum, 0, show)
     p.connect(played, 2, read)
@@ -216,32 +251,54 @@ def max_pads() -> str:
               f"replies on {REPLY_PORT}.", w=700)
     send = m.obj(20, 440, f"udpsend 127.0.0.1 {DAEMON_PORT}", inlets=1, outlets=0)
     load = m.obj(20, 40, "loadbang", outlets=1)
-    register = m.msg(20, 70, f"{REGISTER} {REPLY_PORT}")
-    m.connect(load, 0, register)
+    order = m.obj(20, 70, "t b b", outlets=2, w=60)
+    register = m.msg(90, 70, f"{REGISTER} {REPLY_PORT}", w=260)
+    listen = m.msg(360, 70, TEMPO_LISTEN, w=160)  # then the tempo on every bar
+    m.connect(load, 0, order)
+    m.connect(order, 1, register)
+    m.connect(order, 0, listen)
     m.connect(register, 0, send)
+    m.connect(listen, 0, send)
+    m.comment(20, 280, "quantize the pads to:", w=150)
+    choices = [m.msg(170 + i * 70, 280, f"symbol {grid}", w=65) for i, grid in enumerate(GRIDS)]
+    grids = []
     for i, inst in enumerate(PADS):
         x = 20 + i * 200
         pad = m.box("button", x, 110, w=60, inlets=1, outlets=1)
         m.comment(x, 175, inst, w=60)
         vel = m.msg(x, 200, "100", w=40)
-        play = m.msg(x, 230, f"{PLAY} {inst} $1", w=190)
+        with_grid = m.obj(x, 320, f"pack 0 {GRIDS[0]}", inlets=2, outlets=1, w=90)
+        play = m.msg(x, 350 + i * 28, f"{PLAY_KW} {inst} velocity $1 quantize $2", w=340)  # staggered: long
         m.connect(pad, 0, vel)
-        m.connect(vel, 0, play)
+        m.connect(vel, 0, with_grid)
+        m.connect(with_grid, 0, play)
         m.connect(play, 0, send)
-    notein = m.obj(620, 40, "notein", outlets=3)
-    pair = m.obj(620, 70, "pack 0 0", inlets=2, outlets=1)  # velocity arrives first: "note velocity"
-    route = m.obj(620, 100, "route " + " ".join(str(NOTE_OF[i]) for i in PADS), outlets=len(PADS) + 1)
+        for choice in choices:
+            m.connect(choice, 0, with_grid, 1)
+        grids.append(with_grid)
+    notein = m.obj(620, 110, "notein", outlets=3)
+    pair = m.obj(620, 140, "pack 0 0", inlets=2, outlets=1)  # velocity arrives first: "note velocity"
+    route = m.obj(620, 170, "route " + " ".join(str(NOTE_OF[i]) for i in PADS), outlets=len(PADS) + 1)
     m.connect(notein, 0, pair, 0)
     m.connect(notein, 1, pair, 1)
     m.connect(pair, 0, route)
-    m.comment(700, 40, "MIDI notes 36 38 42", w=140)
+    m.comment(700, 110, "MIDI notes 36 38 42", w=140)
     for i, inst in enumerate(PADS):
-        note_on = m.obj(90 + i * 200, 170, "moses 1", inlets=2, outlets=2, w=60)  # velocity 0 is a note-off
+        note_on = m.obj(90 + i * 200, 240, "moses 1", inlets=2, outlets=2, w=60)  # velocity 0 is a note-off
         m.connect(route, i, note_on)
-        m.connect(note_on, 1, [b["box"]["id"] for b in m.boxes if b["box"].get("text") == f"{PLAY} {inst} $1"][0])
+        m.connect(note_on, 1, grids[i])
     recv = m.obj(20, 490, f"udpreceive {REPLY_PORT}", inlets=1, outlets=1)
-    replies = m.obj(20, 520, "route /genbridge/drum/played /genbridge/status/reply /genbridge/error", outlets=4, w=420)
+    replies = m.obj(20, 520, "route /genbridge/drum/played /genbridge/status/reply /genbridge/error "
+                    "/genbridge/tempo/bar /genbridge/tempo/reply", outlets=6, w=620)
     m.connect(recv, 0, replies)
+    tempo = m.obj(640, 640, "unpack 0 0. 0. 0. 0. 0 0 s", outlets=8, w=200)
+    m.connect(replies, 3, tempo)
+    m.connect(replies, 4, tempo)
+    bpm = m.box("flonum", 640, 670, w=60, inlets=1, outlets=2)
+    phase = m.box("flonum", 710, 670, w=50, inlets=1, outlets=2)
+    m.comment(640, 695, "BPM  beat in bar", w=150)
+    m.connect(tempo, 1, bpm)
+    m.connect(tempo, 3, phase)
     played = m.obj(20, 550, "unpack 0 s s 0", outlets=4)
     m.connect(replies, 0, played)
     by_pad = m.obj(20, 610, "route " + " ".join(PADS), outlets=len(PADS) + 1)

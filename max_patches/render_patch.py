@@ -53,6 +53,8 @@ def load_pd(path: Path) -> tuple[list[Box], list[tuple[int, int, int, int]]]:
         x, y, rest = pd_box.x, pd_box.y, pd_box.words
         if pd_box.kind == "restore":
             boxes.append(Box(x, y, 160, 80, "array gb-last", "graph", 0, 0))
+        elif pd_box.kind == "floatatom":  # a number box: its width in digits first
+            boxes.append(Box(x, y, int(rest[0]) * CHAR_W + 10, BOX_H, "0", "floatatom", 1, 1))
         elif rest[:1] == ["bng"]:
             size = float(rest[1])
             boxes.append(Box(x, y, size, size, rest[7], "bng", 1, 1))

@@ -30,12 +30,13 @@ def test_every_patch_sends_only_what_the_table_accepts() -> None:
         assert not report.errors, report.errors
         addresses = {a for a, _ in report.sends}
         wanted = ({"/genbridge/continue", "/genbridge/job/cancel"} if "continue" in patch.name
-                  else {"/genbridge/drum/play"})
+                  else {"/genbridge/kw/drum/play", "/genbridge/tempo/listen"})
         assert wanted | {"/genbridge/client/reply_port"} <= addresses, (patch.name, addresses)
 
 
 @pytest.mark.parametrize("name, good, bad", [
-    ("genbridge_pads.maxpat", "drum/play", "drum/plya"), ("pd/genbridge_pads.pd", "drum play", "drum plya"),
+    ("genbridge_pads.maxpat", "kw/drum/play", "kw/drum/plya"), ("pd/genbridge_pads.pd", "kw drum play", "kw drum plya"),
+    ("pd/genbridge_pads.pd", "tempo listen", "tempo lisen"),
     ("genbridge_continue.maxpat", "genbridge/continue", "genbridge/contine"),
     ("pd/genbridge_continue.pd", "genbridge continue", "genbridge contine"),
     ("m4l/genbridge_continue_m4l.maxpat", "job/cancel", "job/cancl"),
@@ -82,7 +83,7 @@ def test_pd_pads_patch_triggers_and_loads_the_clip(tmp_path: Path, tiny_model: P
             for line in pd.stderr:  # Pd prints as it goes; stop once the reply and the count are in
                 key, _, value = line.strip().partition(": ")
                 lines[key] = value
-                if {"genbridge-samples", "genbridge-played"} <= set(lines):
+                if {"genbridge-samples", "genbridge-played", "genbridge-tempo"} <= set(lines):
                     break
         finally:
             watchdog.cancel()
@@ -92,6 +93,9 @@ def test_pd_pads_patch_triggers_and_loads_the_clip(tmp_path: Path, tiny_model: P
         played = lines["genbridge-played"].split()
         assert played[1] == "kick" and played[3] == "1", played
         assert int(float(lines["genbridge-samples"])) == sf.info(played[2]).frames
+        # the patch listens to the tempo: a tempo/bar on a downbeat (id bpm beat phase quantum ...)
+        tempo = lines["genbridge-tempo"].split()
+        assert float(tempo[1]) == 120.0 and float(tempo[3]) == 0.0 and tempo[-1] == "fixed", tempo
     finally:
         daemon.stop()
 
@@ -164,3 +168,14 @@ top_k = 8
         assert not any(k == "error" for k, _ in lines), lines
     finally:
         daemon.stop()
+
+
+def test_the_checker_fails_on_a_grid_the_daemon_does_not_know(tmp_path: Path) -> None:
+    """Pd's selector boxes are followed into the pads' messages ([list append]'s right inlet)."""
+    original = (REPO / "max_patches" / "pd" / "genbridge_pads.pd").read_text()
+    broken = original.replace("quantize 1/16", "quantize 1/15")
+    assert broken != original
+    copy = tmp_path / "genbridge_pads.pd"
+    copy.write_text(broken)
+    report = check_patches.check(copy)
+    assert any("quantize must be one of" in e for e in report.errors), report.errors
