@@ -23,7 +23,7 @@ from bridge.folder_writer import FolderWriter
 from bridge.jobs import EngineError, Job
 from bridge.protocol import REPLIES, Request
 from bridge.sinks.audio import AudioOutput, AudioUnavailable
-from bridge.tempo import FixedTimeline, TempoError, Timeline
+from bridge.tempo import FixedTimeline, TempoError, Timeline, safe_stream_start
 from bridge.tempo_listeners import TempoListeners, send_tempo
 
 log = logging.getLogger(__name__)
@@ -181,13 +181,10 @@ class Service:
         clock = self._chunk_clock.get(job.id)
         now = time.monotonic()
         if clock is None:
-            total = float(job.params.get("seconds", clip.duration_s))
-            made_per_s = clip.duration_s / max(1e-3, now - (job.started_at or now))
-            # the last chunk must arrive before it is due: start + (total - chunk) >= its arrival
-            arrival_of_last = now + max(0.0, total - clip.duration_s) / max(1e-3, made_per_s) * 1.1
-            earliest = max(now + self.audio.lead_s(), arrival_of_last - (total - clip.duration_s))
-            grid = self.continuations.config.play_quantize
-            start = self._start_time(grid, earliest) if grid != "off" else earliest
+            start = safe_stream_start(now, clip.duration_s, now - (job.started_at or now),
+                                      float(job.params.get("seconds", clip.duration_s)),
+                                      now + self.audio.lead_s(), self.timeline.read(),
+                                      self.continuations.config.play_quantize)
             clock = self._chunk_clock[job.id] = [start, 0.0]
         at = clock[0] + clock[1]
         self.audio.play(clip, "continue", 1.0, at if at > now + self.audio.lead_s() else None)

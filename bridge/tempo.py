@@ -101,6 +101,23 @@ class TempoReading:
                 "playing": self.playing, "locked": self.locked}
 
 
+def safe_stream_start(now: float, made_s: float, elapsed_s: float, total_s: float, earliest: float,
+                      reading: TempoReading, grid: str, margin: float = 1.1) -> float:
+    """When to start playing audio that is still being made, so playback never runs dry.
+
+    ``made_s`` seconds were made in ``elapsed_s``; ``total_s`` will be made in all. At that rate
+    (with ``margin`` for a slower rest) the last of it arrives at ``now + (total - made) / rate``;
+    playback started at ``s`` reaches that point at ``s + made``, so ``s`` must be no earlier than
+    ``arrival - made``. Faster than real time, that is now: the start is then the next point of
+    ``grid`` at or after ``earliest`` (the device's lead), else the first such point after it.
+    """
+    rate = made_s / max(1e-3, elapsed_s)
+    rest = max(0.0, total_s - made_s)
+    last_arrives = now + margin * rest / max(1e-6, rate)
+    start = max(earliest, last_arrives - rest)
+    return reading.next_grid_time(grid, start)
+
+
 class Timeline(Protocol):
     """A tempo source: the daemon reads it (cheap, any time on the event loop) and may ask it to
     change tempo."""

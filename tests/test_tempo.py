@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bridge.bar_shape import BarShape, ShapeError, cut, loop, shape
-from bridge.tempo import FixedTimeline, MidiClock, MidiClockTimeline, TempoError, TempoReading
+from bridge.tempo import FixedTimeline, MidiClock, MidiClockTimeline, TempoError, TempoReading, safe_stream_start
 
 
 def reading(bpm: float = 120.0, beat: float = 0.0, at: float = 100.0, quantum: float = 4.0) -> TempoReading:
@@ -111,3 +111,21 @@ def test_status_reports_the_beat_now_not_at_the_anchor() -> None:
     d = r.as_dict()
     assert d["beat"] == pytest.approx(20.0, abs=0.05)
     assert min(d["phase"], 4.0 - d["phase"]) < 0.05  # beat 20 is a downbeat (phase wraps at 4)
+
+
+def test_a_stream_faster_than_real_time_starts_on_the_next_bar() -> None:
+    r = reading(bpm=120.0, beat=0.0, at=100.0)  # bars every 2 s from t=100
+    # 1 s of a 10 s piece made in 0.5 s (twice real time): the next bar after the device's lead
+    assert safe_stream_start(100.5, 1.0, 0.5, 10.0, 100.51, r, "bar") == pytest.approx(102.0)
+    assert safe_stream_start(100.5, 1.0, 0.5, 10.0, 100.51, r, "off") == pytest.approx(100.51)
+
+
+def test_a_stream_slower_than_real_time_waits_for_the_bar_it_will_not_run_dry_from() -> None:
+    r = reading(bpm=120.0, beat=0.0, at=100.0)
+    # 1 s made in 2 s (half real time), 9 s to come: the last arrives ~19.8 s later, so playback
+    # may start no earlier than ~110.8 (it reaches that audio 9 s later): the bar at 112
+    start = safe_stream_start(100.0, 1.0, 2.0, 10.0, 100.01, r, "bar")
+    assert start == pytest.approx(112.0)
+    # and then every chunk is there before it is due (chunks of 1 s arriving every 2.2 s)
+    arrivals = [100.0 + 2.2 * k for k in range(10)]
+    assert all(arrival <= start + k for k, arrival in enumerate(arrivals))
