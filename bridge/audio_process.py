@@ -29,12 +29,12 @@ from typing import Any
 import numpy as np
 
 from bridge import liveness
-from bridge.mixer import ASAP, Mixer, Trigger
+from bridge.mixer import BlockClock, Mixer, Trigger
 
 log = logging.getLogger("genbridge.audio")
 
 STATUS_INTERVAL_S = 0.25
-OFFSET_WINDOW = 64  # callbacks (0.34 s at 256 frames / 48 kHz) in the clock-offset minimum
+CLOCK_WINDOW = 64  # callbacks (0.34 s at 256 frames / 48 kHz) in the block clock's lower envelope
 RETRY_S = 1.0
 
 
@@ -83,8 +83,7 @@ class AudioDevice:
         self.load = 0.0
         self._ring: np.ndarray | None = None
         self._ring_pos = 0
-        self._offsets = np.full(OFFSET_WINDOW, np.inf)  # recent (monotonic - stream time)
-        self._offset_i = 0
+        self._clock: BlockClock | None = None
         self._device_latency = 0.0
         self.pipeline_s = 0.0
         self._last_callbacks = -1
@@ -104,6 +103,7 @@ class AudioDevice:
         self.mixer = Mixer(rate, channels, max_voices=cfg["max_voices"], fade_ms=cfg["fade_ms"],
                            limiter_threshold=10 ** (cfg["limiter_threshold_db"] / 20),
                            master_gain=10 ** (cfg["master_gain_db"] / 20))
+        self._clock = BlockClock(rate, CLOCK_WINDOW)
         if in_channels:
             self._ring = np.zeros((int(rate * cfg["capture_seconds"]), in_channels), np.float32)
         common = dict(samplerate=rate, blocksize=cfg["block_size"], dtype="float32",
@@ -121,34 +121,36 @@ class AudioDevice:
 
     # ------------------------------------------------------------------ audio thread
 
-    def _block_time(self, time_info: Any) -> float:
+    def _block_time(self, wake: float, time_info: Any) -> float:
         """When this block leaves the stream, on the monotonic clock, free of wake-up jitter.
 
-        The stream clock is smooth but has its own origin and its own rate (a dummy JACK driver
-        runs about 1 % slow; a sound card's crystal drifts too); the callback's wake-up time on
-        the monotonic clock is late by a varying amount, never early. So the offset is the
-        smallest difference over the last OFFSET_WINDOW callbacks: free of wake-up jitter, and
-        recent enough to follow the drift. PortAudio's own buffering (the output latency it
-        reports minus the device latency after its ports) is added.
+        From the mixer's own frame count and the callback's wake-up times (``BlockClock``: their
+        lower envelope, a line that follows the frame clock's rate), not from PortAudio's
+        ``currentTime``. On JACK that is ``jack_frame_time()`` read as the callback starts: JACK's
+        DLL estimate, which carries the callback's lateness within its cycle (0.03 ms idle, 2 ms
+        under load), and which after an xrun is off by up to 20 ms and takes seconds to settle
+        (the old minimum of monotonic - currentTime put the first take after a 0.1 s server
+        stall 14-28 ms late, and a take under load 2.1 ms early). The wake-ups step once at an
+        xrun, and an underflow resets the envelope. PortAudio's own buffering (the output latency
+        it reports minus the device latency after its ports: one 256-frame block on JACK,
+        5.333 ms) is added.
         """
-        now = time.monotonic()
-        current = time_info.currentTime
-        self._offsets[self._offset_i] = now - current
-        self._offset_i = (self._offset_i + 1) % OFFSET_WINDOW
-        self.pipeline_s = max(0.0, time_info.outputBufferDacTime - current - self._device_latency)
-        return current + float(self._offsets.min()) + self.pipeline_s
+        self.pipeline_s = max(0.0, time_info.outputBufferDacTime - time_info.currentTime - self._device_latency)
+        return self._clock.update(self.mixer.frame, wake) + self.pipeline_s  # type: ignore[union-attr]
 
     def _output_callback(self, outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
         self._duplex_callback(None, outdata, frames, time_info, status)
 
     def _duplex_callback(self, indata: np.ndarray | None, outdata: np.ndarray, frames: int, time_info: Any,
                          status: Any) -> None:
+        wake = time.monotonic()
         t0 = time.perf_counter()
         if status.output_underflow:
             self.underflows += 1
+            self._clock.reset()  # type: ignore[union-attr]  # the frame clock may have slipped
         if status.input_overflow:
             self.overflows += 1
-        self.mixer.process(outdata, self._block_time(time_info))  # type: ignore[union-attr]
+        self.mixer.process(outdata, self._block_time(wake, time_info))  # type: ignore[union-attr]
         ring = self._ring if indata is not None else None
         if ring is not None:
             size = ring.shape[0]
@@ -165,9 +167,9 @@ class AudioDevice:
     def play(self, msg: dict[str, Any]) -> None:
         mixer = self.mixer
         assert mixer is not None
-        at = msg.get("at")
-        start = mixer.frame_at(at) if at is not None else ASAP
-        mixer.trigger(Trigger(msg["audio"], msg["gains"], start, int(msg.get("choke", 0))))
+        # the time itself, not a frame: the mixer turns it into one in the block it falls in
+        mixer.trigger(Trigger(msg["audio"], msg["gains"], choke_group=int(msg.get("choke", 0)),
+                              start_time=msg.get("at"), chain=int(msg.get("chain", 0))))
 
     def capture(self, seconds: float) -> np.ndarray:
         ring = self._ring
@@ -208,8 +210,13 @@ class AudioDevice:
             "voices_stolen": m.stats.voices_stolen if m else 0,
             "voices_choked": m.stats.voices_choked if m else 0,
             "limited_blocks": m.stats.limited_blocks if m else 0,
+            "late_starts": m.stats.late_starts if m else 0,
             "capture_channels": self.in_channels,
             "pipeline_ms": round(self.pipeline_s * 1000, 3),
+            "clock_drift_ppm": round(self._clock.drift * 1e6, 2) if self._clock else 0.0,
+            # when these counts were read (time.monotonic()): a caller that needs the underflows
+            # up to some moment waits for a status from after it (one is sent every 0.25 s)
+            "measured_at": round(time.monotonic(), 4),
         }
 
 

@@ -6,9 +6,13 @@ into a preallocated buffer with in-place numpy operations; it takes no lock (tri
 through a deque, whose append/popleft are atomic), allocates no arrays, and never logs.
 Everything slow (resampling, files, models) happens elsewhere.
 
-Timing: a trigger carries an absolute start frame (or "as soon as possible"); the callback
-starts the voice at that exact frame of the block it falls in, which is what makes OSC bundle
-timetags sample-accurate.
+Timing: a trigger carries an absolute start frame, or a start time on the monotonic clock (or
+"as soon as possible"). A time becomes a frame only in the block it falls in, from that block's
+own time (``BlockClock``), never once at arrival: a hit asked for a bar (2 s) ahead would
+otherwise inherit whatever the device's frame clock and the monotonic clock drift apart over its
+lead, and the one block's wake-up jitter it was converted in (measured on jackd -d dummy under
+load: a whole take of hits 2.1 ms early). The voice then starts at that exact frame of the
+block, which is what makes OSC bundle timetags sample-accurate.
 """
 
 from __future__ import annotations
@@ -28,6 +32,14 @@ class Trigger:
     gains: np.ndarray  # (channels,) float32: velocity x instrument gain x pan
     start_frame: int = ASAP
     choke_group: int = 0  # 0: none; a voice in the same group is faded out when this starts
+    #: When to start on the monotonic clock instead of at ``start_frame`` (None: by frame).
+    start_time: float | None = None
+    #: A stream (continuation chunks played as they arrive): a trigger of the chain with neither
+    #: a frame nor a time starts on the sample where the chain's previous voice ends, so the
+    #: pieces join without a gap or an overlap of even one sample (times converted block by
+    #: block are exact to about one sample, not to zero); one that comes after that sample
+    #: starts at once. 0: no chain.
+    chain: int = 0
 
 
 @dataclass
@@ -37,6 +49,8 @@ class MixerStats:
     voices_stolen: int = 0
     voices_choked: int = 0
     limited_blocks: int = 0
+    #: Voices with a time or frame that arrived after it (they start at once, late).
+    late_starts: int = 0
     peak: float = 0.0
 
 
@@ -47,6 +61,72 @@ def balance_gains(channels: int, gain: float, pan: float) -> np.ndarray:
         gains[0] *= min(1.0, 1.0 - pan)
         gains[1] *= min(1.0, 1.0 + pan)
     return gains
+
+
+class BlockClock:
+    """When each block is heard, on the monotonic clock, from the callback's own wake-up times.
+
+    A callback wakes late by a varying amount, never early: on jackd -d dummy the PortAudio
+    callback starts 0.03 ms into its JACK cycle when the machine is idle and up to 2 ms into it
+    under load (and PortAudio's ``currentTime`` is ``jack_frame_time()`` read at that moment, so
+    it carries the same jitter). So the time of frame ``f`` is ``f / rate`` plus the lower
+    envelope of (wake time - block frame / rate) over the last ``window`` callbacks. That
+    envelope is a line, not a constant: its slope is the rate error of the device's frame clock
+    against the monotonic clock (measured -4 ppm for the dummy driver, tens of ppm for a sound
+    card's crystal; a plain minimum over a 0.34 s window is biased by rate error x 0.34 s,
+    3.4 ms at 1 %). The slope is the envelope's own change over ``baseline`` callbacks (5.5 s),
+    so the wake-up jitter in it is divided by seconds.
+
+    Audio-thread safe: preallocated arrays, in-place operations, no lock.
+    """
+
+    MIN_BASELINE_S = 2.0  # the least span the slope is measured over (30 us of jitter: 15 ppm)
+
+    def __init__(self, sample_rate: int, window: int = 64, baseline: int = 1024) -> None:
+        self.rate = float(sample_rate)
+        self._x = np.zeros(window)  # block start frame / rate, s
+        self._y = np.full(window, np.inf)  # wake time - x
+        self._tmp = np.zeros(window)
+        self._i = 0
+        self._hist_x = np.zeros(baseline)  # (x, envelope) of past callbacks, for the slope
+        self._hist_c = np.zeros(baseline)
+        self._n = 0  # envelope values in the history
+        self._seen = 0  # callbacks since the last reset: the envelope is settled after a window
+        #: d(monotonic - frame / rate) / d(frame / rate): how much faster the monotonic clock runs.
+        self.drift = 0.0
+
+    def reset(self) -> None:
+        """Forget the envelope (not the drift): after an xrun the frame clock may have slipped
+        against the monotonic clock, and a minimum would hold the time from before the slip."""
+        self._y.fill(np.inf)
+        self._n = self._seen = 0
+
+    def update(self, frame: int, wake: float) -> float:
+        """The monotonic time of ``frame``, a block's first frame, given when its callback woke."""
+        x = frame / self.rate
+        i = self._i
+        self._x[i] = x
+        self._y[i] = wake - x
+        self._i = (i + 1) % self._x.shape[0]
+        tmp = self._tmp
+        np.subtract(self._x, x, out=tmp)
+        tmp *= -self.drift
+        tmp += self._y  # each sample carried along the slope to x; the unfilled ones stay inf
+        c = float(tmp.min())
+        self._seen += 1
+        if self._seen < self._x.shape[0]:  # a young envelope is as late as its few wake-ups:
+            return x + c  # no slope from it (it would echo for a whole baseline)
+        size = self._hist_x.shape[0]
+        oldest = self._n % size if self._n >= size else 0
+        if self._n:
+            span = x - self._hist_x[oldest]
+            if span >= self.MIN_BASELINE_S:
+                self.drift = (c - float(self._hist_c[oldest])) / span
+        j = self._n % size
+        self._hist_x[j] = x
+        self._hist_c[j] = c
+        self._n += 1
+        return x + c
 
 
 class Mixer:
@@ -67,6 +147,8 @@ class Mixer:
         #: assignment, so other threads map wall-clock times to frames without a lock.
         self.clock: tuple[int, float] = (0, time.monotonic())
         self.stats = MixerStats()
+        #: chain -> the frame after its latest voice's last (Trigger.chain).
+        self._chain_end: dict[int, int] = {}
         self._audio: list[np.ndarray | None] = [None] * self.capacity
         self._pos = np.zeros(self.capacity, np.int64)
         self._start = np.zeros(self.capacity, np.int64)
@@ -103,8 +185,7 @@ class Mixer:
             self._fading[v] = True
             self._fade_at[v] = at_frame
 
-    def _start_voice(self, trig: Trigger, block_start: int) -> None:
-        start = block_start if trig.start_frame == ASAP or trig.start_frame < block_start else trig.start_frame
+    def _start_voice(self, trig: Trigger, start: int) -> None:
         if trig.choke_group:
             for v in range(self.capacity):
                 if self._audio[v] is not None and self._group[v] == trig.choke_group:
@@ -127,6 +208,10 @@ class Mixer:
         self._age[free] = self._serial
         self._fading[free] = False
         self.stats.voices_started += 1
+        if trig.chain:
+            self._chain_end[trig.chain] = start + trig.audio.shape[0]
+            if len(self._chain_end) > 64:  # streams long over
+                del self._chain_end[next(iter(self._chain_end))]
 
     def process(self, out: np.ndarray, block_time: float | None = None) -> None:
         """Fill ``out`` (frames, channels) with the next block. Called from the audio callback.
@@ -135,17 +220,30 @@ class Mixer:
         """
         n = out.shape[0]
         block_start = self.frame
-        self.clock = (block_start, time.monotonic() if block_time is None else block_time)
+        if block_time is None:
+            block_time = time.monotonic()
+        self.clock = (block_start, block_time)
         self.stats.callbacks += 1
-        later: list[Trigger] = []
-        while self.pending:
+        # Every trigger waiting now, each once (one appended meanwhile by another thread comes
+        # after them): a later one goes back to the end. No list: nothing allocated per block.
+        for _ in range(len(self.pending)):
             trig = self.pending.popleft()
-            if trig.start_frame != ASAP and trig.start_frame >= block_start + n:
-                later.append(trig)
+            if trig.start_time is not None:  # a time: its frame by this block's own time
+                start = block_start + int(round((trig.start_time - block_time) * self.sample_rate))
+            elif trig.chain and trig.start_frame == ASAP:
+                end = self._chain_end.get(trig.chain)
+                if end is None and any(t.chain == trig.chain for t in self.pending):
+                    self.pending.append(trig)  # the chain's first voice has not started yet
+                    continue
+                start = ASAP if end is None else end
             else:
-                self._start_voice(trig, block_start)
-        for trig in later:
-            self.pending.append(trig)
+                start = trig.start_frame
+            if start >= block_start + n:
+                self.pending.append(trig)
+            else:  # due in this block, or as soon as possible, or late: now
+                if block_start > start != ASAP:
+                    self.stats.late_starts += 1
+                self._start_voice(trig, max(start, block_start))
         mix = self._mix[:n]
         mix.fill(0.0)
         for v in range(self.capacity):

@@ -6,9 +6,12 @@ which one), so tests never hear each other.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -54,6 +57,17 @@ class JackServer:
                 self.proc.wait(5)
         self.proc = None
 
+    def stall(self, seconds: float) -> None:
+        """Freeze the server for ``seconds`` (SIGSTOP, SIGCONT): its driver wakes that late, an
+        xrun, as on a starved machine (the dummy driver then restarts its schedule from the late
+        wake-up, so its frame clock slips against the monotonic clock)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(seconds)  # the length of the stall, not a wait for anything
+        finally:
+            self.proc.send_signal(signal.SIGCONT)
+
     def client(self, name: str):  # -> jack.Client
         import jack
 
@@ -77,30 +91,57 @@ class JackServer:
 @dataclass
 class Recording:
     audio: np.ndarray  # (frames, channels)
-    block_times: np.ndarray  # monotonic time the recorder's callback ran for each block
+    block_frames: np.ndarray  # JACK frame time of each block's first frame
+    block_times: np.ndarray  # monotonic time the recorder's callback woke for each block
     block: int
     rate: int = RATE
-    block_frames: np.ndarray | None = None  # JACK frame time of each block's first frame
+    WINDOW = 64  # blocks either side in the lower envelope (+-0.34 s)
+    CHUNK = 16  # blocks per point of the drift fit
 
     def time_of(self, index: int) -> float:
-        """Monotonic time of recorded sample ``index``.
+        """Monotonic time of recorded sample ``index``: when its JACK cycle began.
 
-        A callback runs late by a varying amount (never early), most of all in a busy test
-        process; so the frame clock is tied to the monotonic clock by the smallest offset over
-        the neighbouring blocks (+-20 blocks: short enough that the dummy driver's ~1 % drift
-        does not matter), not by this block's own wake-up time.
+        Each callback wakes late by a varying amount, never early (measured: 0.03 ms after the
+        cycle starts when idle, milliseconds under load), so a block's time is the lower
+        envelope of (wake - frame / rate) over the neighbouring blocks, carried along the
+        recording's drift (the frame clock's rate against the monotonic clock: -4 ppm measured
+        for the dummy driver; a plain minimum over +-0.1 s would be off by rate error x 0.1 s).
+
+        Not JACK's own ``jack_frame_time()``/``jack_frames_to_time()``: those come from its DLL,
+        which agrees with this to 0.07 ms while all is well, but after a burst of xruns was 20 ms
+        off, overshot to +7 ms, and was still 1-5 ms off (moving 2 ms/s) 4-6 s later, while the
+        wake-ups showed one clean step. That made a clean take read 1.3-5.7 ms late. (A take
+        with an xrun in it is discarded by the tests anyway.)
         """
         b = index // self.block
-        if self.block_frames is None:
-            return float(self.block_times[b]) + (index % self.block) / self.rate
-        lo, hi = max(0, b - 20), min(len(self.block_times), b + 21)
-        offsets = self.block_times[lo:hi] - self.block_frames[lo:hi] / self.rate
-        return float(self.block_frames[b] + index % self.block) / self.rate + float(offsets.min())
+        x = self.block_frames / self.rate
+        lo, hi = max(0, b - self.WINDOW), min(len(x), b + self.WINDOW + 1)
+        carried = self.block_times[lo:hi] - x[lo:hi] - self.drift * (x[lo:hi] - x[b])
+        return float(x[b] + (index % self.block) / self.rate + carried.min())
+
+    @functools.cached_property
+    def drift(self) -> float:
+        """d(wake - frame / rate) / d(frame / rate) over the whole recording: the Theil-Sen slope
+        (median of pairwise slopes, robust to a chunk whose wake-ups were all late) through the
+        minimum of every CHUNK blocks, from pairs at least a second apart; 0 if it is shorter."""
+        x = self.block_frames / self.rate
+        y = self.block_times - x
+        n = len(x) // self.CHUNK
+        if n < 2:
+            return 0.0
+        cy = y[: n * self.CHUNK].reshape(n, self.CHUNK)
+        pick = np.argmin(cy, axis=1) + np.arange(n) * self.CHUNK
+        px, py = x[pick], y[pick]
+        i, j = np.triu_indices(n, 1)
+        far = px[j] - px[i] >= 1.0
+        if not far.any():
+            return 0.0
+        return float(np.median((py[j] - py[i])[far] / (px[j] - px[i])[far]))
 
 
 @dataclass
 class Recorder:
-    """Records everything the daemon's output ports play, with a monotonic time per block."""
+    """Records everything the daemon's output ports play, with a JACK frame and a wake time per block."""
 
     server: JackServer
     sources: list[str]
@@ -111,11 +152,19 @@ class Recorder:
     _n: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
+        # The callback needs the GIL every 5.3 ms block; with Python's default 5 ms switch
+        # interval a test thread parsing a status or resampling a clip holds it for a whole
+        # block, the recorder misses its deadline, and JACK counts an xrun for every client
+        # (the daemon's underflow counter included). The audio process does the same.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.client = self.server.client(f"rec{uuid.uuid4().hex[:4]}")
         self.block = self.client.blocksize
+        self.rate = self.client.samplerate
         self._buf = np.zeros((int(self.seconds * self.client.samplerate), len(self.sources)), np.float32)
         self.inputs = [self.client.inports.register(f"in_{i}") for i in range(len(self.sources))]
         self._lock = threading.Lock()
+        self._target = 0  # wait_frames: the frame count to signal ``_reached`` at
+        self._reached = threading.Event()
         self.client.set_process_callback(self._process)
         self.client.activate()
         for src, port in zip(self.sources, self.inputs):
@@ -131,6 +180,8 @@ class Recorder:
         self._times.append(t)
         self._frames.append(self.client.last_frame_time)
         self._n = n + frames
+        if self._n >= self._target:
+            self._reached.set()
 
     def mark(self) -> int:
         return self._n
@@ -140,16 +191,18 @@ class Recorder:
         first_block = start // self.block
         start = first_block * self.block
         blocks = slice(first_block, end // self.block)
-        return Recording(self._buf[start:end].copy(), np.array(self._times[blocks]), self.block,
-                         block_frames=np.array(self._frames[blocks], dtype=np.float64))
+        return Recording(self._buf[start:end].copy(), np.array(self._frames[blocks], dtype=np.float64),
+                         np.array(self._times[blocks]), self.block, self.rate)
 
     def wait_frames(self, n: int, timeout: float = 10.0) -> None:
+        """Block until ``n`` more frames are recorded: on an event the process callback sets, not
+        by polling, whose wake-ups (200 a second) took the GIL the callback needs every block."""
         deadline = time.monotonic() + timeout
-        target = self._n + n
-        while self._n < target:
-            if time.monotonic() > deadline:
+        target = self._target = self._n + n
+        while self._n < target:  # (a set left over from an earlier wait only means: look again)
+            if not self._reached.wait(max(0.0, deadline - time.monotonic())):
                 raise AssertionError("the JACK recorder stopped receiving")
-            time.sleep(0.005)
+            self._reached.clear()
 
     def close(self) -> None:
         self.client.deactivate()

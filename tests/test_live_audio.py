@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import time
 from pathlib import Path
 
@@ -42,11 +43,12 @@ def align(recording: np.ndarray, clip: np.ndarray) -> tuple[int, float, float]:
     return lag, corr, float(level)
 
 
-def _setup(tmp_path: Path, tiny_model: Path, start_daemon, jack_server, extra: str = "", **kw):
+def _setup(tmp_path: Path, tiny_model: Path, start_daemon, jack_server, extra: str = "", seconds: float = 30.0,
+           **kw):
     config = write_config(tmp_path / "c.toml", tiny_model, extra=extra, audio=AUDIO, **kw)
     daemon, client = start_daemon(config, env=jack_server.env())
     outs = jack_server.wait_for_port("PortAudio")
-    recorder = Recorder(jack_server, outs)
+    recorder = Recorder(jack_server, outs, seconds=seconds)
     client.wait_until(lambda s: s["audio"]["state"] == "running" and pools_full()(s), what="audio and pools")
     return daemon, client, recorder
 
@@ -173,32 +175,78 @@ def test_32_overlapping_hits_never_exceed_full_scale(tmp_path, tiny_model, jack_
         recorder.close()
 
 
-def test_future_timetag_plays_within_one_buffer_of_its_time(tmp_path, tiny_model, jack_server, start_daemon):
-    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",))
+#: Lead times of the timed hits: from just past the device's reach (lead_s: ~18 ms) to a bar at
+#: 120 BPM, the furthest ahead a Link-quantised start is asked for.
+LEADS = (0.05, 0.5, 1.0, 1.5, 2.0)
+
+
+def _fresh_status(client) -> dict:
+    """A status the audio process read after this call began: the status it sends every 0.25 s
+    can miss the latest underflow (which would then be counted in the next take)."""
+    now = time.monotonic()
+    return client.wait_until(lambda s: s["audio"].get("measured_at", 0.0) >= now, what="a fresh audio status")
+
+
+def _timed_take(client, recorder, rng, leads: tuple[float, ...] = LEADS) -> tuple[list[tuple[float, float]], int]:
+    """One hit per lead time, all sent at once; returns (error: heard - asked in s, correlation
+    with the clip) per hit and the underflows the daemon counted meanwhile."""
+    under = _fresh_status(client)["audio"]["underflows"]
+    start = recorder.mark()
+    wall, mono = time.time(), time.monotonic()
+    # a random phase within the block: the start must be exact to the frame, not to the block
+    targets = [lead + rng.uniform(0, 256 / RATE) for lead in leads]
+    for k, lead in enumerate(targets):
+        client.send_raw(_timed_play(wall + lead, "kick", 127, k))
+    paths = {}
+    for _ in targets:
+        reply = client.expect(PLAYED)
+        paths[reply.args[0]] = reply.args[2]
+    # the kicks last 0.19 s. Nothing heavy until the take is recorded: a resampling or an FFT
+    # here holds the GIL the recorder's callback needs every 5.3 ms, and its xrun (which the
+    # daemon counts as an underflow too) would drop the take
+    recorder.wait_frames(int((max(targets) + 0.5) * RATE))
+    rec = recorder.since(start)
+    status = _fresh_status(client)
+    clips = {k: expected(p) for k, p in paths.items()}
+    errors = []
+    origin = rec.time_of(0)
+    for k, lead in enumerate(targets):
+        clip = clips[k]
+        guess = int((mono + lead - origin) * RATE)  # where it should be, by the recorder's clock
+        lo = max(0, guess - RATE // 20)  # +-50 ms: far more than any error, less than the hits' spacing
+        lag, corr, _ = align(rec.audio[lo : guess + RATE // 20 + len(clip)], clip)
+        errors.append((rec.time_of(lo + lag) - (mono + lead), corr))
+    return errors, status["audio"]["underflows"] - under
+
+
+def test_future_timetag_plays_within_1_ms_of_its_time(tmp_path, tiny_model, jack_server, start_daemon):
+    """20 hits timed 50 ms to 2 s ahead start within 1 ms of their timetags, as a JACK recorder
+    hears them (what a beat-quantised start from Ableton Link needs), in takes that each begin
+    just after an xrun."""
+    daemon, client, recorder = _setup(tmp_path, tiny_model, start_daemon, jack_server, instruments=("kick",),
+                                      seconds=120)
+    rng = random.Random(7)
     try:
         clean, dropped = [], []
-        for k in range(6):
-            under = client.status()["audio"]["underflows"]
-            start = recorder.mark()
-            wall, mono = time.time(), time.monotonic()
-            client.send_raw(_timed_play(wall + 0.2, "kick", 127, k + 1))
-            path = client.expect(PLAYED).args[2]
-            recorder.wait_frames(int(0.6 * RATE))
-            rec = recorder.since(start)
-            lag, corr, _ = align(rec.audio, expected(path))
-            error = rec.time_of(lag) - (mono + 0.2)
+        for _ in range(20):  # 4 clean takes needed; 1-8 of them were lost to underflows per run
+            # An xrun before each take, as a starved machine has them: the server stalls, its
+            # frame clock slips against the monotonic clock, and JACK's DLL (PortAudio's
+            # currentTime) takes seconds to settle. Measured: the old per-block offset put every
+            # clean take after it 24-27 ms late (3 runs of 3); with no xrun it was within 0.33 ms
+            # idle, but under load one take of ~30 was 2.1 ms early and another 0.9 ms late.
+            before = _fresh_status(client)["audio"]["underflows"]
+            jack_server.stall(0.1)
+            client.wait_until(lambda s: s["audio"]["underflows"] > before, what="the daemon to see the xrun")
+            errors, underflows = _timed_take(client, recorder, rng)
             # an underflow (a dropped block on this shared machine) delays and distorts what
             # follows it; that is counted by the benchmark, not a scheduling error
-            if client.status()["audio"]["underflows"] != under:
-                dropped.append(error)
-                continue
-            assert corr > 0.99, (k, lag, corr)
-            clean.append(error)
-            if len(clean) >= 3:
+            (dropped if underflows else clean).extend(errors)
+            if len(clean) >= 20:
                 break
-        block = 256 / RATE
-        assert len(clean) >= 2, f"underflows in almost every attempt: {dropped}"
-        assert all(abs(e) <= block for e in clean), ([f"{e * 1000:.2f} ms" for e in clean], client.status()["audio"])
+        assert len(clean) >= 20, f"underflows in almost every take: {len(clean)} clean hits, {len(dropped)} dropped"
+        assert min(corr for _, corr in clean) > 0.99, clean
+        ms = [f"{e * 1000:+.3f}" for e, _ in clean]
+        assert max(abs(e) for e, _ in clean) <= 0.001, (ms, client.status()["audio"])
     finally:
         recorder.close()
 
