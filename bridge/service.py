@@ -61,8 +61,8 @@ class Service:
         #: (The daemon passes its configured source; the default is [tempo]'s own default.)
         self.timeline: Timeline = timeline or FixedTimeline(120.0, 4.0)
         self.tempo_listeners = tempo_listeners or TempoListeners(self.timeline)
-        #: Chunk playback of continuation jobs: job id -> (start time, seconds of audio scheduled).
-        self._chunk_clock: dict[int, list[float]] = {}
+        #: Continuation jobs whose chunks are playing (the job id is the mixer's chain).
+        self._streams: set[int] = set()
         #: More sections for /genbridge/status (transports, continuation), by name.
         self.status_sections = dict(status_sections or {})
         #: endpoint name (bridge.protocol.ENDPOINTS) -> handler.
@@ -172,27 +172,26 @@ class Service:
         """Announce a chunk; when its job plays chunks, schedule it right after the one before.
 
         The first chunk starts on the next continuation.play_quantize point from which playback
-        will not run dry: generation slower than real time (measured from this job's first chunk)
-        pushes the start as many bars later as the job needs to stay ahead; every later chunk is
-        queued gap-free behind it (or plays at once, late, if it comes after its slot)."""
+        will not run dry (bridge.tempo.safe_stream_start: generation slower than real time,
+        measured from this job's first chunk, pushes the start as many bars later as it needs);
+        every later chunk is chained behind it in the mixer, gap-free to the sample (or plays at
+        once, late, if it comes after its slot)."""
         reply_with(reply, "job/chunk", rid, job.id, index, str(clip.path))
         if play != "chunks" or self.audio is None or self.continuations is None:
             return
-        clock = self._chunk_clock.get(job.id)
+        if job.id in self._streams:  # the mixer starts it where the chunk before ends
+            self.audio.play(clip, "continue", 1.0, chain=job.id)
+            return
         now = time.monotonic()
-        if clock is None:
-            start = safe_stream_start(now, clip.duration_s, now - (job.started_at or now),
-                                      float(job.params.get("seconds", clip.duration_s)),
-                                      now + self.audio.lead_s(), self.timeline.read(),
-                                      self.continuations.config.play_quantize)
-            clock = self._chunk_clock[job.id] = [start, 0.0]
-        at = clock[0] + clock[1]
-        self.audio.play(clip, "continue", 1.0, at if at > now + self.audio.lead_s() else None)
-        clock[1] += clip.duration_s
+        start = safe_stream_start(now, clip.duration_s, now - (job.started_at or now),
+                                  float(job.params.get("seconds", clip.duration_s)), now + self.audio.lead_s(),
+                                  self.timeline.read(), self.continuations.config.play_quantize)
+        self._streams.add(job.id)
+        self.audio.play(clip, "continue", 1.0, start, chain=job.id)
 
     def _played_done(self, job: Any, clip: Clip, play: str) -> None:
         """A continuation that plays its result does so from the next continuation.play_quantize point."""
-        self._chunk_clock.pop(job.id, None)
+        self._streams.discard(job.id)
         if play == "done" and self.audio is not None and self.continuations is not None:
             self.audio.play(clip, "continue", 1.0, self._start_time(self.continuations.config.play_quantize, None))
 
@@ -268,7 +267,7 @@ class Service:
             reply_with(reply, "job/done", rid, job.id, job.chunks, str(clip.path))
 
         def on_error(job: Any, message: str) -> None:
-            self._chunk_clock.pop(job.id, None)
+            self._streams.discard(job.id)
             error_reply(reply, rid, address, f"job {job.id}: {message}")
 
         job, position = conts.submit(
@@ -276,6 +275,6 @@ class Service:
             on_progress=lambda job, f: reply_with(reply, "job/progress", rid, job.id, round(f, 4)),
             on_chunk=lambda job, i, clip: self._chunk_ready(reply, rid, job, i, clip, play),
             on_done=on_done, on_error=on_error,
-            on_cancelled=lambda job: self._chunk_clock.pop(job.id, None),
+            on_cancelled=lambda job: self._streams.discard(job.id),
         )
         reply_with(reply, "job/queued", rid, job.id, position)

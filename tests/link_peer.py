@@ -29,9 +29,12 @@ async def main(bpm: float, quantum: float) -> None:
             link.tempo = float(line[1])
             print("ok", flush=True)
         elif line[0] == "read":
-            before = link.time.total_seconds()
-            beat = link.beat
-            after = link.time.total_seconds()
+            for _ in range(5):  # tightly bracketed (see bridge/link_timeline.BRACKET_S)
+                before = link.time.total_seconds()
+                beat = link.beat
+                after = link.time.total_seconds()
+                if after - before < 100e-6:
+                    break
             print(json.dumps({"tempo": link.tempo, "beat": beat, "phase": link.phase, "peers": link.num_peers,
                               "time": (before + after) / 2}), flush=True)
     link.enabled = False

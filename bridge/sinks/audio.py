@@ -176,8 +176,9 @@ class AudioOutput:
     def velocity_gain(self, velocity: float) -> float:
         return float(max(0.0, min(1.0, velocity)) ** self.config.velocity_exponent)
 
-    def play(self, clip: Clip, instrument: str, velocity: float, at: float | None = None) -> bool:
-        """Play a clip at monotonic time ``at`` (None: the next buffer); False without a device."""
+    def play(self, clip: Clip, instrument: str, velocity: float, at: float | None = None, chain: int = 0) -> bool:
+        """Play a clip at monotonic time ``at`` (None: the next buffer); False without a device.
+        ``chain``: a stream's id; its clips without a time play one after another, gap-free."""
         if self.state != "running" or self._child is None or not self._child.alive:
             return False
         self.prepare(clip)  # a no-op for pooled clips; a fallback after the device rate changed
@@ -185,7 +186,7 @@ class AudioOutput:
         gain = self.velocity_gain(velocity) * (10 ** (inst.gain_db / 20) if inst else 1.0)
         gains = balance_gains(self.channels, gain, inst.pan if inst else 0.0)
         return self._child.send({"op": "play", "audio": clip.playable, "gains": gains, "at": at,
-                                 "choke": inst.choke_group if inst else 0})
+                                 "choke": inst.choke_group if inst else 0, "chain": chain})
 
     def lead_s(self) -> float:
         """How far ahead a start time must be for the device to still make it: the block the
