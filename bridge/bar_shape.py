@@ -90,7 +90,8 @@ def best_start(audio: np.ndarray, frames: int, overlap: int, search: int) -> int
 def loop(audio: np.ndarray, frames: int, rate: int, overlap_s: float = LOOP_OVERLAP_S,
          search_s: float = LOOP_SEARCH_S) -> np.ndarray:
     """``frames`` of ``audio`` (channels, n) that loop: its end runs on into its start."""
-    overlap = max(1, int(round(overlap_s * rate)))
+    # a loop shorter than a few crossfades (a quarter bar at a very fast tempo) fades over less
+    overlap = max(1, min(int(round(overlap_s * rate)), frames // 4))
     search = int(round(search_s * rate))
     if audio.shape[1] < frames + overlap:
         raise ShapeError(f"{audio.shape[1]} frames made, {frames + overlap} needed for a loop")

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any
 
-from bridge.tempo import MidiClock, TempoReading, check_bpm
+from bridge.tempo import FixedTimeline, MidiClock, TempoReading, check_bpm
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class LinkTimeline:
         self.quantum = quantum
         self.link: Any = None
         self.state = "off"
+        #: The beat until Link is enabled (the join wait), or for good if it cannot start: one
+        #: steady line, so quantised starts and tempo/bar still have a grid.
+        self.fallback = FixedTimeline(bpm, quantum)
 
     async def start(self) -> None:
         from aalink import Link
@@ -59,7 +62,8 @@ class LinkTimeline:
     def read(self) -> TempoReading:
         link = self.link
         if link is None:
-            return TempoReading(self.name, self.start_bpm, 0.0, time.monotonic(), self.quantum, locked=False)
+            r = self.fallback.read()
+            return TempoReading(self.name, r.bpm, r.beat, r.at, self.quantum, locked=False)
         for _ in range(3):  # a reading bracketed tightly: the beat is that of the bracket's middle
             before = link.time.total_seconds()
             beat = link.beat
@@ -77,6 +81,7 @@ class LinkTimeline:
             self.link.tempo = bpm
         else:
             self.start_bpm = bpm
+            self.fallback.set_tempo(bpm)
 
     def close(self) -> None:
         if self.link is not None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 ASAP = -1
+#: A chain whose first voice is waiting for its time (Trigger.chain).
+CHAIN_WAITING = -2
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,7 @@ class Mixer:
         self._fading[free] = False
         self.stats.voices_started += 1
         if trig.chain:
+            self._chain_end.pop(trig.chain, None)  # re-inserted last: the dict's order is recency
             self._chain_end[trig.chain] = start + trig.audio.shape[0]
             if len(self._chain_end) > 64:  # streams long over
                 del self._chain_end[next(iter(self._chain_end))]
@@ -231,14 +234,16 @@ class Mixer:
             if trig.start_time is not None:  # a time: its frame by this block's own time
                 start = block_start + int(round((trig.start_time - block_time) * self.sample_rate))
             elif trig.chain and trig.start_frame == ASAP:
-                end = self._chain_end.get(trig.chain)
-                if end is None and any(t.chain == trig.chain for t in self.pending):
-                    self.pending.append(trig)  # the chain's first voice has not started yet
+                end = self._chain_end.get(trig.chain, ASAP)
+                if end == CHAIN_WAITING:
+                    self.pending.append(trig)  # the chain's first voice waits for its time
                     continue
-                start = ASAP if end is None else end
+                start = end  # ASAP when the chain is unknown (a new mixer after a restart)
             else:
                 start = trig.start_frame
             if start >= block_start + n:
+                if trig.chain and self._chain_end.get(trig.chain) is None:
+                    self._chain_end[trig.chain] = CHAIN_WAITING  # its followers wait behind it
                 self.pending.append(trig)
             else:  # due in this block, or as soon as possible, or late: now
                 if block_start > start != ASAP:

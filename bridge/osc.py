@@ -136,11 +136,10 @@ class OscTransport(asyncio.DatagramProtocol):
         """The reply callable of one client socket: the same object for every packet it sends, so
         a registration made with it (``tempo/listen``) is found again by that socket's next request."""
         key = (sender[0], sender[1])
-        reply = self._repliers.get(key)
-        if reply is None:
-            reply = self._repliers[key] = self._make_replier(key)
-            while len(self._repliers) > MAX_SOCKET_REGISTRATIONS:  # oldest first
-                self._repliers.pop(next(iter(self._repliers)))
+        reply = self._repliers.pop(key, None) or self._make_replier(key)
+        self._repliers[key] = reply  # last: the dict's order is recency, a busy patch stays
+        while len(self._repliers) > MAX_SOCKET_REGISTRATIONS:  # the least recent goes
+            self._repliers.pop(next(iter(self._repliers)))
         return reply
 
     def _make_replier(self, sender: tuple[str, int]) -> ReplyFn:

@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from bridge.tempo import GRIDS
+
 PREFIX = "/genbridge"
 #: Every request address also exists under this prefix, in the keyword form.
 KEYWORD_PREFIX = f"{PREFIX}/kw"
@@ -160,8 +162,8 @@ def _steps(doc: str) -> Arg:
     return Arg("steps", "int", required=False, default=0, minimum=0, maximum=1000, doc=doc)
 
 
-#: The grids a start may be quantised to (bridge.tempo.GRIDS; "" = the configured one).
-GRID_CHOICES = ("", "off", "1/32", "1/16", "1/8", "1/4", "beat", "1/2", "bar")
+#: The grids a start may be quantised to ("" = the configured one).
+GRID_CHOICES = ("", *GRIDS)
 _PLAY_CHOICES = ("", "off", "chunks", "done")
 
 

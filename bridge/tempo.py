@@ -106,9 +106,10 @@ def safe_stream_start(now: float, made_s: float, elapsed_s: float, total_s: floa
     """When to start playing audio that is still being made, so playback never runs dry.
 
     ``made_s`` seconds were made in ``elapsed_s``; ``total_s`` will be made in all. At that rate
-    (with ``margin`` for a slower rest) the last of it arrives at ``now + (total - made) / rate``;
-    playback started at ``s`` reaches that point at ``s + made``, so ``s`` must be no earlier than
-    ``arrival - made``. Faster than real time, that is now: the start is then the next point of
+    (with ``margin`` for a slower rest) the last piece arrives at ``now + (total - made) / rate``;
+    playback started at ``s`` needs it at ``s + (total - made)`` (that piece starts where the
+    first ``made_s`` pieces' worth of chunks ends, for chunks of equal length), so ``s`` must be no
+    earlier than ``arrival - (total - made)``. Faster than real time, that is now: the start is then the next point of
     ``grid`` at or after ``earliest`` (the device's lead), else the first such point after it.
     """
     rate = made_s / max(1e-3, elapsed_s)
@@ -203,15 +204,14 @@ class MidiClock:
         self._next_beat += 1 / 24
 
     def start(self) -> None:
-        """MIDI Start: the next tick is beat 0."""
+        """MIDI Start: the next tick is beat 0 (the tempo estimate goes on: senders tick while
+        stopped too, and a real pause is caught by the 1 s gap rule in ``tick``)."""
         self.transport = "playing"
-        self.times.clear()
         self._next_beat = 0.0
 
     def resume(self) -> None:
         """MIDI Continue: the next tick goes on from where the song position is."""
         self.transport = "playing"
-        self.times.clear()
 
     def stop(self) -> None:
         self.transport = "stopped"
@@ -241,11 +241,13 @@ class MidiClockTimeline:
 
     def read(self) -> TempoReading:
         bpm, last = self.clock.bpm(), self.clock.last
-        if bpm is None or last is None:
+        if last is None:  # no tick yet: the stand-in's own beat
             r = self.fallback.read()
             return TempoReading(self.name, r.bpm, r.beat, r.at, self.quantum, locked=False)
         beat, at = last
-        return TempoReading(self.name, bpm, beat, at, self.quantum, playing=self.clock.transport == "playing")
+        # the clock's beat always; its tempo once 3 beats of ticks give one (the stand-in's till then)
+        return TempoReading(self.name, bpm or self.fallback.bpm, beat, at, self.quantum,
+                            playing=self.clock.transport == "playing", locked=bpm is not None)
 
     def set_tempo(self, bpm: float) -> None:
         raise TempoError("the tempo follows MIDI clock ([tempo] source = \"midi\"): change it on the clock's sender")

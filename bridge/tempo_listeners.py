@@ -68,14 +68,24 @@ class TempoListeners:
 
     async def _run(self) -> None:
         while True:
-            reading = self.timeline.read()
-            now = time.monotonic()
-            bar = reading.next_grid_time("bar", now + 0.001)
-            if bar - now > RECHECK_S:
+            try:
+                await self._next_bar()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a source that fails one reading must not end the bars for good
+                log.exception("tempo listeners: reading the tempo failed")
                 await asyncio.sleep(RECHECK_S)
-                continue
-            await asyncio.sleep(max(0.0, bar - time.monotonic()))
-            self._tell(reading, reading.beat_at(bar))
+
+    async def _next_bar(self) -> None:
+        """Sleep to the next downbeat (or a recheck, RECHECK_S) and tell the listeners on it."""
+        reading = self.timeline.read()
+        now = time.monotonic()
+        bar = reading.next_grid_time("bar", now + 0.001)
+        if bar - now > RECHECK_S:
+            await asyncio.sleep(RECHECK_S)
+            return
+        await asyncio.sleep(max(0.0, bar - time.monotonic()))
+        self._tell(reading, reading.beat_at(bar))
 
     def _tell(self, reading: TempoReading, beat: float) -> None:
         for reply, entry in list(self.listeners.items()):

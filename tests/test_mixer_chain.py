@@ -49,3 +49,15 @@ def test_a_piece_that_comes_after_its_slot_plays_at_once_and_the_chain_goes_on_f
     level = np.concatenate(out)
     assert np.allclose(level[:100], 0.1) and not level[100:1024].any()
     assert np.allclose(level[1024:1324], 0.2) and np.allclose(level[1324:1374], 0.3) and not level[1374:].any()
+
+
+def test_pieces_of_a_chain_the_mixer_never_saw_start_play_at_once_and_in_order() -> None:
+    """After the audio process restarted (a new mixer), or when the first piece never reached it."""
+    m = Mixer(SR, limiter_threshold=1.0)
+    buf = np.zeros((256, 2), np.float32)
+    m.trigger(Trigger(_piece(100, 0.2), UNITY, chain=9))
+    m.trigger(Trigger(_piece(50, 0.3), UNITY, chain=9))
+    m.process(buf)
+    level = buf[:, 0].copy()
+    assert np.allclose(level[:100], 0.2) and np.allclose(level[100:150], 0.3) and not level[150:].any()
+    assert not m.pending

@@ -129,3 +129,32 @@ def test_a_stream_slower_than_real_time_waits_for_the_bar_it_will_not_run_dry_fr
     # and then every chunk is there before it is due (chunks of 1 s arriving every 2.2 s)
     arrivals = [100.0 + 2.2 * k for k in range(10)]
     assert all(arrival <= start + k for k, arrival in enumerate(arrivals))
+
+
+def test_link_before_it_is_enabled_keeps_one_steady_grid() -> None:
+    from bridge.link_timeline import LinkTimeline
+
+    timeline = LinkTimeline(120.0, 4.0)  # not started: the join wait, or aalink failed
+    first, later = timeline.read(), timeline.read()
+    assert not first.locked and first.bpm == 120.0
+    t = time.monotonic() + 1.0
+    assert first.next_grid_time("bar", t) == pytest.approx(later.next_grid_time("bar", t), abs=1e-9)
+
+
+def test_midi_start_keeps_the_tempo_and_counts_the_beat_from_the_first_tick() -> None:
+    clock = MidiClock()
+    timeline = MidiClockTimeline(100.0, 4.0, clock)
+    tick = 60.0 / (140.0 * 24)
+    for i in range(24 * 4):  # a sender ticks while stopped
+        clock.tick(10.0 + i * tick)
+    clock.start()
+    clock.tick(10.0 + 24 * 4 * tick)
+    r = timeline.read()
+    assert r.beat == 0.0 and r.locked and r.bpm == pytest.approx(140.0, rel=1e-6)
+
+
+def test_a_loop_shorter_than_its_crossfade_still_loops() -> None:
+    rate = 32000
+    spec = BarShape(0.25, 999.0, 1.0, loop=True)  # 15 ms: shorter than the 50 ms crossfade
+    out = shape(_music(rate, spec.seconds_to_generate()), rate, spec)
+    assert out.shape == (2, spec.frames(rate))
