@@ -9,7 +9,8 @@ new one, which waits for the device to return. A bonus: the callback no longer s
 the OSC server and the file writer.
 
 Messages over a Pipe (dicts):
-    daemon -> audio:  {"op": "play", "audio", "gains", "at", "choke"}   (at: time.monotonic())
+    daemon -> audio:  {"op": "play", "audio", "gains", "at", "choke", "chain"}   (at: time.monotonic())
+                      {"op": "stop_chain", "chain"}   (a cancelled stream: fade it out)
                       {"op": "capture", "id", "seconds"}   {"op": "stop"}
     audio -> daemon:  {"op": "opened", "device", "rate", "channels", "in_channels"}
                       {"op": "waiting", "reason"}   {"op": "unavailable", "reason"}
@@ -257,6 +258,8 @@ def audio_main(conn: Connection, cfg: dict[str, Any], log_level: int = logging.I
             op = msg.get("op")
             if op == "play":
                 device.play(msg)
+            elif op == "stop_chain":
+                device.mixer.stop_chain(int(msg["chain"]))  # type: ignore[union-attr]
             elif op == "capture":
                 try:
                     conn.send({"op": "captured", "id": msg["id"], "audio": device.capture(msg["seconds"])})

@@ -156,6 +156,9 @@ class Mixer:
         self._start = np.zeros(self.capacity, np.int64)
         self._gain = np.zeros((self.capacity, channels), np.float32)
         self._group = np.zeros(self.capacity, np.int64)
+        self._chain_of = np.zeros(self.capacity, np.int64)  # each voice's Trigger.chain
+        #: Chains to silence (stop_chain), taken by the callback like triggers.
+        self.stops: deque[int] = deque()
         self._age = np.zeros(self.capacity, np.int64)
         self._fading = np.zeros(self.capacity, bool)
         self._fade_at = np.zeros(self.capacity, np.int64)  # absolute frame where the fade starts
@@ -168,6 +171,11 @@ class Mixer:
         self._sign = np.zeros((max_block, channels), np.float32)
 
     # ---------------------------------------------------------------- any thread
+
+    def stop_chain(self, chain: int) -> None:
+        """Silence a stream (its job was cancelled): its voices fade out over ``fade_ms`` from the
+        next block, and its pieces not yet started are dropped. Any thread."""
+        self.stops.append(chain)
 
     def trigger(self, trig: Trigger) -> None:
         self.pending.append(trig)
@@ -207,6 +215,7 @@ class Mixer:
         self._start[free] = start
         self._gain[free] = trig.gains
         self._group[free] = trig.choke_group
+        self._chain_of[free] = trig.chain
         self._age[free] = self._serial
         self._fading[free] = False
         self.stats.voices_started += 1
@@ -229,6 +238,16 @@ class Mixer:
         self.stats.callbacks += 1
         # Every trigger waiting now, each once (one appended meanwhile by another thread comes
         # after them): a later one goes back to the end. No list: nothing allocated per block.
+        while self.stops:
+            chain = self.stops.popleft()
+            for v in range(self.capacity):
+                if self._audio[v] is not None and self._chain_of[v] == chain:
+                    self._fade_out(v, block_start)
+            for _ in range(len(self.pending)):  # drop its waiting pieces, keep the rest in order
+                trig = self.pending.popleft()
+                if trig.chain != chain:
+                    self.pending.append(trig)
+            self._chain_end.pop(chain, None)
         for _ in range(len(self.pending)):
             trig = self.pending.popleft()
             if trig.start_time is not None:  # a time: its frame by this block's own time

@@ -189,6 +189,12 @@ class Service:
         self._streams.add(job.id)
         self.audio.play(clip, "continue", 1.0, start, chain=job.id)
 
+    def _stop_stream(self, job: Any) -> None:
+        """A cancelled job's chunks stop sounding too (a fade), not only being made."""
+        if job.id in self._streams and self.audio is not None:
+            self.audio.stop_chain(job.id)
+        self._streams.discard(job.id)
+
     def _played_done(self, job: Any, clip: Clip, play: str) -> None:
         """A continuation that plays its result does so from the next continuation.play_quantize point."""
         self._streams.discard(job.id)
@@ -275,6 +281,6 @@ class Service:
             on_progress=lambda job, f: reply_with(reply, "job/progress", rid, job.id, round(f, 4)),
             on_chunk=lambda job, i, clip: self._chunk_ready(reply, rid, job, i, clip, play),
             on_done=on_done, on_error=on_error,
-            on_cancelled=lambda job: self._streams.discard(job.id),
+            on_cancelled=self._stop_stream,
         )
         reply_with(reply, "job/queued", rid, job.id, position)

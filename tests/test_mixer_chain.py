@@ -61,3 +61,21 @@ def test_pieces_of_a_chain_the_mixer_never_saw_start_play_at_once_and_in_order()
     level = buf[:, 0].copy()
     assert np.allclose(level[:100], 0.2) and np.allclose(level[100:150], 0.3) and not level[150:].any()
     assert not m.pending
+
+
+def test_stopping_a_chain_fades_its_voice_and_drops_its_waiting_pieces_only() -> None:
+    m = Mixer(SR, limiter_threshold=1.0, fade_ms=1.0)  # a 48-frame fade
+    buf = np.zeros((256, 2), np.float32)
+    m.trigger(Trigger(_piece(2000, 0.2), UNITY, start_frame=0, chain=4))
+    m.trigger(Trigger(_piece(500, 0.3), UNITY, chain=4))  # waits behind the first
+    m.trigger(Trigger(_piece(2000, 0.1), UNITY, start_frame=0))  # another sound, not the stream
+    m.process(buf)
+    m.stop_chain(4)
+    out = []
+    for _ in range(12):
+        m.process(buf)
+        out.append(buf[:, 0].copy())
+    level = np.concatenate(out)  # from frame 256
+    assert level[0] > 0.29 and level[47] < level[0] and np.allclose(level[48:1744], 0.1)  # faded in 48 frames
+    assert not level[1744:].any(), "the waiting piece was dropped; the other sound ended at 2000"
+    assert not m.pending

@@ -138,3 +138,40 @@ quantum = 1
     forgiven = min((abs(late - m * block / RATE) for m in range(dropped + 1)))
     assert forgiven < 0.003, f"starts {late * 1000:.2f} ms off a bar ({dropped} blocks dropped)"
     recorder.close()
+
+
+def test_cancelling_a_playing_stream_silences_it(tmp_path: Path, jack_server, start_daemon) -> None:
+    from conftest import build_tiny_model
+    from test_continue_osc import FIXTURE, _prompt
+
+    model = build_tiny_model(tmp_path / "drums")
+    config = write_config(tmp_path / "c.toml", model, pool=0, instruments=("kick",), audio=AUDIO, extra=f"""
+[continuation]
+model = "{FIXTURE}"
+prompt_seconds = 1.0
+chunk_seconds = 0.5
+top_k = 8
+play_chunks = true
+play_quantize = "off"
+""")
+    daemon, client = start_daemon(config, env=jack_server.env())
+    recorder = Recorder(jack_server, jack_server.wait_for_port("PortAudio"), seconds=60)
+    client.wait_until(lambda s: s["audio"]["state"] == "running" and s["continuation"]["state"] == "ready",
+                      what="audio and MusicGen")
+    _prompt(daemon.out)
+    client.send("/genbridge/continue", "prompt.wav", 30.0, "", 3, "long")
+    job = client.expect("/genbridge/job/queued").args[1]
+    chunks = 0
+    while chunks < 3:
+        r = client.recv(timeout=60)
+        chunks += r.address == "/genbridge/job/chunk"
+    start = recorder.mark()
+    client.send("/genbridge/job/cancel", job, "stop")
+    while (r := client.recv(timeout=60)).address != "/genbridge/job/cancelled":
+        pass
+    recorder.wait_frames(RATE)
+    rec = recorder.since(start).audio
+    assert np.abs(rec[: RATE // 100]).max() > 1e-3, "it was playing when cancelled"
+    quiet_from = int(0.1 * RATE)  # the cancel's round trip, a block or two and the 5 ms fade
+    assert np.abs(rec[quiet_from:]).max() == 0.0, "the cancelled stream kept sounding"
+    recorder.close()

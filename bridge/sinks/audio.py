@@ -188,6 +188,11 @@ class AudioOutput:
         return self._child.send({"op": "play", "audio": clip.playable, "gains": gains, "at": at,
                                  "choke": inst.choke_group if inst else 0, "chain": chain})
 
+    def stop_chain(self, chain: int) -> None:
+        """Fade out what is playing of a stream (play's ``chain``) and drop its pieces not yet started."""
+        if self.state == "running" and self._child is not None and self._child.alive:
+            self._child.send({"op": "stop_chain", "chain": chain})
+
     def lead_s(self) -> float:
         """How far ahead a start time must be for the device to still make it: the block the
         callback is filling now and the next (a message arrives between callbacks), PortAudio's
