@@ -40,30 +40,37 @@ class LinkTimeline:
     name = "link"
 
     def __init__(self, bpm: float, quantum: float, midi_clock: MidiClock | None = None) -> None:
-        self.start_bpm = check_bpm(bpm)
         self.quantum = quantum
         self.link: Any = None
         self.state = "off"
+        self._enabling: asyncio.TimerHandle | None = None
         #: The beat until Link is enabled (the join wait), or for good if it cannot start: one
-        #: steady line, so quantised starts and tempo/bar still have a grid.
-        self.fallback = FixedTimeline(bpm, quantum)
+        #: steady line, so quantised starts and tempo/bar still have a grid. Its tempo is the
+        #: start tempo Link is created with.
+        self.fallback = FixedTimeline(check_bpm(bpm), quantum)
 
     async def start(self) -> None:
+        """Create the Link peer and enable it JOIN_DELAY_S later, without holding up the daemon's
+        start (its disabled timeline is the beat meanwhile)."""
         from aalink import Link
 
-        self.link = Link(self.start_bpm)
+        self.link = Link(self.fallback.bpm)
         self.link.quantum = self.quantum
         self.link.start_stop_sync_enabled = True
-        await asyncio.sleep(JOIN_DELAY_S)
+        self._enabling = asyncio.get_running_loop().call_later(JOIN_DELAY_S, self._enable)
+
+    def _enable(self) -> None:
+        self._enabling = None
+        if self.link is None:
+            return
         self.link.enabled = True
         self.state = "enabled"
-        log.info("Ableton Link enabled (start tempo %.2f BPM, quantum %g)", self.start_bpm, self.quantum)
+        log.info("Ableton Link enabled (start tempo %.2f BPM, quantum %g)", self.fallback.bpm, self.quantum)
 
     def read(self) -> TempoReading:
         link = self.link
         if link is None:
-            r = self.fallback.read()
-            return TempoReading(self.name, r.bpm, r.beat, r.at, self.quantum, locked=False)
+            return self.fallback.read().standing_in_for(self.name)
         for _ in range(3):  # a reading bracketed tightly: the beat is that of the bracket's middle
             before = link.time.total_seconds()
             beat = link.beat
@@ -80,10 +87,12 @@ class LinkTimeline:
         if self.link is not None:
             self.link.tempo = bpm
         else:
-            self.start_bpm = bpm
             self.fallback.set_tempo(bpm)
 
     def close(self) -> None:
+        if self._enabling is not None:
+            self._enabling.cancel()
+            self._enabling = None
         if self.link is not None:
             self.link.enabled = False
             self.link = None

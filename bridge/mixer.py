@@ -236,9 +236,7 @@ class Mixer:
             block_time = time.monotonic()
         self.clock = (block_start, block_time)
         self.stats.callbacks += 1
-        # Every trigger waiting now, each once (one appended meanwhile by another thread comes
-        # after them): a later one goes back to the end. No list: nothing allocated per block.
-        while self.stops:
+        while self.stops:  # silenced streams first, so none of their pieces starts below
             chain = self.stops.popleft()
             for v in range(self.capacity):
                 if self._audio[v] is not None and self._chain_of[v] == chain:
@@ -248,6 +246,8 @@ class Mixer:
                 if trig.chain != chain:
                     self.pending.append(trig)
             self._chain_end.pop(chain, None)
+        # Every trigger waiting now, each once (one appended meanwhile by another thread comes
+        # after them): a later one goes back to the end. No list: nothing allocated per block.
         for _ in range(len(self.pending)):
             trig = self.pending.popleft()
             if trig.start_time is not None:  # a time: its frame by this block's own time

@@ -17,7 +17,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from bridge import __version__
 from bridge.bar_shape import BarShape
 from bridge.clip import Clip
-from bridge.continuations import Continuations
+from bridge.continuations import ContinuationJob, Continuations
 from bridge.engine import Engine
 from bridge.folder_writer import FolderWriter
 from bridge.jobs import EngineError, Job
@@ -168,7 +168,8 @@ class Service:
         conts = self.continuations
         return "chunks" if conts is not None and conts.config.play_chunks else "off"
 
-    def _chunk_ready(self, reply: ReplyFn, rid: int | str, job: Any, index: int, clip: Clip, play: str) -> None:
+    def _chunk_ready(self, reply: ReplyFn, rid: int | str, job: ContinuationJob, index: int, clip: Clip,
+                     play: str) -> None:
         """Announce a chunk; when its job plays chunks, schedule it right after the one before.
 
         The first chunk starts on the next continuation.play_quantize point from which playback
@@ -189,13 +190,13 @@ class Service:
         self._streams.add(job.id)
         self.audio.play(clip, "continue", 1.0, start, chain=job.id)
 
-    def _stop_stream(self, job: Any) -> None:
+    def _stop_stream(self, job: ContinuationJob) -> None:
         """A cancelled job's chunks stop sounding too (a fade), not only being made."""
         if job.id in self._streams and self.audio is not None:
             self.audio.stop_chain(job.id)
         self._streams.discard(job.id)
 
-    def _played_done(self, job: Any, clip: Clip, play: str) -> None:
+    def _played_done(self, job: ContinuationJob, clip: Clip, play: str) -> None:
         """A continuation that plays its result does so from the next continuation.play_quantize point."""
         self._streams.discard(job.id)
         if play == "done" and self.audio is not None and self.continuations is not None:
@@ -268,11 +269,11 @@ class Service:
             name = str(path)
         play = self._play_mode(v["play"])
 
-        def on_done(job: Any, clip: Clip) -> None:
+        def on_done(job: ContinuationJob, clip: Clip) -> None:
             self._played_done(job, clip, play)
             reply_with(reply, "job/done", rid, job.id, job.chunks, str(clip.path))
 
-        def on_error(job: Any, message: str) -> None:
+        def on_error(job: ContinuationJob, message: str) -> None:
             self._streams.discard(job.id)
             error_reply(reply, rid, address, f"job {job.id}: {message}")
 

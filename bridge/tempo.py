@@ -15,6 +15,7 @@ same on every peer even where their beat numbers differ.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -93,6 +94,10 @@ class TempoReading:
     def seconds_for_bars(self, bars: float) -> float:
         return bars * self.quantum * self.seconds_per_beat
 
+    def standing_in_for(self, source: str) -> "TempoReading":
+        """This reading given as ``source``'s while that source has nothing to say (not locked)."""
+        return dataclasses.replace(self, source=source, locked=False)
+
     def as_dict(self) -> dict[str, Any]:
         """For status: the beat and phase now (the line extrapolated from ``at``)."""
         beat = self.beat_at(time.monotonic())
@@ -107,10 +112,10 @@ def safe_stream_start(now: float, made_s: float, elapsed_s: float, total_s: floa
 
     ``made_s`` seconds were made in ``elapsed_s``; ``total_s`` will be made in all. At that rate
     (with ``margin`` for a slower rest) the last piece arrives at ``now + (total - made) / rate``;
-    playback started at ``s`` needs it at ``s + (total - made)`` (that piece starts where the
-    first ``made_s`` pieces' worth of chunks ends, for chunks of equal length), so ``s`` must be no
-    earlier than ``arrival - (total - made)``. Faster than real time, that is now: the start is then the next point of
-    ``grid`` at or after ``earliest`` (the device's lead), else the first such point after it.
+    playback started at ``s`` needs it at ``s + (total - made)`` (for chunks of equal length),
+    so ``s`` must be no earlier than ``arrival - (total - made)``. Faster than real time that is
+    already past: the start is then the next point of ``grid`` at or after ``earliest`` (the
+    device's lead), else the first such point after the bound.
     """
     rate = made_s / max(1e-3, elapsed_s)
     rest = max(0.0, total_s - made_s)
@@ -242,8 +247,7 @@ class MidiClockTimeline:
     def read(self) -> TempoReading:
         bpm, last = self.clock.bpm(), self.clock.last
         if last is None:  # no tick yet: the stand-in's own beat
-            r = self.fallback.read()
-            return TempoReading(self.name, r.bpm, r.beat, r.at, self.quantum, locked=False)
+            return self.fallback.read().standing_in_for(self.name)
         beat, at = last
         # the clock's beat always; its tempo once 3 beats of ticks give one (the stand-in's till then)
         return TempoReading(self.name, bpm or self.fallback.bpm, beat, at, self.quantum,
