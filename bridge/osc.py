@@ -24,6 +24,7 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 
 from bridge import protocol
+from bridge.admission import Admission, from_server
 from bridge.config import ServerConfig
 from bridge.protocol import ProtocolError
 from bridge.service import ReplyFn, RequestHandler, error_reply, reply_with
@@ -77,26 +78,6 @@ def check_bundle(data: bytes, depth: int = 1, budget: list[int] | None = None) -
         pos += size
 
 
-class _TokenBucket:
-    """Token bucket per key (a client host for error replies, a client socket for packets)."""
-
-    def __init__(self, rate: float) -> None:
-        self.rate = rate
-        self.tokens: dict[str, tuple[float, float]] = {}
-
-    def take(self, host: Any) -> bool:
-        now = time.monotonic()
-        tokens, last = self.tokens.get(host, (self.rate, now))
-        tokens = min(self.rate, tokens + (now - last) * self.rate)
-        if len(self.tokens) > 4096:
-            self.tokens.clear()
-        if tokens < 1.0:
-            self.tokens[host] = (tokens, now)
-            return False
-        self.tokens[host] = (tokens - 1.0, now)
-        return True
-
-
 #: Per-socket reply registrations kept (a flood of registrations from new ports cannot grow
 #: the table without bound; the oldest go first).
 MAX_SOCKET_REGISTRATIONS = 1024
@@ -107,27 +88,17 @@ TRANSPORT_ENDPOINTS = ("client.reply_port",)
 class OscTransport(asyncio.DatagramProtocol):
     """The daemon's UDP endpoint."""
 
-    def __init__(self, handle: RequestHandler, *, allow: list[str] | None = None, max_packet_bytes: int = 8192,
-                 error_replies_per_s: float = 20.0, max_in_flight: int = 256,
-                 max_rate_per_client: float = 1000.0) -> None:
-        import ipaddress
-
-        #: Serves a parsed request (bridge.service.Service.handle in the daemon).
-        self.handle_request = handle
-        self.allow = [ipaddress.ip_network(n, strict=False) for n in allow or []]
+    def __init__(self, admission: Admission, *, max_packet_bytes: int = 8192) -> None:
+        #: The allow-list, rates, error budget and in-flight cap (bridge/admission.py, shared
+        #: with every transport); it hands admitted requests to the service.
+        self.admission = admission
         self.max_packet_bytes = max_packet_bytes
-        self.max_in_flight = max_in_flight
-        self.error_budget = _TokenBucket(error_replies_per_s)
-        self.packet_budget = _TokenBucket(max_rate_per_client)
         #: host -> its latest registered reply port; (host, sender port) -> that socket's.
         self.reply_ports: dict[str, int] = {}
         self.socket_reply_ports: dict[tuple[str, int], int] = {}
         self._repliers: dict[tuple[str, int], ReplyFn] = {}
         self.transport: asyncio.DatagramTransport | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.counters = {"packets": 0, "malformed": 0, "errors_sent": 0, "errors_suppressed": 0,
-                         "dropped_not_allowed": 0, "dropped_oversize": 0, "dropped_busy": 0, "dropped_rate": 0}
-        self._allowed: dict[str, bool] = {}
+        self.counters = {"packets": 0, "malformed": 0, "dropped_oversize": 0}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -146,15 +117,10 @@ class OscTransport(asyncio.DatagramProtocol):
         host, port = sender
 
         def reply(address: str, args: list[Any]) -> None:
-            if address == protocol.REPLIES["error"].address:
-                if not self.error_budget.take(host):
-                    self.counters["errors_suppressed"] += 1
-                    return
-                self.counters["errors_sent"] += 1
             target = self.socket_reply_ports.get((host, port)) or self.reply_ports.get(host, port)
             self.send((host, target), address, args)
 
-        return reply
+        return self.admission.limit_errors(host, reply)
 
     def send(self, target: Address, address: str, args: list[Any]) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -164,40 +130,17 @@ class OscTransport(asyncio.DatagramProtocol):
         except Exception as exc:  # unencodable argument, unreachable host: log, keep serving
             log.warning("cannot send %s to %s:%s: %s", address, target[0], target[1], exc)
 
-    def is_allowed(self, host: str) -> bool:
-        if not self.allow:
-            return True
-        allowed = self._allowed.get(host)
-        if allowed is None:
-            import ipaddress
-
-            try:
-                ip = ipaddress.ip_address(host)
-                allowed = any(ip in net for net in self.allow)
-            except ValueError:
-                allowed = False
-            if len(self._allowed) > 4096:
-                self._allowed.clear()
-            self._allowed[host] = allowed
-        return allowed
-
     def datagram_received(self, data: bytes, addr: Address) -> None:
         self.counters["packets"] += 1
-        if not self.is_allowed(addr[0]):
-            self.counters["dropped_not_allowed"] += 1  # no reply: an outsider learns nothing
-            return
-        if not self.packet_budget.take((addr[0], addr[1])):
-            self.counters["dropped_rate"] += 1  # unread and unanswered: answering is what costs
-            return
+        if not self.admission.admit(addr[0], (addr[0], addr[1])):
+            return  # unread and unanswered: an outsider learns nothing, and answering is what costs
         reply = self.replier(addr)
         if len(data) > self.max_packet_bytes:
             self.counters["dropped_oversize"] += 1
             error_reply(reply, 0, "", f"packet of {len(data)} bytes refused (server.max_packet_bytes "
                                       f"= {self.max_packet_bytes})")
             return
-        if len(self._tasks) >= self.max_in_flight:
-            self.counters["dropped_busy"] += 1
-            error_reply(reply, 0, "", f"busy: {len(self._tasks)} requests in flight (server.max_in_flight)")
+        if not self.admission.has_room(reply):
             return
         try:
             check_bundle(data)
@@ -230,9 +173,7 @@ class OscTransport(asyncio.DatagramProtocol):
         if request.name == "client.reply_port":
             self._register(addr[0], addr[1], request.values["port"], request.request_id, reply)
             return
-        task = asyncio.ensure_future(self.handle_request(request, reply))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.admission.submit(request, reply)
 
     def _register(self, host: str, sender_port: int, port: int, request_id: int | str, reply: ReplyFn) -> None:
         if port == 0:
@@ -251,20 +192,16 @@ class OscTransport(asyncio.DatagramProtocol):
         log.debug("UDP error (a client's port closed?): %s", exc)
 
     def status(self) -> dict[str, Any]:
-        return {**self.counters, "in_flight": len(self._tasks), "allow": [str(n) for n in self.allow] or None,
-                "registered_reply_ports": len(self.socket_reply_ports)}
+        return {**self.counters, **self.admission.status(), "registered_reply_ports": len(self.socket_reply_ports)}
 
     async def drain(self) -> None:
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.admission.drain()
 
 
 async def serve_osc(handle: RequestHandler, server: ServerConfig) -> tuple[asyncio.DatagramTransport, OscTransport]:
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_datagram_endpoint(
-        lambda: OscTransport(handle, allow=server.allow, max_packet_bytes=server.max_packet_bytes,
-                             error_replies_per_s=server.error_replies_per_s, max_in_flight=server.max_in_flight,
-                             max_rate_per_client=server.max_rate_per_client),
+        lambda: OscTransport(from_server(handle, server), max_packet_bytes=server.max_packet_bytes),
         local_addr=(server.host, server.osc_port))
     sock = transport.get_extra_info("socket")
     if sock is not None:
