@@ -4,19 +4,23 @@ Why: a set runs for hours and every trigger leaves a WAV; a disk that fills up m
 everything. The oldest clips go first, but never one younger than a minimum age (a DAW may be
 loading it right now) and never one still in use (the clip a dry pool replays, a job's source).
 Pools (``.pool/``) are not swept: those clips are the daemon's stock, already bounded by their
-targets. Pure file work, run on the folder writer's thread.
+targets. Pure file work, run on the folder writer's thread; what a sweep removes from the
+current session is told to the sink's observers, so the session's ``index.html`` follows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from bridge.session_index import INDEX_NAME
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +33,22 @@ class SweepResult:
     removed: int = 0
     freed_bytes: int = 0
     kept_bytes: int = 0
+    #: The WAVs removed (their sidecars went with them), for the session folder's observers.
+    removed_paths: list[Path] = field(default_factory=list)
 
 
 def session_dirs(root: Path) -> list[Path]:
     return sorted(d for d in root.iterdir() if d.is_dir() and SESSION_NAME.match(d.name)) if root.is_dir() else []
+
+
+def _index_only(folder: Path) -> list[Path] | None:
+    """What ``folder`` holds when that is nothing but its ``index.html`` and the index's temporary
+    files (an earlier session whose clips were all swept); None when it holds anything else."""
+    entries = list(folder.iterdir())
+    index_tmp = f".{INDEX_NAME}{TMP_MARK}"
+    if all(e.name == INDEX_NAME or e.name.startswith(index_tmp) for e in entries):
+        return entries
+    return None
 
 
 def clean_leftovers(root: Path, pool_root: Path) -> int:
@@ -89,9 +105,17 @@ def sweep(root: Path, *, max_bytes: int, max_age_s: float, min_age_s: float, pro
         total -= size
         result.removed += 1
         result.freed_bytes += size
-    for folder in session_dirs(root):  # empty folders of earlier sessions
-        if folder != current_session and not any(folder.iterdir()):
-            folder.rmdir()
+        result.removed_paths.append(wav)
+    for folder in session_dirs(root):  # empty folders of earlier sessions (an index of nothing is empty)
+        if folder == current_session:
+            continue
+        # one that cannot go now (something appeared in it, it is read-only) waits for the next sweep
+        with contextlib.suppress(OSError):
+            leftover = _index_only(folder)
+            if leftover is not None:
+                for entry in leftover:
+                    entry.unlink(missing_ok=True)
+                folder.rmdir()
     result.kept_bytes = total
     return result
 
@@ -127,10 +151,15 @@ class FolderSweeper:
         sink = self.writer.sink
         while not self._stop.is_set():
             protected = [p for provider in self.protected for p in provider()]
+
+            def sweep_and_tell() -> SweepResult:
+                result = sweep(sink.root, max_bytes=int(out.max_mb * 1e6), max_age_s=out.max_age_h * 3600,
+                               min_age_s=out.min_age_s, protected=protected, current_session=sink.session_dir)
+                sink.clips_removed(result.removed_paths)  # on the writer thread, before the next write
+                return result
+
             try:
-                result = await self.writer.run(lambda: sweep(
-                    sink.root, max_bytes=int(out.max_mb * 1e6), max_age_s=out.max_age_h * 3600,
-                    min_age_s=out.min_age_s, protected=protected, current_session=sink.session_dir))
+                result = await self.writer.run(sweep_and_tell)
             except (OSError, RuntimeError) as exc:
                 log.warning("folder sweep failed: %s", exc)
             else:

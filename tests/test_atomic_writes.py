@@ -1,4 +1,4 @@
-"""Done-when 5: a reader watching the shared folder never sees a partial WAV."""
+"""Done-when 5: a reader watching the shared folder never sees a partial WAV (nor a partial index.html)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ def test_watcher_never_sees_a_partial_wav(tmp_path: Path, start_daemon) -> None:
     problems: list[str] = []
     checked: set[str] = set()
     reads = [0]
+    pages = [0]
 
     def watch() -> None:
         while not stop.is_set():
@@ -50,6 +51,14 @@ def test_watcher_never_sees_a_partial_wav(tmp_path: Path, start_daemon) -> None:
                         continue
                     except json.JSONDecodeError as exc:
                         problems.append(f"{name}: partial sidecar: {exc}")
+                elif name == "index.html":  # the session's page, rewritten as clips land: always whole
+                    try:
+                        page = Path(entry.path).read_text()
+                    except FileNotFoundError:
+                        continue
+                    pages[0] += 1
+                    if not (page.startswith("<!DOCTYPE html>") and page.endswith("</html>\n")):
+                        problems.append(f"{name}: a partial page of {len(page)} characters")
                 elif not name.endswith((".wav", ".json")):
                     problems.append(f"unexpected visible file {name}")
 
@@ -66,6 +75,6 @@ def test_watcher_never_sees_a_partial_wav(tmp_path: Path, start_daemon) -> None:
         stop.set()
         watcher.join(10)
     assert not problems, problems[:5]
-    assert reads[0] > 0 and len(checked) >= 8
+    assert reads[0] > 0 and len(checked) >= 8 and pages[0] > 0
     for path in ready:
         assert sf.info(path).frames == LONG and sf.info(path).samplerate == TINY_RATE

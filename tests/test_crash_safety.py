@@ -11,6 +11,7 @@ from pathlib import Path
 import soundfile as sf
 from conftest import SLOW, TINY_LENGTH, pools_full, write_config
 from helpers import Daemon, OscClient
+from test_session_index import wait_for_page
 
 
 def _children(pid: int) -> set[int]:
@@ -123,7 +124,9 @@ def test_the_folder_stays_within_its_size_cap_and_keeps_what_is_in_use(tmp_path:
     played = client.expect("/genbridge/drum/played").args[2]
     status = client.wait_until(lambda s: s["counters"]["swept_files"] >= 5, what="the sweep")
     session = daemon.session_dir()
-    size = sum(p.stat().st_size for p in session.iterdir())
+    clips = [p for p in session.iterdir() if p.suffix in (".wav", ".json")]  # the cap is on clips, not on index.html
+    size = sum(p.stat().st_size for p in clips)
     assert size <= clip_bytes * 3 + clip_bytes, size
     assert Path(played).exists()
     assert status["counters"]["swept_bytes"] > 0
+    assert Path(played).name in wait_for_page(session), "the page follows the sweep: exactly the clips left"

@@ -24,6 +24,7 @@ import pytest
 import soundfile as sf
 from conftest import TINY_LENGTH, TINY_RATE, pools_full, write_config
 from helpers import Daemon, OscClient, assert_valid_clip
+from test_session_index import wait_for_page
 
 from bridge.clip import Clip
 from bridge.engine import EngineError
@@ -92,8 +93,8 @@ def fill(folder: Path, room: int = 0) -> Path:
 
 
 class FolderWatcher:
-    """Reads every visible WAV in a folder tree over and over, as a DAW's browser would, and
-    records any that cannot be read whole, and any sidecar left without its WAV at the end."""
+    """Reads every visible WAV (and index.html) in a folder tree over and over, as a DAW's browser
+    would, and records any that cannot be read whole, and any sidecar left without its WAV at the end."""
 
     def __init__(self, root: Path, frames: int | None = TINY_LENGTH) -> None:
         """``frames``: the length every WAV must have (None: any length, read whole)."""
@@ -132,6 +133,13 @@ class FolderWatcher:
                     self.reads += 1
                     if self.frames is not None and frames != self.frames:
                         self.problems.append(f"{path}: {frames} of {self.frames} frames")
+                elif name == "index.html":  # the session's page: whole, or the last whole one
+                    try:
+                        page = path.read_text()
+                    except FileNotFoundError:
+                        continue
+                    if not (page.startswith("<!DOCTYPE html>") and page.endswith("</html>\n")):
+                        self.problems.append(f"{path}: a partial page of {len(page)} characters")
                 elif orphans and ".tmp-" in name:
                     self.problems.append(f"{path}: a temporary file left behind")
                 elif orphans and name.endswith(".json") and not path.with_suffix(".wav").exists():
@@ -198,6 +206,8 @@ def test_a_full_disk_gets_clear_errors_and_plays_resume_fresh_once_space_returns
         ready = generate(client, rid="gen-again")
         assert ready.address == "/genbridge/drum/ready", ready
         assert_valid_clip(ready.args[2], sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)
+        # the page failed quietly while the disk was full; the next change wrote it whole again
+        assert Path(ready.args[2]).name in wait_for_page(daemon.session_dir())
         assert daemon.proc.poll() is None
     assert not watcher.problems, watcher.problems[:5]
     assert watcher.reads > 0
@@ -235,6 +245,7 @@ def test_a_read_only_folder_gets_clear_errors_keeps_its_pool_and_recovers_on_rw(
         assert ready.address == "/genbridge/drum/ready", ready
         status = client.wait_until(pools_full(), what="the refill after the play")
         assert status["output"]["state"] == "ok" and status["instruments"]["kick"]["served_fresh"] == 1
+        assert Path(ready.args[2]).name in wait_for_page(session)
     assert not watcher.problems, watcher.problems[:5]
 
 
@@ -340,7 +351,8 @@ def test_eio_on_write_names_the_path_leaves_no_file_and_the_next_write_succeeds(
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
         assert rate == 8000 and np.allclose(audio.T, tone, atol=1e-6)
         assert json.loads(path.with_suffix(".json").read_text())["frames"] == 4000
-        assert _every_file(sink.session_dir) == [path.with_suffix(".json"), path]
+        clips = [p for p in _every_file(sink.session_dir) if p.suffix in (".wav", ".json")]
+        assert clips == [path.with_suffix(".json"), path]  # (and index.html, rewritten beside them)
         assert writer.status()["state"] == "ok" and writer.status()["error"] is None
 
     try:
@@ -389,13 +401,14 @@ def test_eio_fails_jobs_clearly_and_keeps_refills_in_memory_until_the_disk_recov
         assert len(pooled) == 6 and all(sf.info(str(p)).frames == 800 for p in pooled)
         played = await engine.play("kick")
         assert played.fresh and played.path.is_file()
-        assert not [p for p in _every_file(engine.sink.root) if ".tmp-" in p.name]
         await engine.stop()
 
     try:
         asyncio.run(run())
     finally:
         writer.shutdown()
+    # once every write is over (index.html's rewrite for the play runs after it): nothing left behind
+    assert not [p for p in _every_file(engine.sink.root) if ".tmp-" in p.name]
 
 
 # --------------------------------------------------------------------------- a continuation on a full disk
@@ -429,5 +442,6 @@ def test_a_continuation_on_a_full_disk_gets_one_error_and_stops_then_the_next_on
             assert r.address != ERROR, r
         whole, rate = sf.read(r.args[3], dtype="float32", always_2d=True)
         assert rate == 32000 and whole.shape == (32000, 1)
+        assert Path(r.args[3]).name in wait_for_page(daemon.session_dir())
         assert daemon.proc.poll() is None
     assert not watcher.problems, watcher.problems[:5]

@@ -12,6 +12,10 @@ one ``os.write`` loop whose errno says exactly why it failed, and whatever a fai
 (its temporary file, its sidecar) is removed before the error is raised. :meth:`FolderSink.health`
 says whether the folder takes writes right now (the last write decides), for status.
 
+Why observers: the session's ``index.html`` (and the web console) must follow the clips that enter
+and leave the session folder without re-reading it per change; :class:`SessionObserver` is told,
+after the files are in place, by whichever thread did the move or the write.
+
 Layout under the configured root:
     <root>/<session>/                 what clients are told about, names sort by time
     <root>/.pool/<instrument>/        pre-generated, never-played clips (same filesystem, so
@@ -31,7 +35,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Protocol
 
 import soundfile as sf
 
@@ -111,9 +115,11 @@ def _write_file(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _atomic_write(final: Path, data: bytes) -> None:
+def atomic_write(final: Path, data: bytes) -> None:
     """Write ``data`` under a hidden temporary name beside ``final``, fsync it, rename it to
-    ``final``; on any failure the temporary file is removed and the error raised."""
+    ``final``; on any failure the temporary file is removed and the error raised. The temporary
+    name (``.<name>.tmp-<pid>-<thread>``) is one that :func:`~bridge.housekeeping.clean_leftovers`
+    removes after a killed run."""
     tmp = final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}")
     try:
         _write_file(tmp, data)
@@ -122,6 +128,20 @@ def _atomic_write(final: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):  # a read-only folder never had it; the first error is the one to tell
             tmp.unlink(missing_ok=True)
         raise
+
+
+class SessionObserver(Protocol):
+    """Told about clips entering and leaving the session folder (after the files are in place).
+
+    Called on the thread that did the work: the folder writer's thread for writes, returns to the
+    pool and sweeps, the asyncio event loop's thread for pooled clips moved in on a trigger. So an
+    observer must be thread-safe, and quick (it holds up the write or the trigger). Whatever it
+    raises is logged, never the write's failure.
+    """
+
+    def clip_added(self, wav: Path, meta: dict[str, Any]) -> None: ...
+
+    def clip_removed(self, wav: Path) -> None: ...
 
 
 def wav_bytes(clip: Clip, subtype: str) -> bytes:
@@ -147,15 +167,57 @@ class FolderSink:
         self._failure: FolderError | None = None
         self._failing_since = 0.0
         self.failed_writes = 0
+        self._observers: list[SessionObserver] = []
+        self._opened: list[Callable[[], None]] = []
+        self._broken_observers: set[int] = set()
 
     def open(self) -> None:
         """Create the folders and remove what a killed run left behind (temporary files of
-        interrupted writes in every session and pool folder, sidecars without their WAV)."""
+        interrupted writes in every session and pool folder, sidecars without their WAV); then
+        call the :meth:`when_opened` callbacks (the session index's first write)."""
         from bridge.housekeeping import clean_leftovers
 
         self.session_dir.mkdir(parents=True, exist_ok=True)
         self.pool_root.mkdir(parents=True, exist_ok=True)
         clean_leftovers(self.root, self.pool_root)
+        for callback in list(self._opened):
+            self._notify(callback, callback)
+
+    # ------------------------------------------------------------------ observers
+
+    def add_observer(self, observer: SessionObserver) -> None:
+        """Tell ``observer`` about every clip that enters or leaves the session folder from now on
+        (pool writes are not the session's)."""
+        self._observers.append(observer)
+
+    def when_opened(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` (on the caller's thread) each time :meth:`open` has made the folders."""
+        self._opened.append(callback)
+
+    def _notify(self, owner: object, call: Callable[..., None], *args: Any) -> None:
+        """``call(*args)``; what it raises is logged (with its traceback the first time for each
+        ``owner``) and goes no further: an observer never makes a write fail."""
+        try:
+            call(*args)
+        except Exception:
+            if id(owner) not in self._broken_observers:
+                self._broken_observers.add(id(owner))
+                log.exception("session observer %r failed (the clip is in place; logged once)", owner)
+
+    def _added(self, wav: Path, meta: dict[str, Any]) -> None:
+        for observer in list(self._observers):
+            self._notify(observer, observer.clip_added, wav, meta)
+
+    def _removed(self, wav: Path) -> None:
+        for observer in list(self._observers):
+            self._notify(observer, observer.clip_removed, wav)
+
+    def clips_removed(self, paths: Iterable[Path]) -> None:
+        """Tell the observers about WAVs removed from the folder by someone else (the sweep);
+        only those in the current session folder concern them."""
+        for wav in paths:
+            if wav.parent == self.session_dir:
+                self._removed(wav)
 
     # ------------------------------------------------------------------ health
 
@@ -223,22 +285,29 @@ class FolderSink:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
         return f"{stamp}-{seq:05d}-{instrument}"
 
-    def _write(self, clip: Clip, folder: Path, stem: str) -> Path:
-        """Sidecar, then WAV, each atomically; a folder that is gone is made again. Raises
-        :class:`FolderError` and leaves nothing of this clip behind when the folder refuses."""
-        wav = folder / f"{stem}.wav"
-        sidecar = folder / f"{stem}.json"
+    def sidecar_meta(self, clip: Clip) -> dict[str, Any]:
+        """The sidecar of ``clip`` as it is written: its meta plus the file facts (a new dict);
+        :meth:`publish_pooled` builds it again for the observers rather than read the file."""
         meta = dict(clip.meta)
         meta.update(sample_rate=clip.sample_rate, channels=clip.channels, frames=clip.frames,
                     duration_s=round(clip.duration_s, 6), wav_subtype=self.subtype)
+        return meta
+
+    def _write(self, clip: Clip, folder: Path, stem: str) -> tuple[Path, dict[str, Any]]:
+        """Sidecar, then WAV, each atomically; a folder that is gone is made again. Raises
+        :class:`FolderError` and leaves nothing of this clip behind when the folder refuses.
+        Returns the WAV and the sidecar's dict."""
+        wav = folder / f"{stem}.wav"
+        sidecar = folder / f"{stem}.json"
+        meta = self.sidecar_meta(clip)
         audio = wav_bytes(clip, self.subtype)
         text = (json.dumps(meta, indent=2, default=str) + "\n").encode()
         try:
             folder.mkdir(parents=True, exist_ok=True)
             # Sidecar first: whoever reacts to the WAV appearing can read its sidecar at once.
-            _atomic_write(sidecar, text)
+            atomic_write(sidecar, text)
             try:
-                _atomic_write(wav, audio)
+                atomic_write(wav, audio)
             except BaseException:
                 with contextlib.suppress(OSError):  # no sidecar without its WAV
                     sidecar.unlink(missing_ok=True)
@@ -250,15 +319,17 @@ class FolderSink:
         _fsync_dir(folder)
         self._succeeded()
         clip.path = wav
-        return wav
+        return wav, meta
 
     def write_to_session(self, clip: Clip) -> Path:
         """Write a freshly generated clip where clients look; returns the WAV path."""
-        return self._write(clip, self.session_dir, self._stem(clip.instrument))
+        wav, meta = self._write(clip, self.session_dir, self._stem(clip.instrument))
+        self._added(wav, meta)
+        return wav
 
     def write_to_pool(self, clip: Clip) -> Path:
         """Write a clip that waits, unplayed, for a trigger."""
-        return self._write(clip, self.pool_dir(clip.instrument), self._stem(clip.instrument))
+        return self._write(clip, self.pool_dir(clip.instrument), self._stem(clip.instrument))[0]
 
     @staticmethod
     def _move(src_wav: Path, dst_wav: Path) -> None:
@@ -302,19 +373,26 @@ class FolderSink:
             self._failed(error)
             raise error from exc
         clip.path = dst_wav
+        meta = self.sidecar_meta(clip)
+        if "wav_subtype" in clip.meta:  # restored from an earlier run's pool: its file's own subtype
+            meta["wav_subtype"] = clip.meta["wav_subtype"]
+        self._added(dst_wav, meta)
         return dst_wav
 
     def return_to_pool(self, clip: Clip) -> Path:
         """Move an unannounced clip from the session folder back into its pool (never heard)."""
         assert clip.path is not None, "clip has no file"
+        src = clip.path
         folder = self.pool_dir(clip.instrument)
-        dst = folder / clip.path.name
+        dst = folder / src.name
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._move(clip.path, dst)
+            self._move(src, dst)
         except OSError as exc:
             error = folder_error(exc, folder, "move a clip into")
             self._failed(error)
             raise error from exc
         clip.path = dst
+        if src.parent == self.session_dir:
+            self._removed(src)
         return dst
