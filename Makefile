@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup serve test system-deps bench data train-default
+.PHONY: setup serve test system-deps bench data train-default screenshot
 
 $(VENV)/.installed: pyproject.toml requirements/no-deps.txt
 	python3 -m venv $(VENV)
@@ -45,3 +45,7 @@ bench: setup system-deps data
 	$(PY) bench/trigger_to_sound.py
 	$(PY) bench/oneshot_throughput.py
 	$(PY) bench/fresh_ratio.py
+
+# The README's picture of the web console, made by its browser test (headless Chromium).
+screenshot: setup system-deps
+	GENBRIDGE_SCREENSHOT=$(CURDIR)/docs/console.png $(PY) -m pytest -q tests/test_web_console.py -k pad_adds

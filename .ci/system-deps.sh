@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # System packages the tests use as real peers: liblo-tools (oscsend/oscdump), sox, jackd2 +
-# libportaudio2 (a real paced audio sink, JACK MIDI), puredata-core (the Pd patches, headless). Installs only what is missing; needs root or sudo.
+# libportaudio2 (a real paced audio sink, JACK MIDI), puredata-core (the Pd patches, headless),
+# chromium + chromium-driver (the web console, tested in a real browser, headless). Installs only what is missing; needs root or sudo.
 set -euo pipefail
 need=()
 command -v oscsend >/dev/null || need+=(liblo-tools)
@@ -8,6 +9,8 @@ command -v sox >/dev/null || need+=(sox)
 command -v jackd >/dev/null || need+=(jackd2)
 command -v pd >/dev/null || need+=(puredata-core)
 ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 [ ${#need[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null; then
   echo "missing system packages: ${need[*]} (no apt-get here: install them with your package manager)" >&2

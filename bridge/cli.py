@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="TOML config file (every option has a default)")
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--osc-port", type=int, help="UDP port for OSC (default 9000)")
+    s.add_argument("--web-port", type=int, help="TCP port of the web console (default 9080; 0 = off)")
     s.add_argument("--out", help="shared folder for generated clips")
     s.add_argument("--audio-device", help="audio output device name or index, or 'none'")
     s.add_argument("--midi-port", action="append", metavar="NAME",
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         if args.command == "serve":
-            apply_overrides(config, host=args.host, osc_port=args.osc_port, out=args.out,
+            apply_overrides(config, host=args.host, osc_port=args.osc_port, web_port=args.web_port, out=args.out,
                             audio_device=args.audio_device, midi_ports=args.midi_port,
                             midi_virtual=args.midi_virtual, device=args.device, link=args.link)
             return _serve(args, config)

@@ -64,6 +64,11 @@ class ServerConfig:
     max_rate_per_client: float = field(default=1000.0, metadata=_check(lambda v: v > 0, "> 0"))
     #: Requests being served at once; more are dropped (and counted) until some finish.
     max_in_flight: int = field(default=256, metadata=_check(lambda v: 1 <= v <= 100000, "1-100000"))
+    #: TCP port of the web console (HTTP + WebSocket, on ``host`` like OSC); 0 turns it off.
+    web_port: int = field(default=9080, metadata=_check(lambda v: 0 <= v <= 65535, "a port 1-65535, or 0 for off"))
+    #: The secret a browser beyond this machine must put in the console's URL (``?token=``); the
+    #: log prints the whole URL. "" = a new random one at every start. Loopback needs none.
+    web_token: str = ""
 
 
 @dataclass
@@ -486,6 +491,7 @@ def load_config(path: str | Path | None) -> Config:
 
 
 def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | None = None,
+                    web_port: int | None = None,
                     out: str | None = None, audio_device: str | None = None,
                     midi_ports: list[str] | None = None, midi_virtual: bool | None = None,
                     device: str | None = None, link: bool = False) -> Config:
@@ -497,6 +503,10 @@ def apply_overrides(config: Config, *, host: str | None = None, osc_port: int | 
         if not 1 <= osc_port <= 65535:
             raise ConfigError("server.osc_port", f"expected a port 1-65535, got {osc_port}")
         config.server.osc_port = osc_port
+    if web_port is not None:
+        if not 0 <= web_port <= 65535:
+            raise ConfigError("server.web_port", f"expected a port 1-65535 or 0 (off), got {web_port}")
+        config.server.web_port = web_port
     if out is not None:
         config.output.dir = out
     if audio_device is not None:

@@ -42,6 +42,8 @@ class ContinuationJob:
     on_error: Callable[["ContinuationJob", str], None] | None = None
     on_cancelled: Callable[["ContinuationJob"], None] | None = None
     chunks: int = 0
+    #: The last progress fraction the worker reported (0-1), for status.
+    progress: float = 0.0
     sample_rate: int = 0
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float = 0.0
@@ -143,8 +145,10 @@ class Continuations:
         job = self.running
         if job is None or msg.get("task") != job.id:
             return
-        if op == "progress" and job.on_progress is not None and not job.cancelled:
-            job.on_progress(job, float(msg["fraction"]))
+        if op == "progress" and not job.cancelled:
+            job.progress = float(msg["fraction"])
+            if job.on_progress is not None:
+                job.on_progress(job, job.progress)
         elif op == "chunk":
             audio = np.asarray(msg["audio"], dtype=np.float32)
             job.sample_rate = int(msg["sample_rate"])
@@ -299,5 +303,6 @@ class Continuations:
                 "restarts": self.worker.restarts if self.worker else 0,
                 "health": self.worker.health() if self.worker else {},
                 "running": self.running.id if self.running else None,
+                "progress": round(self.running.progress, 4) if self.running else None,
                 "queued": [j.id for j in self.waiting], "done": self.done, "failed": self.failed,
                 "cancelled": self.cancelled}

@@ -20,7 +20,7 @@ from bridge.jobs import Counters, JobIds
 from bridge.midi import MidiInput
 from bridge.osc import serve_osc
 from bridge.protocol import Request
-from bridge.service import ReplyFn, Service
+from bridge.service import ReplyFn, RequestHandler, Service
 from bridge.sinks.audio import AudioOutput
 from bridge.sinks.folder import FolderSink
 from bridge.supervisor import RestartPolicy
@@ -45,6 +45,30 @@ async def open_audio(config: Config) -> AudioOutput | None:
     audio.start(asyncio.get_running_loop())
     await audio.wait_settled()
     return audio
+
+
+def build_web_console(config: Config, handle: RequestHandler, status: Callable[[], dict[str, Any]],
+                      writer: FolderWriter, tempo_listeners: TempoListeners) -> Any:
+    """The web console of ``server.web_port`` (None when it is 0), not listening yet."""
+    server = config.server
+    if not server.web_port:
+        return None
+    from bridge.admission import from_server
+    from bridge.web import WebConsole  # aiohttp is imported only when the console is on
+
+    return WebConsole(from_server(handle, server), host=server.host, port=server.web_port, token=server.web_token,
+                      max_message_bytes=server.max_packet_bytes, status=status, session_dir=writer.sink.session_dir,
+                      clips=writer.index.clips, page_gone=tempo_listeners.forget)
+
+
+async def start_web_console(console: Any, config: Config, writer: FolderWriter) -> None:
+    """Listen before any model loads, as OSC does; a taken port refuses the start."""
+    try:
+        await console.start()
+    except OSError as exc:
+        raise StartupError(f"cannot serve the web console on tcp {config.server.host}:{config.server.web_port}: "
+                           f"{exc.strerror or exc} (--web-port, or server.web_port = 0 for none)") from exc
+    writer.sink.add_observer(console)
 
 
 async def run_daemon(config: Config) -> None:
@@ -74,10 +98,19 @@ async def run_daemon(config: Config) -> None:
     timeline = make_timeline(config.tempo.source, config.tempo.bpm, config.tempo.quantum, midi_clock)
     tempo_listeners = TempoListeners(timeline, config.tempo.max_listeners)
     sections: dict[str, Callable[[], dict[str, Any]]] = {"osc": osc.status, "midi": midi.status}
+    web_console = build_web_console(config, handle, lambda: service.status(), writer, tempo_listeners)
+    if web_console is not None:
+        sections["web"] = web_console.status
     if continuations is not None:
         sections["continuation"] = continuations.status
     service = Service(engine, writer, audio=audio, continuations=continuations, timeline=timeline,
                       tempo_listeners=tempo_listeners, status_sections=sections)
+    if web_console is not None:
+        try:
+            await start_web_console(web_console, config, writer)
+        except StartupError:
+            transport.close()
+            raise
     sweeper = FolderSweeper(writer, config.output,
                             [engine.protected_paths] + ([continuations.protected_paths] if continuations else []),
                             counters)
@@ -98,6 +131,8 @@ async def run_daemon(config: Config) -> None:
     tempo_listeners.start()
     for name, inst in config.instruments.items():
         log.info("instrument %-8s model=%s pool=%d", name, inst.model, inst.pool)
+    if web_console is not None:
+        log.info("web console on %s", web_console.url)
     log.info("genbridge %s listening for OSC on udp://%s:%d; clips go to %s",
              __version__, config.server.host, config.server.osc_port, sink.session_dir)
 
@@ -110,6 +145,8 @@ async def run_daemon(config: Config) -> None:
     finally:
         log.info("shutting down")
         transport.close()
+        if web_console is not None:
+            await web_console.close()
         midi.close()
         tempo_listeners.close()
         timeline.close()

@@ -630,7 +630,11 @@ class Engine:
                 for name, pool in self.pools.items()
             },
             "models": {name: model_status(s) for name, s in self.slots.items()},
-            "jobs": {"active": len(self.jobs), "queue_limit": self.config.engine.queue_limit},
+            "jobs": {"active": len(self.jobs), "queue_limit": self.config.engine.queue_limit,
+                     "list": [{"id": job.id, "instrument": job.instrument,
+                               "kind": "vary" if "strength" in job.params else "generate",
+                               "total": job.total, "delivered": job.delivered}
+                              for job in self.jobs.values() if job.priority == Priority.GENERATE][:100]},
             "counters": self.counters.to_json(),
         }
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from bridge.tempo import GRIDS
 
@@ -275,6 +275,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 BY_ADDRESS: dict[str, Endpoint] = {e.address: e for e in ENDPOINTS}
 #: The keyword form's addresses, ``/genbridge/kw/...``.
 BY_KEYWORD_ADDRESS: dict[str, Endpoint] = {e.keyword_address: e for e in ENDPOINTS}
+#: Endpoints by name (``drum.play``): the web console's named form.
+BY_NAME: dict[str, Endpoint] = {e.name: e for e in ENDPOINTS}
+#: Reply names (``drum/played``) by address.
+REPLY_NAMES: dict[str, str] = {r.address: name for name, r in REPLIES.items()}
 
 
 class ProtocolError(ValueError):
@@ -485,6 +489,40 @@ def parse_keywords(endpoint: Endpoint, args: Sequence[Any], address: str = "") -
     return Request(endpoint, _values(endpoint, given, request_id, address), request_id, sent_to=address)
 
 
+def parse_named(name: str, args: Mapping[str, Any], request_id: Any = 0) -> Request:
+    """A request given by endpoint name with named arguments (the web console's JSON form:
+    ``{"request": "drum.play", "args": {"instrument": "kick"}, "id": 7}``). It is written as the
+    keyword form (required arguments in order, the rest as pairs) and parsed as that, so it is
+    checked exactly as OSC is and gives the same Request."""
+    endpoint = BY_NAME.get(name) if isinstance(name, str) else None
+    rid = _as_id(request_id)
+    if rid is None:
+        raise ProtocolError(f"request id must be an int or a string, got {request_id!r}", 0, str(name))
+    if endpoint is None:
+        raise ProtocolError(f"unknown request {name!r}: one of {', '.join(BY_NAME)}", rid, str(name))
+    missing = [a.name for a in endpoint.required if a.name not in args]
+    if missing:
+        raise ProtocolError(f"missing arguments: {', '.join(missing)} (expected {endpoint.keyword_signature()})",
+                            rid, endpoint.keyword_address)
+    flat: list[Any] = [args[a.name] for a in endpoint.required]
+    for key, value in args.items():
+        if not any(a.name == key for a in endpoint.required):
+            flat += [key, value]
+    if rid != 0:
+        flat += [ID_KEYWORD, rid]
+    return parse_keywords(endpoint, flat, endpoint.keyword_address)
+
+
+def describe(endpoint: Endpoint) -> dict[str, Any]:
+    """One endpoint as JSON (the web console builds its forms from it)."""
+    return {"name": endpoint.name, "address": endpoint.address, "keyword_address": endpoint.keyword_address,
+            "doc": endpoint.doc, "replies": list(endpoint.replies),
+            "args": [{"name": a.name, "kind": a.kind, "required": a.required, "default": a.default,
+                      "minimum": a.minimum, "maximum": a.maximum, "choices": list(a.choices),
+                      "keyword_only": a.keyword_only, "allow_empty": a.allow_empty, "doc": a.doc}
+                     for a in endpoint.args]}
+
+
 def markdown_table() -> str:
     """The README's address table, generated so it cannot drift from the code."""
     lines = ["| request | replies | what it does |", "|---|---|---|"]
@@ -494,6 +532,11 @@ def markdown_table() -> str:
     lines.append(f"| `{KEYWORD_PREFIX}/…` (each request above) required args, then `name value` pairs "
                  f"| the same replies | the keyword form: optional args (`[name]`, `[name=…]`) and `{ID_KEYWORD}` "
                  "by name, in any order; `[name=…]` ones exist only in this form |")
+    names = ", ".join(f"`{e.name}`" for e in ENDPOINTS if e.name != "client.reply_port")
+    lines.append('| WebSocket `/ws` of the web console: `{"address": "/genbridge/…", "args": […]}` or '
+                 '`{"request": NAME, "args": {…}, "id": …}` | `{"type": "reply", "reply": "drum/played", '
+                 '"address": …, "args": […], "named": {…}}` | each request above as JSON (either OSC form, or by '
+                 f"NAME with named args: {names}), with the same replies |")
     err = REPLIES["error"]
     lines.append(f"| anything invalid | {err.signature()} "
                  "| unknown address, wrong types, bad values, malformed packet |")

@@ -103,13 +103,17 @@ class Service:
         reply_with(reply, "pong", request.request_id, __version__)
 
     async def _status(self, request: Request, reply: ReplyFn) -> None:
+        reply_with(reply, "status/reply", request.request_id, json.dumps(self.status()))
+
+    def status(self) -> dict[str, Any]:
+        """Everything /genbridge/status reports, as a dict (the web console pushes it every second)."""
         status = self.engine.status()
         status["audio"] = self.audio.status() if self.audio else {"state": "off", "reason": "audio.device = none"}
         status["output"] = self.writer.status()
         status["tempo"] = self.timeline.read().as_dict() | self.timeline.status() | self.tempo_listeners.status()
         for name, section in self.status_sections.items():
             status[name] = section()
-        reply_with(reply, "status/reply", request.request_id, json.dumps(status))
+        return status
 
     async def _drum_play(self, request: Request, reply: ReplyFn) -> None:
         v = request.values

@@ -58,6 +58,10 @@ class TempoListeners:
         while len(self.listeners) > self.limit:  # the oldest registration goes first
             self.listeners.popitem(last=False)
 
+    def forget(self, reply: ReplyFn) -> None:
+        """A client gone for good (a closed web page): its registration goes with it."""
+        self.listeners.pop(reply, None)
+
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())
 

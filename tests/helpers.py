@@ -23,10 +23,18 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 
 REPO = Path(__file__).resolve().parent.parent
 GENBRIDGE = [sys.executable, "-m", "bridge"]
+#: What the daemon logs once it has started (bridge/daemon.py).
+STARTED_LINE = "listening for OSC on udp://"
 
 
 def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_tcp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
@@ -104,13 +112,23 @@ class Daemon:
     """``genbridge serve`` in a subprocess, as the README starts it."""
 
     def __init__(self, out: Path, config: Path | None = None, port: int | None = None,
-                 extra: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra: list[str] | None = None, env: dict[str, str] | None = None, own_web_port: bool = True) -> None:
         self.port = port or free_udp_port()
         self.out = out
         cmd = [*GENBRIDGE, "serve", "--osc-port", str(self.port), "--out", str(out)]
         if config is not None:
             cmd += ["--config", str(config)]
-        cmd += extra or []
+        extra = extra or []
+        #: The web console's port: a free one of its own (tests run daemons side by side), unless
+        #: ``extra`` names one or ``own_web_port`` is False (the config's, 9080 by default).
+        if "--web-port" in extra:
+            self.web_port = int(extra[extra.index("--web-port") + 1])
+        elif own_web_port:
+            self.web_port = free_tcp_port()
+            cmd += ["--web-port", str(self.web_port)]
+        else:
+            self.web_port = 9080
+        cmd += extra
         self.log_path = out.parent / f"daemon-{self.port}.log"
         self._log = open(self.log_path, "w")
         env = dict(env or os.environ, PYTHONUNBUFFERED="1")
@@ -120,6 +138,9 @@ class Daemon:
         return self.log_path.read_text()
 
     def wait_for_ping(self, timeout: float = 60.0) -> None:
+        """Until the daemon has started: it answers ping, and it has logged that it listens (said
+        once its folder is open, its pools restored and the web console up; a ping is answered
+        from the moment the OSC port is bound, before that)."""
         client = OscClient(self.port)
         deadline = time.monotonic() + timeout
         try:
@@ -129,9 +150,11 @@ class Daemon:
                 client.send("/genbridge/ping")
                 try:
                     client.expect("/genbridge/pong", timeout=0.5)
-                    return
                 except socket.timeout:
                     continue
+                if STARTED_LINE in self.log():
+                    return
+                time.sleep(0.05)  # pacing between pings while the start finishes
             raise AssertionError(f"daemon did not answer ping:\n{self.log()}")
         finally:
             client.close()
