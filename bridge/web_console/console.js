@@ -639,12 +639,14 @@ function updateClipNotes() {
   setText(note, `${older} older clip${older === 1 ? " is" : "s are"} in the session folder's index.html`);
 }
 
-// "21:27:52" from the sidecar's epoch seconds, else from the name (20261201-212752.138-...).
+// "21:27:52": when the clip landed in the session folder, from its name (20261201-212752.138-...,
+// stamped when it was played or written); the sidecar's "created" is when the model made it,
+// which for a pooled clip can be long before the hit that played it.
 function clipTime(clip) {
-  const created = Number(clip.meta?.created);
-  if (Number.isFinite(created) && created > 0) return new Date(created * 1000).toLocaleTimeString([], { hour12: false });
   const m = /^\d{8}-(\d\d)(\d\d)(\d\d)/.exec(clip.name ?? "");
-  return m ? `${m[1]}:${m[2]}:${m[3]}` : "";
+  if (m) return `${m[1]}:${m[2]}:${m[3]}`;
+  const created = Number(clip.meta?.created);
+  return Number.isFinite(created) && created > 0 ? new Date(created * 1000).toLocaleTimeString([], { hour12: false }) : "";
 }
 
 function clipDuration(meta) {
