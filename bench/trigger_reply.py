@@ -1,16 +1,19 @@
-"""OSC request -> reply latency of the running daemon, with warm pools.
+"""Request -> reply latency of the running daemon, with warm pools, over OSC and the web console.
 
 Starts ``genbridge serve`` (as the README does) with a small real model whose pool holds more
 clips than the run triggers, waits until the pool is full, then sends N ``/genbridge/drum/play``
-requests one after another (each waits for its reply) and N ``/genbridge/ping`` requests,
-interleaved, and prints p50/p99/max. The play path does no audio work (a pooled clip's WAV is
-renamed into the session folder), so the model's size does not enter this figure; refills
-writing next door do. Usage: python bench/trigger_reply.py [--triggers 500]
+requests one after another (each waits for its reply) and N ``/genbridge/ping`` requests, over
+OSC (UDP) and over the web console's WebSocket (JSON) in turn, interleaved, and prints p50/p99/max
+side by side; for the WebSocket also the time until the played clip's ``clip`` event reaches the
+page (what the console shows). The play path does no audio work (a pooled clip's WAV is renamed
+into the session folder), so the model's size does not enter this figure; refills writing next
+door do. Usage: python bench/trigger_reply.py [--triggers 500]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 import time
@@ -24,6 +27,36 @@ sys.path.insert(0, str(HERE))
 from _common import percentile, save, table  # noqa: E402
 from conftest import build_tiny_model, write_config  # noqa: E402
 from helpers import Daemon, OscClient  # noqa: E402
+from web_client import WebPage  # noqa: E402
+
+
+async def _over_both(daemon: Daemon, client: OscClient, n: int) -> tuple[dict[str, list[float]], int]:
+    """N plays and N pings over OSC and over a WebSocket, interleaved; seconds per request."""
+    times: dict[str, list[float]] = {k: [] for k in ("osc drum/play", "web drum/play", "web clip event",
+                                                     "osc ping", "web ping")}
+    fresh = 0
+    async with WebPage(daemon.web_port) as page:
+        for k in range(n):
+            t = time.perf_counter()
+            reply = client.request("/genbridge/drum/play", "kick", 100, k + 1, reply="/genbridge/drum/played")
+            times["osc drum/play"].append(time.perf_counter() - t)
+            fresh += reply.args[3]
+            t = time.perf_counter()
+            played = await page.request("drum.play", "drum/played", instrument="kick", velocity=100)
+            times["web drum/play"].append(time.perf_counter() - t)
+            fresh += played["args"][3]
+            name = Path(played["args"][2]).name
+            while not any(c["clip"]["name"] == name for c in page.clips[-4:]):
+                await page.next_of("clip", timeout=10)
+            event = next(c for c in page.clips[-4:] if c["clip"]["name"] == name)
+            times["web clip event"].append(event["received_at"] - t)
+            t = time.perf_counter()
+            client.request("/genbridge/ping", k + 1, reply="/genbridge/pong")
+            times["osc ping"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            await page.request("ping", "pong")
+            times["web ping"].append(time.perf_counter() - t)
+    return times, fresh
 
 
 def main() -> None:
@@ -34,38 +67,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         model = build_tiny_model(tmp_path / "model")
-        config = write_config(tmp_path / "c.toml", model, pool=n + 20, instruments=("kick",))
+        config = write_config(tmp_path / "c.toml", model, pool=2 * n + 20, instruments=("kick",))
         daemon = Daemon(tmp_path / "out", config)
         try:
             daemon.wait_for_ping()
             client = OscClient(daemon.port)
             t0 = time.monotonic()
-            client.wait_until(lambda s: s["instruments"]["kick"]["ready"] >= n + 20, timeout=600, what="pool")
-            print(f"pool of {n + 20} kick clips filled in {time.monotonic() - t0:.1f} s; sending {n} triggers",
-                  flush=True)
-            play, ping, fresh = [], [], 0
-            for k in range(n):
-                t = time.perf_counter()
-                reply = client.request("/genbridge/drum/play", "kick", 100, k + 1, reply="/genbridge/drum/played")
-                play.append(time.perf_counter() - t)
-                fresh += reply.args[3]
-                t = time.perf_counter()
-                client.request("/genbridge/ping", k + 1, reply="/genbridge/pong")
-                ping.append(time.perf_counter() - t)
+            client.wait_until(lambda s: s["instruments"]["kick"]["ready"] >= 2 * n + 20, timeout=600, what="pool")
+            print(f"pool of {2 * n + 20} kick clips filled in {time.monotonic() - t0:.1f} s; sending {n} triggers "
+                  "over each transport", flush=True)
+            times, fresh = asyncio.run(_over_both(daemon, client, n))
             client.close()
         finally:
             daemon.stop()
     rows = []
     results = {}
-    for name, values in (("drum/play", play), ("ping", ping)):
+    for name, values in times.items():
         ms = [v * 1000 for v in values]
         stats = {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms), "n": len(ms)}
         results[name] = stats
         rows.append([name, len(ms), stats["p50_ms"], stats["p99_ms"], stats["max_ms"]])
     print()
     print(table(["request", "n", "p50 ms", "p99 ms", "max ms"], rows))
-    print(f"fresh clips: {fresh}/{n}; play p50 / ping p50 = "
-          f"{results['drum/play']['p50_ms'] / results['ping']['p50_ms']:.2f}x")
+    print(f"fresh clips: {fresh}/{2 * n}; play p50 / ping p50 = "
+          f"{results['osc drum/play']['p50_ms'] / results['osc ping']['p50_ms']:.2f}x (OSC), "
+          f"{results['web drum/play']['p50_ms'] / results['web ping']['p50_ms']:.2f}x (web); "
+          f"web / OSC play p50 = {results['web drum/play']['p50_ms'] / results['osc drum/play']['p50_ms']:.2f}x")
     path = save("trigger_reply", {"triggers": n, "fresh": fresh, "latency": results})
     print(f"wrote {path}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from bridge import __version__
 from bridge.config import Config
@@ -27,6 +27,9 @@ from bridge.supervisor import RestartPolicy
 from bridge.tempo import MidiClock, make_timeline
 from bridge.tempo_listeners import TempoListeners
 from bridge.worker_handle import continuation_worker_spec, local_workers, worker_liveness
+
+if TYPE_CHECKING:
+    from bridge.web import WebConsole
 
 log = logging.getLogger("genbridge")
 
@@ -48,20 +51,20 @@ async def open_audio(config: Config) -> AudioOutput | None:
 
 
 def build_web_console(config: Config, handle: RequestHandler, status: Callable[[], dict[str, Any]],
-                      writer: FolderWriter, tempo_listeners: TempoListeners) -> Any:
+                      writer: FolderWriter, tempo_listeners: TempoListeners) -> WebConsole | None:
     """The web console of ``server.web_port`` (None when it is 0), not listening yet."""
     server = config.server
     if not server.web_port:
         return None
     from bridge.admission import from_server
-    from bridge.web import WebConsole  # aiohttp is imported only when the console is on
+    from bridge.web import WebConsole  # noqa: F811 - aiohttp is imported only when the console is on
 
     return WebConsole(from_server(handle, server), host=server.host, port=server.web_port, token=server.web_token,
                       max_message_bytes=server.max_packet_bytes, status=status, session_dir=writer.sink.session_dir,
                       clips=writer.index.clips, page_gone=tempo_listeners.forget)
 
 
-async def start_web_console(console: Any, config: Config, writer: FolderWriter) -> None:
+async def start_web_console(console: WebConsole, config: Config, writer: FolderWriter) -> None:
     """Listen before any model loads, as OSC does; a taken port refuses the start."""
     try:
         await console.start()
@@ -118,6 +121,8 @@ async def run_daemon(config: Config) -> None:
         await engine.start()
     except OSError as exc:
         transport.close()
+        if web_console is not None:
+            await web_console.close()
         raise StartupError(f"cannot use the output folder {config.output.dir}: {exc}") from exc
     if continuations is not None:
         continuations.start()
@@ -146,7 +151,10 @@ async def run_daemon(config: Config) -> None:
         log.info("shutting down")
         transport.close()
         if web_console is not None:
-            await web_console.close()
+            try:  # whatever a page does, the rest of the shutdown runs
+                await web_console.close()
+            except Exception:
+                log.exception("closing the web console failed")
         midi.close()
         tempo_listeners.close()
         timeline.close()
@@ -158,5 +166,10 @@ async def run_daemon(config: Config) -> None:
         await sweeper.stop()
         await engine.stop()
         writer.shutdown()
-        await asyncio.wait_for(osc.drain(), timeout=2)
+        # the requests still being served (the engine has failed its waiters by now)
+        drains = [osc.drain()] + ([web_console.drain()] if web_console is not None else [])
+        try:
+            await asyncio.wait_for(asyncio.gather(*drains, return_exceptions=True), timeout=2)
+        except asyncio.TimeoutError:
+            log.warning("requests still in flight after 2 s were dropped")
         log.info("stopped")

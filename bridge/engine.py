@@ -264,7 +264,7 @@ class Engine:
             raise EngineError(str(exc)) from None
         return self._enqueue(slot, Priority.GENERATE, instrument, [seed],
                              checked | {"source": audio, "source_name": name},
-                             on_clip=on_clip, on_done=on_done, on_error=on_error)
+                             on_clip=on_clip, on_done=on_done, on_error=on_error, kind="vary")
 
     def cancel(self, job_id: int) -> Job:
         job = self.jobs.get(job_id)
@@ -632,7 +632,7 @@ class Engine:
             "models": {name: model_status(s) for name, s in self.slots.items()},
             "jobs": {"active": len(self.jobs), "queue_limit": self.config.engine.queue_limit,
                      "list": [{"id": job.id, "instrument": job.instrument,
-                               "kind": "vary" if "strength" in job.params else "generate",
+                               "kind": job.kind,
                                "total": job.total, "delivered": job.delivered}
                               for job in self.jobs.values() if job.priority == Priority.GENERATE][:100]},
             "counters": self.counters.to_json(),

@@ -57,6 +57,8 @@ class Job:
     writing: int = 0
     cancelled: bool = False
     failed: bool = False
+    #: What a GENERATE job makes ("generate" or "vary"), for status.
+    kind: str = "generate"
 
     @property
     def finished(self) -> bool:

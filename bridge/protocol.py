@@ -326,6 +326,12 @@ def _as_id(value: Any) -> int | str | None:
     return _as_int(value)
 
 
+def as_request_id(value: Any) -> int | str | None:
+    """``value`` as a request id (an int, an integral float, or a string of at most 128
+    characters), or None when it cannot be one."""
+    return _as_id(value)
+
+
 def guess_request_id(args: Sequence[Any]) -> int | str:
     """Best id for an error reply to a message we could not parse: its last int/str argument."""
     if args:

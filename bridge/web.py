@@ -27,6 +27,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import re
 import secrets
 import socket
@@ -54,8 +55,14 @@ MAX_QUEUED = 2000
 HELLO_CLIPS = 500
 #: How often the status is pushed.
 STATUS_EVERY_S = 1.0
-#: The first message may be a little larger than a request is allowed to be (a description).
+#: aiohttp closes a socket whose frame is over its limit; that limit is this many times
+#: ``server.max_packet_bytes``, so a message over the request limit (but under this) gets an
+#: error reply on an open socket instead of a closed one.
 FRAME_LIMIT_FACTOR = 4
+#: Pages connected at once; more are refused (503): each may hold MAX_QUEUED messages.
+MAX_PAGES = 64
+#: How long closing waits for pages and requests at shutdown.
+CLOSE_TIMEOUT_S = 2.0
 _CLIP_NAME = re.compile(r"^[^./\\][^/\\]*\.wav$")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
@@ -71,6 +78,18 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def lan_address() -> str:
+    """This machine's address on its network (what a phone on the stage types), for a console
+    listening on every address: the source address of a route out, found without sending
+    anything (a UDP socket's connect only picks the route); the host name when there is none."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("10.255.255.255", 1))
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
 
 
 def clip_json(wav: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -90,17 +109,19 @@ class _Page:
         #: Gone (closed) or stuck (too slow): nothing more is queued for it.
         self.gone = False
         self.stuck = False
+        self.closing: asyncio.Future[Any] | None = None  # the close of a stuck page, held until done
 
     def push(self, message: dict[str, Any] | str) -> None:
         """Queue a message (on the event loop); a page too slow to take them is disconnected."""
         if self.gone:
             return
-        text = message if isinstance(message, str) else json.dumps(message, default=str)
+        text = message if isinstance(message, str) else to_json(message)
         try:
             self.queue.put_nowait(text)
         except asyncio.QueueFull:
             self.gone = self.stuck = True
-            asyncio.ensure_future(self.ws.close(code=1008, message=b"too slow: messages piled up"))
+            self.closing = asyncio.ensure_future(self.ws.close(code=1008, message=b"too slow: messages piled up"))
+            self.closing.add_done_callback(lambda task: task.cancelled() or task.exception())
 
     async def send_all(self) -> None:
         """Write the queued messages in order (until cancelled when the socket closes)."""
@@ -136,6 +157,7 @@ class WebConsole:
         self._runner: web.AppRunner | None = None
         self._pusher: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
         self.counters = {"connections": 0, "refused": 0, "messages": 0, "malformed": 0, "dropped_stuck": 0}
 
     # ------------------------------------------------------------------ serving
@@ -149,7 +171,8 @@ class WebConsole:
         app.router.add_get("/clips/{name}", self._clip)
         for name in PAGE_FILES:
             app.router.add_get(f"/{name}", self._page_file)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # shutdown_timeout: a page's WebSocket never ends by itself; closing must not wait 60 s for it
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=CLOSE_TIMEOUT_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         try:
@@ -163,21 +186,32 @@ class WebConsole:
     @property
     def url(self) -> str:
         """The console's address as the log prints it (with the token when one is needed)."""
-        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        host = lan_address() if self.host in ("0.0.0.0", "::", "") else self.host
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/" + (f"?token={self.token}" if self.token else "")
 
     async def close(self) -> None:
+        """Stop listening and close every page, within about CLOSE_TIMEOUT_S whatever the pages
+        do; requests still being served are :meth:`drain`'s (after the engine has stopped)."""
+        self._closing = True
         if self._pusher is not None:
             self._pusher.cancel()
             await asyncio.gather(self._pusher, return_exceptions=True)
-        for page in list(self._pages):
-            await page.ws.close(code=1001, message=b"the daemon is stopping")
+        closes = [page.ws.close(code=1001, message=b"the daemon is stopping") for page in list(self._pages)]
+        if closes:
+            try:
+                await asyncio.wait_for(asyncio.gather(*closes, return_exceptions=True), CLOSE_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("web console: %d pages did not close in %.0f s", len(closes), CLOSE_TIMEOUT_S)
         if self._runner is not None:
             await self._runner.cleanup()
+
+    async def drain(self) -> None:
+        """Wait for the requests being served (at shutdown, once the engine has failed its waiters)."""
         await self.admission.drain()
 
     def status(self) -> dict[str, Any]:
+        """The ``web`` section of status: the address (never the token), pages, counters."""
         return {"url": f"http://{self.host}:{self.port}/", "token_required": bool(self.token),
                 "pages": len(self._pages), **self.counters, **self.admission.status()}
 
@@ -187,17 +221,38 @@ class WebConsole:
         self.counters["refused"] += 1
         return web.Response(status=403, text=why + "\n")
 
+    @property
+    def cookie_name(self) -> str:
+        """The token's cookie, per port (cookies are shared by every port of a host)."""
+        return f"genbridge_token_{self.port}"
+
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
         peer = request.remote or ""
         if not self.admission.is_allowed(peer):
             self.admission.counters["dropped_not_allowed"] += 1
             return self._refuse("not allowed")  # says no more than that, like OSC's silence
-        if self.loopback and not is_loopback(urlsplit("//" + request.host).hostname or ""):
-            return self._refuse(f"the console answers only as localhost / 127.0.0.1, not as {request.host!r}")
-        if self.token and not hmac.compare_digest(request.query.get("token", ""), self.token):
-            return self._refuse("this console needs the token in the URL the daemon's log prints (?token=...)")
-        return await handler(request)
+        if self.loopback:
+            try:
+                named = urlsplit("//" + request.host).hostname or ""
+            except ValueError:  # a Host header that is no host ("[::1")
+                named = ""
+            if not is_loopback(named):
+                return self._refuse(f"the console answers only as localhost / 127.0.0.1, not as {request.host!r}")
+        given = ""
+        if self.token:
+            given = request.query.get("token", "")
+            if not self._token_matches(given) and not self._token_matches(request.cookies.get(self.cookie_name, "")):
+                return self._refuse("this console needs the token in the URL the daemon's log prints (?token=...)")
+        response = await handler(request)
+        if given and not response.prepared:
+            # the URL's token becomes a cookie: the page drops it from the address bar, and no URL it
+            # hands out (a dragged clip, a link) carries it
+            response.set_cookie(self.cookie_name, self.token, httponly=True, samesite="Strict", path="/")
+        return response
+
+    def _token_matches(self, given: str) -> bool:
+        return bool(given) and hmac.compare_digest(given.encode(), self.token.encode())
 
     def _same_origin(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -225,6 +280,11 @@ class WebConsole:
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
         if not self._same_origin(request):
             return self._refuse(f"WebSocket from another origin ({request.headers.get('Origin')}) refused")
+        if self._closing:
+            return web.Response(status=503, text="the daemon is stopping\n")
+        if len(self._pages) >= MAX_PAGES:
+            self.counters["refused"] += 1
+            return web.Response(status=503, text=f"{MAX_PAGES} pages are connected already\n")
         ws = web.WebSocketResponse(max_msg_size=self.max_message_bytes * FRAME_LIMIT_FACTOR, heartbeat=20)
         await ws.prepare(request)
         page = _Page(ws, request.remote or "", next(self._numbers))
@@ -234,11 +294,15 @@ class WebConsole:
         reply = self.admission.limit_errors(page.host, self._replier(page))
         try:
             page.push(self._hello())
-            page.push({"type": "status", "status": self.status_source()})
+            status = self._status_message()
+            if status is not None:
+                page.push(status)
             async for msg in ws:
+                if page.gone:
+                    break  # stuck, being closed: what it still sends is not served
                 if msg.type == WSMsgType.TEXT:
                     self._received(page, reply, msg.data)
-                elif msg.type == WSMsgType.BINARY:
+                elif msg.type == WSMsgType.BINARY and self.admission.admit(page.host, page.key):
                     self.counters["malformed"] += 1
                     error_reply(reply, 0, "", "binary frame refused: send one JSON object per text frame")
         finally:
@@ -275,9 +339,10 @@ class WebConsole:
         self.counters["messages"] += 1
         if not self.admission.admit(page.host, page.key):
             return
-        if len(text) > self.max_message_bytes:
+        size = len(text.encode())
+        if size > self.max_message_bytes:
             self.counters["malformed"] += 1
-            error_reply(reply, 0, "", f"message of {len(text)} bytes refused (server.max_packet_bytes "
+            error_reply(reply, 0, "", f"message of {size} bytes refused (server.max_packet_bytes "
                                       f"= {self.max_message_bytes})")
             return
         if not self.admission.has_room(reply):
@@ -296,23 +361,27 @@ class WebConsole:
 
     # ------------------------------------------------------------------ pushed events
 
+    def _status_message(self) -> str | None:
+        """The status as one message for every page, or None (logged) when building it failed."""
+        try:
+            return to_json({"type": "status", "status": self.status_source()})
+        except Exception:  # a bug in a status section must not stop the console
+            log.exception("cannot build the status for the web console")
+            return None
+
     async def _push_status(self) -> None:
         while True:
             await asyncio.sleep(STATUS_EVERY_S)
             if not self._pages:
                 continue
-            try:
-                text = json.dumps({"type": "status", "status": self.status_source()}, default=str)
-            except Exception:  # a bug in a status section must not stop the console
-                log.exception("cannot build the status for the web console")
-                continue
-            for page in list(self._pages):
+            text = self._status_message()
+            for page in list(self._pages) if text is not None else []:
                 page.push(text)
 
     def _broadcast(self, message: dict[str, Any]) -> None:
         if not self._pages:
             return
-        text = json.dumps(message, default=str)
+        text = to_json(message)
         for page in list(self._pages):
             page.push(text)
 
@@ -324,6 +393,26 @@ class WebConsole:
     def clip_removed(self, wav: Path) -> None:
         if self._loop is not None and wav.parent == self.session_dir:
             self._loop.call_soon_threadsafe(self._broadcast, {"type": "clip_removed", "name": wav.name})
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None, in nested dicts and lists (JSON has none)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(message: Mapping[str, Any]) -> str:
+    """A message as strict JSON: a browser's JSON.parse refuses NaN, and one NaN in a status would
+    break the page every second."""
+    try:
+        return json.dumps(message, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(message), default=str, allow_nan=False)
 
 
 def _scalar(value: Any) -> bool:
@@ -340,8 +429,8 @@ def parse_message(text: str) -> protocol.Request:
         raise ProtocolError(f"not JSON: {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError(f"expected a JSON object, got {type(message).__name__}")
-    rid = message.get("id", 0)
-    rid = rid if _scalar(rid) and not isinstance(rid, float) else 0
+    rid = protocol.as_request_id(message.get("id", 0))
+    rid = 0 if rid is None else rid
     args = message.get("args", [] if "address" in message else {})
     if "address" in message:
         address = message["address"]

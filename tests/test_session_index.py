@@ -230,7 +230,7 @@ def test_clips_landing_one_by_one_are_not_one_rewrite_each(tmp_path: Path) -> No
     finally:
         writer.shutdown()
     allowed = 2 + took / writer.INDEX_MIN_GAP_S + 1  # spaced, plus the open's page and shutdown's last one
-    assert writes[0] <= min(allowed, 30), (writes[0], took)
+    assert writes[0] <= allowed and writes[0] < len(paths), (writes[0], took)  # spaced, never one per clip
     assert listed((sink.session_dir / INDEX_NAME).read_text()) == [p.name for p in reversed(paths)]
 
 

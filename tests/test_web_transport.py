@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import aiohttp
@@ -42,7 +44,8 @@ def test_play_and_generate_get_the_replies_osc_gets(tmp_path: Path, tiny_model: 
 
             # the named form gives the same request
             named = await page.request("drum.play", "drum/played", instrument="hat", velocity=90)
-            assert named["args"][1:] == ["hat", named["args"][2], 1] and Path(named["args"][2]).is_file()
+            rid, inst, path, fresh = named["args"]
+            assert (inst, fresh) == ("hat", 1) and Path(path).parent == daemon.session_dir() and Path(path).is_file()
 
             await page.send({"request": "drum.generate", "args": {"instrument": "snare", "count": 2, "seed": 7},
                              "id": 6})
@@ -159,12 +162,21 @@ def test_beyond_loopback_the_console_needs_the_token_the_log_prints(tmp_path: Pa
         assert len(token) >= 16
 
         async def scenario() -> None:
+            base = f"http://127.0.0.1:{daemon.web_port}"
             async with aiohttp.ClientSession() as http:
-                for query in ("", "?token=wrong"):
-                    async with http.get(f"http://127.0.0.1:{daemon.web_port}/{query}") as response:
+                for query in ("", "?token=wrong", "?token=%C3%A9"):
+                    async with http.get(f"{base}/{query}") as response:
                         assert response.status == 403 and "token" in await response.text()
-                async with http.get(f"http://127.0.0.1:{daemon.web_port}/?token={token}") as response:
+                async with http.get(f"{base}/console.js") as response:
+                    assert response.status == 403
+            # a browser: the URL's token becomes a cookie, and the page's own files load with it
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+                async with browser.get(f"{base}/?token={token}") as response:
                     assert response.status == 200
+                    assert response.cookies[f"genbridge_token_{daemon.web_port}"]["httponly"]
+                for name in ("console.js", "console.css"):
+                    async with browser.get(f"{base}/{name}") as response:
+                        assert response.status == 200, name
             with pytest.raises(aiohttp.WSServerHandshakeError):
                 async with WebPage(daemon.web_port):
                     pass
@@ -260,3 +272,55 @@ def test_web_port_zero_turns_the_console_off(tmp_path: Path, tiny_model: Path, s
                                   extra=["--web-port", "0"])
     assert "web" not in client.status()
     assert "web console" not in daemon.log()
+
+
+def test_stopping_with_a_page_open_and_a_request_waiting_is_quick(tmp_path: Path, tiny_model: Path) -> None:
+    """SIGTERM while a page waits on a play that cannot be served soon (a pool of 0, a slow
+    model, dry_policy wait): the page is closed, its request gets an error, the daemon is gone
+    within seconds (not after engine.wait_timeout_s)."""
+    from conftest import SLOW
+
+    config = write_config(tmp_path / "c.toml", tiny_model, pool=1, dry_policy="wait", instruments=("kick",),
+                          extra=SLOW)
+    daemon = Daemon(tmp_path / "out", config)
+    try:
+        daemon.wait_for_ping()
+
+        async def scenario() -> float:
+            async with WebPage(daemon.web_port) as page:
+                await page.send({"request": "drum.play", "args": {"instrument": "slow"}, "id": 9})
+                await page.next_of("status", timeout=5)  # the play is in the daemon by now
+                started = time.monotonic()
+                daemon.proc.send_signal(signal.SIGTERM)
+                await page.wait_closed(10)
+                assert await asyncio.to_thread(daemon.proc.wait, 15) == 0
+                return time.monotonic() - started
+
+        took = asyncio.run(scenario())
+        assert took < 6, f"the daemon took {took:.1f} s to stop"
+    finally:
+        daemon.stop()
+
+
+def test_a_page_that_stops_reading_is_disconnected_not_buffered_without_end() -> None:
+    """The bound on what waits for one page: past MAX_QUEUED messages it is closed (and nothing
+    more is queued), so a background tab cannot grow the daemon's memory."""
+    from bridge.web import MAX_QUEUED, _Page
+
+    class FakeSocket:
+        def __init__(self) -> None:
+            self.closed_with: int | None = None
+
+        async def close(self, code: int, message: bytes) -> None:
+            self.closed_with = code
+
+    async def scenario() -> None:
+        ws = FakeSocket()
+        page = _Page(ws, "127.0.0.1", 1)  # type: ignore[arg-type]
+        for k in range(MAX_QUEUED + 50):
+            page.push({"type": "reply", "n": k})
+        assert page.stuck and page.gone and page.queue.qsize() == MAX_QUEUED
+        await page.closing
+        assert ws.closed_with == 1008
+
+    asyncio.run(scenario())

@@ -52,6 +52,7 @@ class WebPage:
         async for msg in self.ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 data = json.loads(msg.data)
+                data["received_at"] = time.perf_counter()  # for benchmarks: when it arrived
                 {"status": self.statuses, "clip": self.clips, "reply": self.replies}.get(data["type"], []).append(data)
                 await self._inbox.put(data)
 
@@ -65,6 +66,11 @@ class WebPage:
             data = await asyncio.wait_for(self._inbox.get(), left)
             if data["type"] == kind and (reply is None or data.get("reply") == reply):
                 return data
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Until the daemon has closed the socket (the reader ends with it)."""
+        assert self._reader is not None
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
 
     async def send(self, message: dict[str, Any] | str) -> None:
         assert self.ws is not None

@@ -2,8 +2,11 @@
 // sends the same requests as OSC. No build step, no libraries: plain DOM, updated in place.
 "use strict";
 
-const token = new URLSearchParams(location.search).get("token");
-const tokenQuery = token ? "?token=" + encodeURIComponent(token) : "";
+// Beyond loopback the page is opened as /?token=T once: the daemon answers with an HttpOnly
+// cookie that every later request (the files, the clips, the WebSocket) carries, so the token is
+// taken out of the address bar at once and never appears in a URL the page hands out (a dragged
+// clip, a download link, a bookmark, a Referer).
+if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname);
 const MAX_CLIPS = 500;        // DOM cap: the session folder's index.html lists the rest
 const WAVE_FETCHES = 4;       // waveform downloads at once, so a long session never floods the daemon
 const $ = (sel, root = document) => root.querySelector(sel);
@@ -25,12 +28,6 @@ function el(tag, attrs = {}, ...children) {
   }
   for (const c of children) if (c != null) e.append(c);
   return e;
-}
-
-// Every URL to the daemon carries the page's token (beyond loopback it is refused without one).
-function withToken(url) {
-  if (!token) return url;
-  return url + (url.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(token);
 }
 
 // Set text only when it changed: status ticks every second, most of the page stays the same.
@@ -100,7 +97,7 @@ function setConnection(st, text) {
 
 function connect() {
   setConnection("connecting", "connecting…");
-  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws" + tokenQuery);
+  const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
   conn.ws = ws;
   ws.onopen = () => {
     if (conn.retry > 0) log("reconnected");
@@ -659,7 +656,7 @@ function makeClip(clip) {
   const meta = clip.meta ?? {};
   const name = String(clip.name ?? "");
   const inst = clip.instrument ?? meta.instrument ?? (meta.kind || name.split("-").pop().replace(/\.wav$/, "") || "clip");
-  const url = withToken(clip.url ?? "clips/" + encodeURIComponent(name));
+  const url = clip.url ?? "clips/" + encodeURIComponent(name);
   const absolute = new URL(url, location.href).href;
   const li = el("li", { class: "clip", "data-name": name, "data-instrument": inst, draggable: "true",
     title: JSON.stringify(meta, null, 1), style: `--hue:${hue(inst)}` });
