@@ -67,7 +67,7 @@ class Admission:
         self._allowed: dict[str, bool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.counters = {"errors_sent": 0, "errors_suppressed": 0, "dropped_not_allowed": 0,
-                         "dropped_busy": 0, "dropped_rate": 0}
+                         "dropped_oversize": 0, "dropped_busy": 0, "dropped_rate": 0}
 
     def is_allowed(self, host: str) -> bool:
         """Whether ``host`` (an IP address as text) is inside ``server.allow`` (everyone when it is empty)."""
@@ -110,6 +110,15 @@ class Admission:
             reply(address, args)
 
         return limited
+
+    def too_large(self, reply: ReplyFn, size: int, limit: int, what: str) -> bool:
+        """Whether a message of ``size`` bytes is over ``limit`` (``server.max_packet_bytes``); if
+        so, says so (an error reply) and counts it."""
+        if size <= limit:
+            return False
+        self.counters["dropped_oversize"] += 1
+        error_reply(reply, 0, "", f"{what} of {size} bytes refused (server.max_packet_bytes = {limit})")
+        return True
 
     @property
     def in_flight(self) -> int:

@@ -98,7 +98,7 @@ class OscTransport(asyncio.DatagramProtocol):
         self.socket_reply_ports: dict[tuple[str, int], int] = {}
         self._repliers: dict[tuple[str, int], ReplyFn] = {}
         self.transport: asyncio.DatagramTransport | None = None
-        self.counters = {"packets": 0, "malformed": 0, "dropped_oversize": 0}
+        self.counters = {"packets": 0, "malformed": 0}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -135,12 +135,8 @@ class OscTransport(asyncio.DatagramProtocol):
         if not self.admission.admit(addr[0], (addr[0], addr[1])):
             return  # unread and unanswered: an outsider learns nothing, and answering is what costs
         reply = self.replier(addr)
-        if len(data) > self.max_packet_bytes:
-            self.counters["dropped_oversize"] += 1
-            error_reply(reply, 0, "", f"packet of {len(data)} bytes refused (server.max_packet_bytes "
-                                      f"= {self.max_packet_bytes})")
-            return
-        if not self.admission.has_room(reply):
+        if self.admission.too_large(reply, len(data), self.max_packet_bytes, "packet") or \
+                not self.admission.has_room(reply):
             return
         try:
             check_bundle(data)

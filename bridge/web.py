@@ -339,13 +339,8 @@ class WebConsole:
         self.counters["messages"] += 1
         if not self.admission.admit(page.host, page.key):
             return
-        size = len(text.encode())
-        if size > self.max_message_bytes:
-            self.counters["malformed"] += 1
-            error_reply(reply, 0, "", f"message of {size} bytes refused (server.max_packet_bytes "
-                                      f"= {self.max_message_bytes})")
-            return
-        if not self.admission.has_room(reply):
+        if self.admission.too_large(reply, len(text.encode()), self.max_message_bytes, "message") or \
+                not self.admission.has_room(reply):
             return
         try:
             request = parse_message(text)

@@ -173,9 +173,8 @@ def test_the_writer_shows_an_empty_page_once_the_folder_is_opened(tmp_path: Path
     assert listed(page) == [] and page.endswith(END)
 
 
-def test_a_burst_of_clips_is_one_rewrite_of_the_latest_state(tmp_path: Path) -> None:
-    sink = opened_sink(tmp_path)
-    writer = FolderWriter(sink)
+def count_index_writes(writer: FolderWriter) -> list[int]:
+    """A one-element list counting the writer's index.html rewrites from now on."""
     writes = [0]
     real_write = writer.index.write
 
@@ -184,6 +183,13 @@ def test_a_burst_of_clips_is_one_rewrite_of_the_latest_state(tmp_path: Path) -> 
         real_write()
 
     writer.index.write = counting_write  # type: ignore[method-assign]
+    return writes
+
+
+def test_a_burst_of_clips_is_one_rewrite_of_the_latest_state(tmp_path: Path) -> None:
+    sink = opened_sink(tmp_path)
+    writer = FolderWriter(sink)
+    writes = count_index_writes(writer)
     busy, release = threading.Event(), threading.Event()
 
     async def run() -> list[Path]:
@@ -211,14 +217,7 @@ def test_a_burst_of_clips_is_one_rewrite_of_the_latest_state(tmp_path: Path) -> 
 def test_clips_landing_one_by_one_are_not_one_rewrite_each(tmp_path: Path) -> None:
     sink = opened_sink(tmp_path)
     writer = FolderWriter(sink)
-    writes = [0]
-    real_write = writer.index.write
-
-    def counting_write() -> None:
-        writes[0] += 1
-        real_write()
-
-    writer.index.write = counting_write  # type: ignore[method-assign]
+    writes = count_index_writes(writer)
 
     async def run() -> list[Path]:
         return [await writer.save(tone(seed=k)) for k in range(60)]  # each awaited: no burst
