@@ -287,6 +287,7 @@ def test_a_replay_whose_file_was_removed_names_a_file_that_is_there(
     first = play(client, rid="first")
     assert_fresh_clip(first)
     heard = sf.read(first.args[2], dtype="float32")[0]
+    wait_for_page(daemon.session_dir())  # its page is written: nothing is being written into the folder now
     shutil.rmtree(daemon.session_dir())
     replay = play(client, rid="replay")
     assert replay.address == PLAYED and replay.args[3] == 0, replay
