@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml requirements/no-deps.txt
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,ray]'
 	$(PIP) install -q --no-deps -r requirements/no-deps.txt
 	touch $@
 
@@ -40,7 +40,8 @@ train-default: setup data
 
 bench: setup system-deps data
 	$(PY) bench/drum_quality.py --sheet bench/results/default_sheet.png
-	$(PY) bench/trigger_reply.py
+	$(PY) bench/trigger_reply.py --backends local,ray
+	$(PY) bench/remote.py
 	$(PY) bench/oneshot.py
 	$(PY) bench/trigger_to_sound.py
 	$(PY) bench/oneshot_throughput.py

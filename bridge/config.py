@@ -143,6 +143,12 @@ class EngineConfig:
     #: Over it, the worker is restarted with an error reply for what it was making.
     memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
 
+    #: Where model workers run: "local" (a process each on this machine) or "ray" (Ray actors on a
+    #: cluster, e.g. a GPU box; ``pip install "genbridge[ray]"``).
+    backend: str = field(default="local", metadata=_check(lambda v: v in ("local", "ray"), '"local" or "ray"'))
+    #: The Ray cluster: "HOST:PORT" of its head (``ray start --head`` prints it) or "auto".
+    ray_address: str = "auto"
+
     def worker_memory_limit_mb(self, own: float = 0.0) -> float:
         """A worker's ceiling: its own setting, else this one, else half the machine."""
         return own or self.memory_limit_mb or round(physical_memory_mb() / 2)
@@ -184,6 +190,10 @@ class ModelConfig:
     #: On a GPU: the most GPU memory this worker may allocate, in MB (0: no cap); a request that
     #: needs more gets an out-of-memory error reply, and the other models keep theirs.
     gpu_memory_limit_mb: float = field(default=0.0, metadata=_check(lambda v: v == 0 or v >= 100, "0 or >= 100"))
+    #: engine.backend = "ray": GPUs each actor of this model asks Ray for (fractions share a card).
+    num_gpus: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 64, "0-64"))
+    #: engine.backend = "ray": actors serving this model (a refill batch is split between them).
+    replicas: int = field(default=1, metadata=_check(lambda v: 1 <= v <= 64, "1-64"))
 
     def resolved_path(self) -> Path:
         if self.path.startswith(BUILTIN_PREFIX):

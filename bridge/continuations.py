@@ -142,6 +142,12 @@ class Continuations:
             self.state, self.error = "failed", str(msg.get("error"))
             log.error("MusicGen failed to load: %s", self.error)
             return
+        if op == "unreachable":  # a remote worker's cluster is gone (its running job gets an error)
+            self.state, self.error = "unreachable", str(msg.get("error"))
+            log.error("MusicGen: %s", self.error)
+            return
+        if op == "remote":
+            return
         job = self.running
         if job is None or msg.get("task") != job.id:
             return

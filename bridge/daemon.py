@@ -26,7 +26,7 @@ from bridge.sinks.folder import FolderSink
 from bridge.supervisor import RestartPolicy
 from bridge.tempo import MidiClock, make_timeline
 from bridge.tempo_listeners import TempoListeners
-from bridge.worker_handle import continuation_worker_spec, local_workers, worker_liveness
+from bridge.worker_handle import continuation_worker_spec, local_workers, ray_workers, worker_liveness
 
 if TYPE_CHECKING:
     from bridge.web import WebConsole
@@ -79,7 +79,9 @@ async def run_daemon(config: Config) -> None:
     sink = FolderSink(config.output.dir, config.output.subtype)
     writer = FolderWriter(sink)
     counters, job_ids = Counters(), JobIds()
-    workers = local_workers(RestartPolicy(first_delay_s=config.engine.restart_delay_s), worker_liveness(config))
+    policy = RestartPolicy(first_delay_s=config.engine.restart_delay_s)
+    workers = (ray_workers(config, policy, worker_liveness(config)) if config.engine.backend == "ray"
+               else local_workers(policy, worker_liveness(config)))
     audio = await open_audio(config)
     engine = Engine(config, writer, workers=workers, job_ids=job_ids, counters=counters,
                     prepare=audio.prepare if audio else None)

@@ -61,7 +61,7 @@ class ModelSlot:
     name: str
     spec: WorkerSpec
     worker: WorkerHandle | None = None
-    state: str = "stopped"  # starting, ready, restarting, failed, stopped
+    state: str = "stopped"  # starting, ready, restarting, failed, stopped, unreachable (a remote worker)
     info: dict[str, Any] = field(default_factory=dict)
     memory: dict[str, Any] = field(default_factory=dict)
     error: str = ""
@@ -78,6 +78,8 @@ class ModelSlot:
     #: Clips its workers made since the daemon started (a restarted worker is working when it grows).
     made: int = 0
     refill_retry: asyncio.TimerHandle | None = None
+    #: A remote worker's report (Ray: the cluster, its actors, who shares them); {} for local ones.
+    remote: dict[str, Any] = field(default_factory=dict)
 
 
 class Engine:
@@ -171,6 +173,14 @@ class Engine:
             raise EngineError(f"model {slot.name!r} for {name} failed to load: {slot.error}")
         return pool, slot
 
+    def _generating_slot(self, instrument: str) -> ModelSlot:
+        """The slot that makes a new clip now: not one whose remote cluster is unreachable (a
+        request queued there would wait for the network; the musician is told why at once)."""
+        _, slot = self._instrument(instrument)
+        if slot.state == "unreachable":
+            raise EngineError(f"model {slot.name!r} for {instrument} cannot generate now: {slot.error}")
+        return slot
+
     async def play(self, instrument: str, velocity: float = 1.0) -> PlayResult:
         """Hand out a never-played clip; on a dry pool apply the configured policy."""
         pool, slot = self._instrument(instrument)
@@ -214,7 +224,7 @@ class Engine:
                  on_done: Callable[[Job], None] | None = None,
                  on_error: Callable[[Job, str], None] | None = None) -> Job:
         """Queue ``count`` new clips (seeds seed, seed+1, ...); callbacks report each one."""
-        _, slot = self._instrument(instrument)
+        slot = self._generating_slot(instrument)
         limit = self.config.server.max_count
         if not 1 <= count <= limit:
             raise EngineError(f"count must be 1-{limit} (server.max_count), got {count}")
@@ -365,6 +375,12 @@ class Engine:
             slot.state, slot.info, slot.error = "ready", msg["info"], ""
             slot.memory = msg.get("memory") or {}
             log.info("model %r ready: %s", slot.name, describe_model(slot.info))
+        elif op == "unreachable":  # a remote worker's cluster is gone: its pools replay until it is back
+            slot.state, slot.error = "unreachable", str(msg.get("error"))
+            log.error("model %r: %s", slot.name, slot.error)
+            self._fail_slot_jobs(slot, f"model {slot.name!r} cannot generate now: {slot.error}")
+        elif op == "remote":  # where a remote worker's model runs, and who shares it
+            slot.remote = {k: v for k, v in msg.items() if k != "op"}
         elif op == "fatal":
             slot.state, slot.error = "failed", str(msg.get("error"))
             log.error("model %r failed to load: %s", slot.name, slot.error)
@@ -658,6 +674,7 @@ def model_status(slot: ModelSlot) -> dict[str, Any]:
         "batch": len(slot.running),
         "queued_jobs": len(slot.queue),
         "info": info,
+        **({"remote": slot.remote} if slot.remote else {}),
     }
 
 

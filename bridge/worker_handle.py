@@ -79,13 +79,16 @@ class LocalWorker:
     or a worker over its memory ceiling (``liveness``; the spec's ceiling replaces its own)."""
 
     def __init__(self, spec: WorkerSpec, loop: asyncio.AbstractEventLoop, on_message: OnMessage, on_exit: OnExit,
-                 policy: RestartPolicy, liveness: LivenessPolicy | None = None) -> None:
+                 policy: RestartPolicy, liveness: LivenessPolicy | None = None, *,
+                 body: Callable[..., None] = worker_main, body_args: tuple[Any, ...] = (),
+                 name: str = "worker") -> None:
         self.spec = spec
         self._on_message = on_message
         if liveness is not None:
             liveness = replace(liveness, memory_limit_mb=spec.memory_limit_mb)
         self.child = SupervisedChild(
-            f"worker-{spec.model_name}", worker_main, (spec.to_json(), logging.getLogger().getEffectiveLevel()),
+            f"{name}-{spec.model_name}", body,
+            (spec.to_json(), *body_args, logging.getLogger().getEffectiveLevel()),
             loop, on_message=self._message, on_exit=on_exit, policy=policy,
             before_spawn=self._before_spawn, liveness=liveness, oom_score_adj=WORKER_OOM_SCORE_ADJ)
 
@@ -130,6 +133,30 @@ def local_workers(policy: RestartPolicy, liveness: LivenessPolicy | None = None)
 
     def make(spec: WorkerSpec, loop: asyncio.AbstractEventLoop, on_message: OnMessage, on_exit: OnExit) -> WorkerHandle:
         return LocalWorker(spec, loop, on_message, on_exit, policy, liveness)
+
+    return make
+
+
+def ray_workers(config: Config, policy: RestartPolicy, liveness: LivenessPolicy | None = None) -> WorkerFactory:
+    """``[engine] backend = "ray"``: every model in Ray actors on the cluster at
+    ``engine.ray_address``, reached through a supervised proxy process each (bridge/ray_workers.py;
+    this process never imports Ray). The proxy's own ceiling is small: the model's memory lives
+    in the actors, on the cluster."""
+    from models.generator import get_family
+
+    def make(spec: WorkerSpec, loop: asyncio.AbstractEventLoop, on_message: OnMessage, on_exit: OnExit) -> WorkerHandle:
+        from bridge.ray_workers import ray_proxy_main
+
+        model = config.models.get(spec.model_name)
+        signature = get_family(spec.family).signature(spec.model_path)
+        options = {"address": config.engine.ray_address, "signature": signature,
+                   "replicas": model.replicas if model else 1, "num_gpus": model.num_gpus if model else 0.0,
+                   # the actors' pulses are judged by the same rules (and the model's memory ceiling)
+                   "liveness": None if liveness is None else asdict(replace(liveness,
+                                                                            memory_limit_mb=spec.memory_limit_mb))}
+        return LocalWorker(replace(spec, memory_limit_mb=0.0), loop, on_message, on_exit, policy,
+                           None if liveness is None else replace(liveness, loading_after_s=0.0),
+                           body=ray_proxy_main, body_args=(options,), name="ray-proxy")
 
     return make
 

@@ -45,7 +45,7 @@ function tone(word) {
   const s = String(word ?? "").toLowerCase();
   if (["ok", "ready", "running", "open", "idle", "locked"].includes(s)) return "good";
   if (["loading", "starting", "restarting", "warming", "connecting", "busy", "queued"].includes(s)) return "warn";
-  if (["failed", "failing", "unavailable", "error", "dead", "crashed", "closed"].includes(s)) return "bad";
+  if (["failed", "failing", "unavailable", "unreachable", "error", "dead", "crashed", "closed"].includes(s)) return "bad";
   if (["off", "none", "disabled", ""].includes(s)) return "off";
   return "neutral";
 }
