@@ -59,41 +59,69 @@ async def _over_both(daemon: Daemon, client: OscClient, n: int) -> tuple[dict[st
     return times, fresh
 
 
+def _run(backend: str, n: int, tmp_path: Path) -> tuple[dict[str, list[float]], int]:
+    """One daemon on ``backend`` (local worker processes, or Ray actors on a local cluster)."""
+    model = build_tiny_model(tmp_path / "model")
+    cluster = None
+    engine = ""
+    if backend == "ray":
+        from ray_peer import RayCluster
+
+        cluster = RayCluster()
+        engine = f'backend = "ray"\nray_address = "{cluster.address}"'
+    config = write_config(tmp_path / f"{backend}.toml", model, pool=2 * n + 20, instruments=("kick",), engine=engine)
+    daemon = Daemon(tmp_path / f"out-{backend}", config)
+    try:
+        daemon.wait_for_ping()
+        client = OscClient(daemon.port)
+        t0 = time.monotonic()
+        client.wait_until(lambda s: s["instruments"]["kick"]["ready"] >= 2 * n + 20, timeout=900, what="pool")
+        print(f"{backend}: pool of {2 * n + 20} kick clips filled in {time.monotonic() - t0:.1f} s; sending {n} "
+              "triggers over each transport", flush=True)
+        times, fresh = asyncio.run(_over_both(daemon, client, n))
+        client.close()
+    finally:
+        daemon.stop()
+        if cluster is not None:
+            cluster.stop()
+    return times, fresh
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--triggers", type=int, default=500)
+    ap.add_argument("--backends", default="local",
+                    help="comma-separated: local, ray (a local Ray cluster is started for ray)")
     args = ap.parse_args()
     n = args.triggers
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp)
-        model = build_tiny_model(tmp_path / "model")
-        config = write_config(tmp_path / "c.toml", model, pool=2 * n + 20, instruments=("kick",))
-        daemon = Daemon(tmp_path / "out", config)
-        try:
-            daemon.wait_for_ping()
-            client = OscClient(daemon.port)
-            t0 = time.monotonic()
-            client.wait_until(lambda s: s["instruments"]["kick"]["ready"] >= 2 * n + 20, timeout=600, what="pool")
-            print(f"pool of {2 * n + 20} kick clips filled in {time.monotonic() - t0:.1f} s; sending {n} triggers "
-                  "over each transport", flush=True)
-            times, fresh = asyncio.run(_over_both(daemon, client, n))
-            client.close()
-        finally:
-            daemon.stop()
+        for backend in backends:
+            folder = Path(tmp) / backend
+            folder.mkdir()
+            runs[backend] = _run(backend, n, folder)
     rows = []
-    results = {}
-    for name, values in times.items():
-        ms = [v * 1000 for v in values]
-        stats = {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms), "n": len(ms)}
-        results[name] = stats
-        rows.append([name, len(ms), stats["p50_ms"], stats["p99_ms"], stats["max_ms"]])
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for backend, (times, fresh) in runs.items():
+        results[backend] = {}
+        for name, values in times.items():
+            ms = [v * 1000 for v in values]
+            stats = {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "max_ms": max(ms), "n": len(ms)}
+            results[backend][name] = stats
+            rows.append([backend, name, len(ms), stats["p50_ms"], stats["p99_ms"], stats["max_ms"]])
     print()
-    print(table(["request", "n", "p50 ms", "p99 ms", "max ms"], rows))
-    print(f"fresh clips: {fresh}/{2 * n}; play p50 / ping p50 = "
-          f"{results['osc drum/play']['p50_ms'] / results['osc ping']['p50_ms']:.2f}x (OSC), "
-          f"{results['web drum/play']['p50_ms'] / results['web ping']['p50_ms']:.2f}x (web); "
-          f"web / OSC play p50 = {results['web drum/play']['p50_ms'] / results['osc drum/play']['p50_ms']:.2f}x")
-    path = save("trigger_reply", {"triggers": n, "fresh": fresh, "latency": results})
+    print(table(["backend", "request", "n", "p50 ms", "p99 ms", "max ms"], rows))
+    for backend, (_, fresh) in runs.items():
+        r = results[backend]
+        print(f"{backend}: fresh clips {fresh}/{2 * n}; play p50 / ping p50 = "
+              f"{r['osc drum/play']['p50_ms'] / r['osc ping']['p50_ms']:.2f}x (OSC), "
+              f"{r['web drum/play']['p50_ms'] / r['web ping']['p50_ms']:.2f}x (web); "
+              f"web / OSC play p50 = {r['web drum/play']['p50_ms'] / r['osc drum/play']['p50_ms']:.2f}x")
+    if "local" in results and "ray" in results:
+        ratio = results["ray"]["osc drum/play"]["p50_ms"] / results["local"]["osc drum/play"]["p50_ms"]
+        print(f"ray / local OSC play p50 = {ratio:.2f}x (warm pools: the worker's distance is hidden)")
+    path = save("trigger_reply", {"triggers": n, "fresh": {b: f for b, (_, f) in runs.items()}, "latency": results})
     print(f"wrote {path}")
 
 
