@@ -117,7 +117,8 @@ quantum = 1
     # much, and no other offset, is forgiven, once per underflow. So the recording is walked in
     # segments of 4 blocks, each where the one before ended (give or take the dropped blocks); a
     # scheduling gap or overlap between chunks is any number of samples and fails.
-    dropped = _fresh_status(client)["audio"]["underflows"] - under
+    # (a dropped period counted once by the daemon can cost the recorder one as well: twice the count)
+    dropped = 2 * (_fresh_status(client)["audio"]["underflows"] - under)
     heard = int(np.argmax(np.abs(rec.audio[:, 0]) > 1e-3))
     onset = max(range(max(0, heard - 64), heard + 64),
                 key=lambda i: float(np.dot(rec.audio[i : i + len(pieces[0]), 0], pieces[0][:, 0])))
