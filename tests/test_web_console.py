@@ -195,23 +195,10 @@ def test_serve_opens_the_console_on_port_9080_by_default(tmp_path: Path, tiny_mo
 def test_the_continuation_form_runs_a_job_the_page_follows(tmp_path: Path, start_daemon, browser: Any) -> None:
     """With a continuation model: the form built from the protocol table starts a job whose
     progress bar moves, and its chunks and result land in the clip list."""
-    import numpy as np
-    import soundfile as sf
-    from conftest import build_tiny_model
+    from test_continue_osc import _config, _prompt  # the continuation tests' own set-up, not a copy
 
-    fixture = Path(__file__).resolve().parent / "fixtures" / "musicgen" / "audiocraft"
-    model = build_tiny_model(tmp_path / "drums")
-    config = write_config(tmp_path / "c.toml", model, pool=0, instruments=("kick",), extra=f"""
-[continuation]
-model = "{fixture}"
-prompt_seconds = 1.0
-chunk_seconds = 0.5
-max_seconds = 60
-top_k = 8
-""")
-    daemon, client = start_daemon(config)
-    t = np.arange(44100) / 44100
-    sf.write(daemon.out / "prompt.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 44100)
+    daemon, client = start_daemon(_config(tmp_path))
+    _prompt(daemon.out)
     client.wait_until(lambda s: s.get("continuation", {}).get("state") == "ready", what="the MusicGen worker")
     browser.get(f"http://127.0.0.1:{daemon.web_port}/")
     form = wait_for(browser, lambda d: [f for f in d.find_elements("css selector", 'form[data-endpoint="continue"]')
