@@ -13,8 +13,9 @@ what the engine sends through :func:`bridge.rendering.render_clips`, and reports
                       {"op": "cancel", "task"}   {"op": "stop"}
     worker -> engine: {"op": "ready", "info", "memory"}    {"op": "fatal", "error"}
                       ({"op": "starting"} comes from the worker's handle when a restart begins)
-                      {"op": "progress", "task", "fraction"}
+                      {"op": "progress", "task", "fraction"}   (one per task of the render)
                       {"op": "chunk", "task", "index", "audio", "sample_rate", "meta"}
+                      (``index`` counts per task: a render of several takes hands out each one's)
                       {"op": "clip", "task", "audio", "sample_rate", "meta", "memory"}
                       {"op": "error", "task", "error", "kind"}   {"op": "cancelled", "task"}
 
@@ -42,7 +43,7 @@ from models.runtime_env import configure_threads_env
 def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging.INFO) -> None:
     """Load ``spec``'s model (keys of :class:`bridge.worker_handle.WorkerSpec`) and serve renders."""
     threads = int(spec["threads"])
-    configure_threads_env(threads)
+    configure_threads_env(threads, bool(spec.get("spin")))
     if spec.get("nice"):
         try:  # generation is background work: the audio process and OSC get the CPU first
             os.nice(int(spec["nice"]))
@@ -98,7 +99,6 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
             continue  # a cancel for a task that already finished
         tasks = msg["tasks"]
         ids = {t["task"] for t in tasks}
-        first = tasks[0]["task"]
         requests = [RenderRequest(int(t["task"]), int(t["seed"]), t.get("instrument")) for t in tasks]
 
         def on_step(done: int, total: int) -> bool:
@@ -114,14 +114,18 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
                 backlog.append(incoming)
             return True
 
-        def on_chunk(index: int, audio: Any) -> None:
+        def on_chunk(index: int, audio: Any, take: int = 0) -> None:
+            # take: the index into requests (a family of one request calls chunk(index, audio))
             liveness.mark()
-            conn.send({"op": "chunk", "task": first, "index": index, "audio": audio,
-                       "sample_rate": info["sample_rate"], "meta": chunk_sidecar(name, info, requests[0], index)})
+            meta = chunk_sidecar(name, info, requests[take], index, len(requests))
+            conn.send({"op": "chunk", "task": tasks[take]["task"], "index": index, "audio": audio,
+                       "sample_rate": info["sample_rate"], "meta": meta})
 
         def on_fraction(fraction: float) -> None:
+            # one fraction for the whole render: the requests (takes) advance together
             liveness.mark()
-            conn.send({"op": "progress", "task": first, "fraction": fraction})
+            for t in tasks:
+                conn.send({"op": "progress", "task": t["task"], "fraction": fraction})
 
         progress = Progress(step=on_step, fraction=on_fraction, chunk=on_chunk)
         try:

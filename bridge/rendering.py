@@ -48,10 +48,10 @@ def render_clips(generator: Any, model: str, info: Mapping[str, Any], requests: 
     return clips
 
 
-def chunk_sidecar(model: str, info: Mapping[str, Any], request: Any, index: int) -> dict[str, Any]:
-    """The sidecar of a chunk a long render hands out before it is done (a continuation's); it has
-    no generation time of its own, so it states none."""
+def chunk_sidecar(model: str, info: Mapping[str, Any], request: Any, index: int, batch: int = 1) -> dict[str, Any]:
+    """The sidecar of a chunk a long render hands out before it is done (a continuation's, one
+    take's of a ``batch`` made together); it has no generation time of its own, so it states none."""
     meta = clip_sidecar(model, info, seed=request.seed, instrument=request.instrument,
-                        facts={"chunk": int(index)}, generation_s=0.0, batch=1)
+                        facts={"chunk": int(index)}, generation_s=0.0, batch=batch)
     del meta["generation_s"]
     return meta

@@ -107,12 +107,15 @@ class Progress:
 
     ``step(done, total)`` after each network step, returning False to cancel (the family then
     raises :class:`Cancelled` before its next step); ``fraction(f)`` for long jobs whose steps
-    are not all alike; ``chunk(index, audio)`` hands out audio before the whole render is done.
+    are not all alike (one fraction for every request of the call: they advance together);
+    ``chunk(index, audio, take)`` hands out audio before the whole render is done: ``take`` is
+    the index into the call's requests (``index`` counts per take, from 0), and a family that
+    renders one request may leave it out (``chunk(index, audio)``: take 0).
     """
 
     step: Callable[[int, int], bool] | None = None
     fraction: Callable[[float], None] | None = None
-    chunk: Callable[[int, np.ndarray], None] | None = None
+    chunk: Callable[..., None] | None = None
 
     def stepped(self, done: int, total: int) -> bool:
         """Report a step (``total`` 0: one of a count not known ahead, such as a token step);
