@@ -1,14 +1,14 @@
-"""Continue a clip with MusicGen, handing out the new audio in chunks as the tokens arrive.
+"""MusicGen jobs as a musician asks for them: continue a clip, or make music from a description.
 
-Why this module exists: a continuation takes seconds to tens of seconds on a CPU, and a
-performer wants to hear it (or at least see progress) long before it is done, and to stop it.
-transformers' ``generate`` runs the token loop; a stopping criterion - called after every
-token step with all tokens so far - is the one hook that sees each step, so it rebuilds the
-finished frames from MusicGen's delay pattern, decodes each new stretch with EnCodec as soon as
-enough has arrived, and answers "stop" when the job is cancelled.
+Why this module exists: a job arrives as audio (any rate, any channels) or text, seconds and
+sampling settings; the token loop (:mod:`models.musicgen_loop`) wants prompt codes, a projected
+text memory and frame counts. This turns one into the other - the prompt's last seconds
+resampled and encoded with EnCodec, the description tokenized and encoded by the model's own
+T5, settings checked with messages for the musician - and keeps the lean LM
+(:mod:`models.musicgen_lm`) of each weight format built once per loaded model.
 
-Chunks are decoded from a window of codes with context on both sides and cut at frame
-boundaries, so they join without gaps; the whole continuation is, by construction, the chunks
+Chunks are decoded from a stretch of codes with context on both sides and cut at frame
+boundaries, so they join without gaps; a take's whole audio is, by construction, its chunks
 concatenated.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -23,18 +24,14 @@ import numpy as np
 import torch
 
 from models.musicgen import LoadedMusicgen
+from models.musicgen_family import MAX_SECONDS, MAX_TAKES
+from models.musicgen_loop import GenerationCancelled, LoopResult, LoopSettings, Sampling, run_loop
 
 log = logging.getLogger(__name__)
 
-#: Frames of already-decoded context on the left of a chunk's window, and frames held back on
-#: the right until more tokens exist (EnCodec's decoder is not causal: a frame's audio depends
-#: on its neighbours).
-CONTEXT_FRAMES = 50
-LOOKAHEAD_FRAMES = 10
 
 
-class ContinuationCancelled(Exception):
-    """The job was cancelled; the chunks handed out so far stay valid."""
+ContinuationCancelled = GenerationCancelled
 
 
 class ContinuationError(ValueError):
@@ -54,13 +51,23 @@ class ContinuationSettings:
     seed: int = 0
     description: str | None = None
     chunk_seconds: float = 1.5
+    #: The first chunk comes sooner (less to wait before anything sounds), the rest every chunk_seconds.
+    first_chunk_seconds: float = 0.5
+    #: Past the model's window each next window makes this many seconds and keeps the window's
+    #: rest as context (audiocraft's extend_stride); clipped to 3/4 of the window.
+    window_stride_seconds: float = 18.0
     #: Guidance even without text (an empty description on both passes): only benchmarks want
     #: this, to measure what guidance costs.
     guidance_without_text: bool = False
-    #: The decoder's self-attention KV cache: "dynamic" (grows per step) or "static" (allocated
-    #: once for the whole continuation: fixed shapes, what CUDA graphs and torch.compile need).
-    #: On a CPU they run at the same speed (bench/gpu.py); the tokens are the same.
-    kv_cache: str = "dynamic"
+    #: Accepted for old configs: "dynamic" or "static". The lean loop's cache is always
+    #: allocated once per window (fixed shapes), so both run the same.
+    kv_cache: str = "static"
+    #: The LM's weight format (models.linear_formats); "" = the model's loaded one.
+    weights: str = ""
+    #: torch threads for the token steps, and chunks decoded on a second thread meanwhile (the
+    #: musicgen family sets both from ``spin_wait``: see models.musicgen_loop.LoopSettings).
+    step_threads: int = 1
+    background_decode: bool = True
 
 
 def prompt_tensor(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, seconds: float) -> torch.Tensor:
@@ -79,72 +86,75 @@ def prompt_tensor(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, seconds:
     return torch.from_numpy(fitted)[None]
 
 
-class _Monitor:
-    """The stopping criterion: rebuilds frames, emits chunks, reports progress, cancels."""
+def text_memory(loaded: LoadedMusicgen, description: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The description as the LM's cross-attention memory: the model's T5 over its tokenizer's
+    ids, projected to the LM's width where they differ (as transformers does); (1, T, hidden)
+    and its (1, T) mask."""
+    model = loaded.model
+    inputs = {k: v.to(model.device) for k, v in _text_inputs(loaded, description).items()}
+    with torch.no_grad():
+        hidden = model.text_encoder(**inputs).last_hidden_state
+        if (model.text_encoder.config.hidden_size != model.config.decoder.hidden_size
+                and model.config.decoder.cross_attention_hidden_size is None):
+            hidden = model.enc_to_dec_proj(hidden)
+    return hidden.float(), inputs["attention_mask"]
 
-    def __init__(self, run: "_Run") -> None:
-        self.run = run
 
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
-        stop = self.run.step(input_ids)
-        return torch.full((1,), stop, dtype=torch.bool, device=input_ids.device)
+def lean_lm(loaded: LoadedMusicgen, fmt: str = "fp32") -> Any:
+    """The loaded model's LM in weight format ``fmt``, built on first use and kept."""
+    from models.musicgen_lm import MusicgenLM
+
+    key = f"{fmt}@{loaded.device}"
+    if key not in loaded.lms:
+        loaded.lms[key] = MusicgenLM(loaded.model, fmt, loaded.device)
+    return loaded.lms[key]
 
 
-class _Run:
-    def __init__(self, loaded: LoadedMusicgen, prompt_codes: torch.Tensor, new_frames: int, chunk_frames: int,
-                 on_chunk: Callable[[int, np.ndarray], None] | None,
-                 on_progress: Callable[[float], None] | None, should_stop: Callable[[], bool] | None) -> None:
-        self.loaded = loaded
-        self.k = loaded.model.config.decoder.num_codebooks
-        self.prompt_codes = prompt_codes  # (K, P)
-        self.p = prompt_codes.shape[1]
-        self.n = new_frames
-        self.chunk_frames = chunk_frames
-        self.on_chunk = on_chunk
-        self.on_progress = on_progress
-        self.should_stop = should_stop
-        self.emitted = 0  # new frames handed out
-        self.chunks: list[np.ndarray] = []
-        self.cancelled = False
-        self.last_progress = -1.0
-        self.hop = int(math.prod(loaded.model.config.audio_encoder.upsampling_ratios))
-        self.last_codes: torch.Tensor | None = None
-
-    def codes(self, ids: torch.Tensor) -> torch.Tensor:
-        """Finished frames (K, F) from the delay-pattern ids (K, L): codebook k's frame f sits at
-        position 1 + k + f (position 0 is the start token); prompt frames are the prompt's."""
-        ids = ids[: self.k]
-        f = ids.shape[1] - self.k
-        codes = torch.stack([ids[k, 1 + k: 1 + k + f] for k in range(self.k)])
-        codes[:, : min(self.p, f)] = self.prompt_codes[:, : min(self.p, f)]
-        return codes
-
-    def step(self, ids: torch.Tensor) -> bool:
-        if self.should_stop is not None and self.should_stop():
-            self.cancelled = True
-            return True
-        codes = self.codes(ids)
-        self.last_codes = codes
-        done = min(self.n, codes.shape[1] - self.p)
-        if self.on_progress is not None and done / self.n - self.last_progress >= 0.02:
-            self.last_progress = done / self.n
-            self.on_progress(min(1.0, done / self.n))
-        ready = done - LOOKAHEAD_FRAMES
-        if ready - self.emitted >= self.chunk_frames:
-            self.emit(codes, self.emitted, ready)
-        return False
-
-    def emit(self, codes: torch.Tensor, start: int, end: int) -> None:
-        """Decode new frames [start, end) (counted after the prompt) with context around them."""
-        s, e = self.p + start, self.p + end
-        w0, w1 = max(0, s - CONTEXT_FRAMES), min(codes.shape[1], e + LOOKAHEAD_FRAMES)
+def generate(loaded: LoadedMusicgen, settings: ContinuationSettings, *, audio: np.ndarray | None = None,
+             rate: int | None = None, seeds: list[int] | None = None,
+             on_chunk: Callable[[int, int, np.ndarray], None] | None = None,
+             on_progress: Callable[[float], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> LoopResult:
+    """Make ``settings.seconds`` of new audio for each seed (take; default ``[settings.seed]``):
+    continuing ``audio``'s last ``prompt_seconds`` when given, else a fresh piece; conditioned on
+    ``settings.description`` when there is one. ``on_chunk(take, index, audio)``."""
+    t0 = time.perf_counter()
+    seeds = [int(settings.seed)] if seeds is None else [int(s) for s in seeds]
+    check(settings, len(seeds))
+    lm = lean_lm(loaded, settings.weights or loaded.weights)
+    prompt_codes = None
+    if audio is not None:
+        if rate is None:
+            raise ContinuationError("a prompt needs its sample rate")
+        prompt = prompt_tensor(loaded, audio, rate, settings.prompt_seconds).to(loaded.device)
         with torch.no_grad():
-            audio = self.loaded.model.audio_encoder.decode(codes[None, None, :, w0:w1], [None])[0]
-        chunk = audio[0, :, (s - w0) * self.hop: (e - w0) * self.hop].float().cpu().numpy().copy()
-        self.chunks.append(chunk)
-        self.emitted = end
-        if self.on_chunk is not None:
-            self.on_chunk(len(self.chunks) - 1, chunk)
+            prompt_codes = loaded.model.audio_encoder.encode(prompt).audio_codes[0, 0]  # (K, P)
+    memory = mask = None
+    if settings.description:
+        memory, mask = text_memory(loaded, settings.description)
+    fr = loaded.frame_rate
+    loop = LoopSettings(
+        frames=max(1, int(round(settings.seconds * fr))), seeds=seeds,
+        sampling=Sampling(settings.temperature, settings.top_k, settings.top_p, settings.guidance_scale),
+        stride_frames=max(1, int(round(settings.window_stride_seconds * fr))),
+        chunk_frames=max(1, int(round(settings.chunk_seconds * fr))),
+        first_chunk_frames=max(1, int(round(min(settings.first_chunk_seconds, settings.chunk_seconds) * fr))),
+        guidance_without_text=settings.guidance_without_text, step_threads=settings.step_threads,
+        background_decode=settings.background_decode)
+    return run_loop(lm, loaded, prompt_codes, loop, memory=memory, memory_mask=mask, on_chunk=on_chunk,
+                    on_progress=on_progress, should_stop=should_stop, t0=t0)
+
+
+def check(settings: ContinuationSettings, takes: int = 1) -> None:
+    """Refuse what no model can serve, with the reason."""
+    if not 0 < settings.seconds <= MAX_SECONDS:
+        raise ContinuationError(f"seconds must be 0-{MAX_SECONDS:g}, got {settings.seconds}")
+    if not 1 <= takes <= MAX_TAKES:
+        raise ContinuationError(f"takes must be 1-{MAX_TAKES}, got {takes}")
+    if settings.kv_cache not in ("dynamic", "static"):
+        raise ContinuationError(f"kv_cache must be 'dynamic' or 'static', got {settings.kv_cache!r}")
+    if settings.window_stride_seconds <= 0:
+        raise ContinuationError(f"window_stride_seconds must be above 0, got {settings.window_stride_seconds}")
 
 
 def continue_audio(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, settings: ContinuationSettings, *,
@@ -152,100 +162,50 @@ def continue_audio(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, setting
                    on_progress: Callable[[float], None] | None = None,
                    should_stop: Callable[[], bool] | None = None,
                    on_codes: Callable[[torch.Tensor, int], None] | None = None) -> np.ndarray:
-    """Continue the last ``prompt_seconds`` of ``audio``; returns the new audio (channels, frames)
-    at the model's rate, which equals the chunks handed to ``on_chunk`` joined in order.
-    ``on_codes(codes, prompt_frames)`` receives every frame's codes (K, frames) at the end."""
-    from transformers import StoppingCriteriaList
-    from transformers.modeling_outputs import BaseModelOutput
-
-    if not 0 < settings.seconds <= 120:
-        raise ContinuationError(f"seconds must be 0-120, got {settings.seconds}")
-    model = loaded.model
-    device = model.device
-    prompt = prompt_tensor(loaded, audio, rate, settings.prompt_seconds).to(device)
-    with torch.no_grad():
-        prompt_codes = model.audio_encoder.encode(prompt).audio_codes[0, 0]  # (K, P)
-    new_frames = max(1, int(round(settings.seconds * loaded.frame_rate)))
-    chunk_frames = max(1, int(round(settings.chunk_seconds * loaded.frame_rate)))
-    run = _Run(loaded, prompt_codes, new_frames, chunk_frames, on_chunk, on_progress, should_stop)
-    k = model.config.decoder.num_codebooks
-    kwargs: dict[str, Any] = dict(input_values=prompt, max_new_tokens=new_frames + k - 1, do_sample=True,
-                                  temperature=settings.temperature, top_k=settings.top_k or None,
-                                  top_p=settings.top_p or None, stopping_criteria=StoppingCriteriaList([_Monitor(run)]))
-    if settings.description:
-        kwargs |= {k: v.to(device) for k, v in _text_inputs(loaded, settings.description).items()}
-        kwargs["guidance_scale"] = settings.guidance_scale if settings.guidance_scale > 1 else None
-    else:
-        text_dim = getattr(model.config.text_encoder, "d_model", None) or model.config.text_encoder.hidden_size
-        kwargs |= {"encoder_outputs": BaseModelOutput(last_hidden_state=torch.zeros(1, 1, text_dim, device=device)),
-                   "attention_mask": torch.zeros(1, 1, dtype=torch.long, device=device),
-                   "guidance_scale": settings.guidance_scale if settings.guidance_without_text else None}
-    if settings.kv_cache == "static":
-        from transformers import DynamicCache, EncoderDecoderCache, StaticCache
-
-        # room for the prompt's frames, the new ones and the delay pattern's k - 1 extra steps
-        length = prompt_codes.shape[1] + new_frames + 2 * k
-        kwargs["cache"] = EncoderDecoderCache(StaticCache(config=model.config.decoder, max_cache_len=length),
-                                              DynamicCache(config=model.config.decoder))
-    elif settings.kv_cache != "dynamic":
-        raise ContinuationError(f"kv_cache must be 'dynamic' or 'static', got {settings.kv_cache!r}")
-    prefill_once(model)
-    torch.manual_seed(int(settings.seed))
-    try:
-        with torch.no_grad():
-            model.generate(**kwargs)
-    except RuntimeError:
-        # stopped mid-pattern, transformers' own un-delaying of the (unused) result fails
-        if not run.cancelled:
-            raise
-    if run.cancelled:
-        raise ContinuationCancelled()
-    if run.emitted < new_frames:
-        # the final stretch: the monitor's last call saw the last token step, so every frame exists
-        assert run.last_codes is not None and run.last_codes.shape[1] >= run.p + new_frames
-        run.emit(run.last_codes, run.emitted, new_frames)
-    if on_progress is not None:
-        on_progress(1.0)
-    if on_codes is not None and run.last_codes is not None:
-        on_codes(run.last_codes[:, : run.p + new_frames], run.p)
-    return np.concatenate(run.chunks, axis=1)
-
-
-def prefill_once(model: Any) -> None:
-    """Make MusicGen's ``generate`` run the prompt's prefill once instead of twice.
-
-    transformers 5.24's ``MusicgenForConditionalGeneration.generate`` runs ``_prefill`` itself,
-    keeps the result in ``model_kwargs["prefill_outputs"]``, and then ``GenerationMixin._sample``
-    runs ``_prefill`` again and discards the first. With the dynamic cache the second pass only
-    wastes time (0.5 s of the first chunk's wait for a 1 s prompt on this CPU; the tokens are bit-
-    identical either way); a cache passed in (the static one) would take the prompt twice and
-    shift every position. The patch hands back the kept result; on a version that keeps none it
-    calls the original, so it can never change what an unpatched model computes.
-    """
-    if getattr(model, "_genbridge_prefill_once", False) or not hasattr(type(model), "_prefill"):
-        return
-    original = type(model)._prefill
-
-    def _prefill(input_ids: Any, generation_config: Any, model_kwargs: dict[str, Any], *args: Any,
-                 **kwargs: Any) -> Any:
-        kept = model_kwargs.pop("prefill_outputs", None)
-        if kept is not None:
-            return kept
-        return original(model, input_ids, generation_config, model_kwargs, *args, **kwargs)
-
-    model._prefill = _prefill
-    model._genbridge_prefill_once = True
+    """One take continuing the last ``prompt_seconds`` of ``audio``; returns the new audio
+    (channels, frames) at the model's rate, which equals the chunks handed to ``on_chunk`` joined
+    in order. ``on_codes(codes, prompt_frames)`` receives every frame's codes (K, frames) at the end."""
+    result = generate(loaded, settings, audio=audio, rate=rate,
+                      on_chunk=None if on_chunk is None else (lambda take, i, c: on_chunk(i, c)),
+                      on_progress=on_progress, should_stop=should_stop)
+    if on_codes is not None:
+        codes = result.codes[0]
+        on_codes(codes, codes.shape[1] - max(1, int(round(settings.seconds * loaded.frame_rate))))
+    return result.audio[0]
 
 
 def _text_inputs(loaded: LoadedMusicgen, description: str) -> dict[str, Any]:
     if not loaded.text_encoder_loaded:
         raise ContinuationError("this model's text encoder is not available offline, so descriptions are off; "
                                 "leave the description empty (text-free continuation works)")
+    tokenizer = load_tokenizer(loaded)
+    tokens = tokenizer([description], return_tensors="pt", padding=True)
+    if int(tokens["input_ids"].max()) >= loaded.model.text_encoder.config.vocab_size:
+        raise ContinuationError("the tokenizer beside the model has more words than its text encoder: "
+                                "they do not belong together")
+    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+def load_tokenizer(loaded: LoadedMusicgen) -> Any:
+    """The description's tokenizer from beside the model (or the local cache), loaded once."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(loaded.source.split(" + ")[0], local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ContinuationError(f"no tokenizer for the description beside the model ({exc})") from exc
-    tokens = tokenizer([description], return_tensors="pt", padding=True)
-    return {"input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+    if loaded.tokenizer is None:
+        source = loaded.source.split(" + ")[0]
+        folder = Path(source).expanduser()
+        # transformers 5 makes an empty T5 tokenizer from a folder without tokenizer files: every
+        # word would become <unk>, so a folder must hold one of its own
+        if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+            raise ContinuationError(f"no tokenizer for the description beside the model in {folder} (one of "
+                                    f"{', '.join(TOKENIZER_FILES)}): save the model's processor there")
+        try:
+            loaded.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ContinuationError(f"no tokenizer for the description beside the model ({exc})") from exc
+    return loaded.tokenizer
+
+
+#: Files a tokenizer saved beside a model leaves (save_pretrained of the processor or tokenizer).
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")

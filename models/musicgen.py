@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,6 +42,12 @@ class LoadedMusicgen:
     kind: str  # "transformers", "audiocraft", "audiocraft+trainer", "transformers+trainer"
     #: False when the text encoder's weights were not available offline: text-free use only.
     text_encoder_loaded: bool
+    #: The LM's weight format for jobs that name none (models.linear_formats).
+    weights: str = "fp32"
+    #: Lean LMs built from the model, by weight format (models.continuation.lean_lm).
+    lms: dict[str, Any] = field(default_factory=dict)
+    #: The description's tokenizer, loaded on first use.
+    tokenizer: Any = None
 
     @property
     def sample_rate(self) -> int:
@@ -50,6 +56,10 @@ class LoadedMusicgen:
     @property
     def channels(self) -> int:
         return int(self.model.config.audio_encoder.audio_channels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.audio_encoder.parameters()).device
 
     @property
     def frame_rate(self) -> float:
@@ -315,6 +325,20 @@ def load_musicgen(source: str | Path, *, lm_weights: str | Path | None = None) -
     if lm_weights is not None:
         apply_lm_state(loaded, Path(lm_weights).expanduser())
     return loaded
+
+
+def bake_weight_norm(module: torch.nn.Module) -> int:
+    """Replace weight-norm parametrizations (EnCodec's convolutions) by the weights they compute:
+    the same values, without recomputing every weight on every decode (4 % of a chunk's decode
+    on this CPU). Returns how many were baked; for a model that only runs, never trains."""
+    from torch.nn.utils import parametrize
+
+    baked = 0
+    for sub in module.modules():
+        if parametrize.is_parametrized(sub, "weight"):
+            parametrize.remove_parametrizations(sub, "weight", leave_parametrized=True)
+            baked += 1
+    return baked
 
 
 def apply_lm_state(loaded: LoadedMusicgen, path: Path) -> None:

@@ -6,10 +6,13 @@ one request like any other, so the same worker body serves it as serves drum one
 the sidecar is built by the same code. Loading (three on-disk forms, offline) lives in
 :mod:`models.musicgen`, the token loop in :mod:`models.continuation`.
 
-Request parameters: ``audio`` (the prompt, channels x frames float32), ``rate`` (its sample
-rate) and the :class:`~models.continuation.ContinuationSettings` fields (``seconds``,
+Request parameters: ``audio`` (the prompt, channels x frames float32) and ``rate`` (its sample
+rate) - both absent for text to music, a fresh piece - and the
+:class:`~models.continuation.ContinuationSettings` fields (``seconds`` up to 300,
 ``prompt_seconds``, ``temperature``, ``top_k``, ``top_p``, ``guidance_scale``, ``description``,
-``chunk_seconds``); the request's seed seeds the sampling.
+``chunk_seconds``, ``first_chunk_seconds``, ``window_stride_seconds``). A render of N requests
+is N takes in one batched pass, each sampled from its own request's seed; chunks are reported
+as ``progress.chunk(index, audio, take)``.
 """
 
 from __future__ import annotations
@@ -33,70 +36,111 @@ from models.generator import (
 
 log = logging.getLogger(__name__)
 
-MAX_SECONDS = 120.0
+#: The longest piece one request may ask for (windows slide past the model's own 30 s), and the
+#: most takes of one request (one batched pass where the KV cache fits).
+MAX_SECONDS = 300.0
+MAX_TAKES = 8
 SETTINGS = ("seconds", "prompt_seconds", "temperature", "top_k", "top_p", "guidance_scale", "description",
-            "chunk_seconds")
+            "chunk_seconds", "first_chunk_seconds", "window_stride_seconds")
+#: quantize -> the LM's weight format (models.linear_formats); "none" keeps the precision's.
+QUANTIZE = {"int8": "int8", "int8w": "int8w", "int4": "int4"}
+
+
+def weight_format(quantize: str, precision: str) -> str:
+    """The LM's weight format for ``[continuation] quantize`` and ``precision``."""
+    if quantize in QUANTIZE:
+        return QUANTIZE[quantize]
+    if quantize != "none":
+        raise GeneratorError(f"quantize must be none, {', '.join(QUANTIZE)}; got {quantize!r}")
+    return {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(precision, "fp32")
 
 
 class MusicgenRenderer(Generator):
-    def __init__(self, loaded: Any, name: str, device: Any, precision: str, quantize: str, kv_cache: str) -> None:
+    def __init__(self, loaded: Any, name: str, device: Any, precision: str, quantize: str,
+                 text_off: str = "", step_threads: int = 1, spin: bool = False) -> None:
+        from models.continuation import lean_lm
         from models.devices import describe
 
         self.loaded = loaded
         self.device = device
         self.precision = precision
-        self.kv_cache = kv_cache
+        #: spin_wait: token steps on every thread, decoding between them; else one thread each
+        self.step_threads = step_threads if spin else 1
+        self.background_decode = not spin
+        lm = lean_lm(loaded, loaded.weights)
         self.info = GeneratorInfo(
             family="musicgen", name=name, sample_rate=loaded.sample_rate, channels=loaded.channels, length=0,
-            capabilities=Capabilities(seeded=True, batches=False, variations=False, continuation=True,
-                                      text=bool(loaded.text_encoder_loaded), one_shots=False),
+            capabilities=Capabilities(seeded=True, batches=True, variations=False, continuation=True,
+                                      text=bool(loaded.text_encoder_loaded) and not text_off, one_shots=False),
             device=str(device), device_name=describe(device), precision=precision, max_seconds=MAX_SECONDS,
-            parameters=sum(p.numel() for p in loaded.model.parameters()),
+            parameters=sum(p.numel() for p in loaded.model.parameters()) + lm_parameters(loaded.model.config),
             details={"source": loaded.source, "kind": loaded.kind, "frame_rate": loaded.frame_rate,
                      "text": bool(loaded.text_encoder_loaded), "quantize": quantize, "trained": True,
-                     "weights": loaded.source, "runtime": "transformers", "kv_cache": kv_cache},
+                     "weights": loaded.source, "weight_format": loaded.weights, "runtime": "genbridge token loop",
+                     "window_s": round(lm.window / loaded.frame_rate, 3), "max_takes": MAX_TAKES,
+                     "lm_weight_mb": round(lm.bytes / 1e6, 1), "step_threads": self.step_threads,
+                     "spin_wait": spin,
+                     **({"text_off": text_off} if text_off else {})},
         )
 
     def render(self, requests: list[RenderRequest], params: Mapping[str, Any],
                progress: Progress | None = None) -> list[Rendered]:
         import numpy as np
-        import torch
 
-        from models.continuation import ContinuationCancelled, ContinuationError, ContinuationSettings, continue_audio
-        from models.devices import autocast_dtype
+        from models.continuation import ContinuationError, ContinuationSettings, generate
         from models.generator import Cancelled
+        from models.musicgen_loop import GenerationCancelled
 
-        if len(requests) != 1:
-            raise GeneratorError("MusicGen continues one prompt at a time")
+        if not 1 <= len(requests) <= MAX_TAKES:
+            raise GeneratorError(f"takes must be 1-{MAX_TAKES}, got {len(requests)}")
         progress = progress or Progress()
-        request = requests[0]
         fields = {k: params[k] for k in SETTINGS if k in params}
-        settings = ContinuationSettings(**fields, seed=int(request.seed), kv_cache=self.kv_cache)
-        dtype = autocast_dtype(self.precision)
+        settings = ContinuationSettings(**fields, seed=int(requests[0].seed), step_threads=self.step_threads,
+                                        background_decode=self.background_decode)
+        audio = params.get("audio")
         t0 = time.perf_counter()
 
         def should_stop() -> bool:
             return not progress.stepped(0, 0)
 
+        def on_chunk(take: int, index: int, chunk: Any) -> None:
+            if progress.chunk is not None:
+                progress.chunk(index, chunk, take)
+
         try:
-            with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                audio = continue_audio(self.loaded, np.asarray(params["audio"], dtype=np.float32), int(params["rate"]),
-                                       settings, on_chunk=progress.chunk, on_progress=progress.fraction,
-                                       should_stop=should_stop)
-        except ContinuationCancelled:
+            result = generate(self.loaded, settings, audio=None if audio is None else np.asarray(audio, np.float32),
+                              rate=None if audio is None else int(params["rate"]),
+                              seeds=[int(r.seed) for r in requests], on_chunk=on_chunk,
+                              on_progress=progress.fraction, should_stop=should_stop)
+        except GenerationCancelled:
             raise Cancelled() from None
         except ContinuationError as exc:
             raise GeneratorError(str(exc)) from None
         gen_s = time.perf_counter() - t0
-        facts = {"kind": "musicgen continuation", "model_kind": self.loaded.kind,
-                 **{k: v for k, v in dataclasses.asdict(settings).items() if k in SETTINGS and v is not None},
-                 "realtime_factor": round(audio.shape[1] / self.loaded.sample_rate / max(gen_s, 1e-9), 3)}
-        return [Rendered(audio, facts)]
+        fr = self.loaded.frame_rate
+        shared = {"kind": "musicgen continuation" if audio is not None else "musicgen text-to-music",
+                  "model_kind": self.loaded.kind,
+                  **{k: v for k, v in dataclasses.asdict(settings).items() if k in SETTINGS and v is not None},
+                  "takes": len(requests), "weight_format": self.loaded.weights,
+                  "window_s": round(result.window_positions / fr, 3), "windows": result.windows,
+                  "window_stride_s": round(result.stride_frames / fr, 3),
+                  "max_context_positions": result.max_context_positions, "passes": result.passes,
+                  "realtime_factor": round(len(requests) * settings.seconds / max(gen_s, 1e-9), 3),
+                  "timing": result.timings.as_dict()}
+        return [Rendered(a, shared | {"take": i}) for i, a in enumerate(result.audio)]
 
     def memory(self) -> dict[str, Any]:
         from models.devices import memory
 
         return memory(self.device)
+
+
+def lm_parameters(config: Any) -> int:
+    """The LM's parameter count from its config (its transformers module is dropped once the lean
+    LM holds the weights)."""
+    d, layers, ffn = config.decoder.hidden_size, config.decoder.num_hidden_layers, config.decoder.ffn_dim
+    k, v = config.decoder.num_codebooks, config.decoder.vocab_size
+    return layers * (8 * d * d + 2 * d * ffn) + k * (v + 1) * d + k * v * d
 
 
 class MusicgenFamily(Family):
@@ -109,10 +153,14 @@ class MusicgenFamily(Family):
         seconds = out.get("seconds")
         if not isinstance(seconds, (int, float)) or not 0 < float(seconds) <= MAX_SECONDS:
             raise GeneratorError(f"seconds must be 0-{MAX_SECONDS:g}, got {seconds!r}")
-        if "audio" not in out or "rate" not in out:
-            raise GeneratorError("a continuation needs a prompt (audio and its rate)")
+        if ("audio" in out) != ("rate" in out):
+            raise GeneratorError("a prompt needs both its audio and its rate")
         if out.get("description") and info and not info["capabilities"]["text"]:
-            raise GeneratorError("this model's text encoder is not available offline: leave the description empty")
+            why = (info.get("details") or {}).get("text_off") or "this model's text encoder is not available offline"
+            raise GeneratorError(f"{why}: leave the description empty")
+        stride = out.get("window_stride_seconds")
+        if stride is not None and (not isinstance(stride, (int, float)) or not 0 < float(stride) < MAX_SECONDS):
+            raise GeneratorError(f"window_stride_seconds must be above 0, got {stride!r}")
         unknown = sorted(set(out) - set(SETTINGS) - {"audio", "rate"})
         if unknown:
             raise GeneratorError(f"the musicgen family takes no parameter {unknown[0]!r}")
@@ -121,10 +169,9 @@ class MusicgenFamily(Family):
     def load(self, spec: LoadSpec) -> Generator:
         import os
 
-        import torch
-
+        from models.continuation import ContinuationError, lean_lm, load_tokenizer
         from models.devices import DeviceError, resolve, resolve_precision
-        from models.musicgen import MusicgenLoadError, load_musicgen
+        from models.musicgen import MusicgenLoadError, bake_weight_norm, load_musicgen
         from models.runtime_env import configure_torch_threads
 
         os.environ["HF_HUB_OFFLINE"] = "1"  # never a download at run time
@@ -134,23 +181,32 @@ class MusicgenFamily(Family):
         t0 = time.perf_counter()
         quantize = str(opts.get("quantize", "none"))
         try:
-            # int8 is torch's CPU dynamic quantisation: "auto" then means the CPU
-            device = resolve("cpu" if quantize == "int8" and spec.device == "auto" else spec.device)
+            # the int formats are CPU kernels: "auto" then means the CPU
+            device = resolve("cpu" if quantize in QUANTIZE and spec.device == "auto" else spec.device)
             precision = resolve_precision(str(opts.get("precision", "fp32")), device)
-        except DeviceError as exc:
+            fmt = weight_format(quantize, precision)
+        except (DeviceError, GeneratorError) as exc:
             raise MusicgenLoadError(str(exc)) from None
-        kv_cache = str(opts.get("kv_cache", "dynamic"))
-        if kv_cache not in ("dynamic", "static"):
-            raise MusicgenLoadError(f"kv_cache must be 'dynamic' or 'static', got {kv_cache!r}")
-        if quantize == "int8" and device.type != "cpu":
-            raise MusicgenLoadError(f"quantize = 'int8' is torch's CPU dynamic quantisation; on {device} use "
+        if quantize in QUANTIZE and device.type != "cpu":
+            raise MusicgenLoadError(f"quantize = {quantize!r} runs on a CPU (torch's int kernels); on {device} use "
                                     "quantize = 'none' (and precision 'bf16' or 'fp16')")
         loaded = load_musicgen(spec.path, lm_weights=opts.get("lm_weights") or None)
-        if quantize == "int8":
-            # dynamic int8 for the LM's Linear layers: decoding reads every weight once per frame,
-            # so a quarter of the bytes is most of the speed (docs/ARCHITECTURE.md, "Measured reasons")
-            loaded.model.decoder = torch.ao.quantization.quantize_dynamic(
-                loaded.model.decoder, {torch.nn.Linear}, dtype=torch.qint8)
         loaded.model.to(device)
-        log.info("MusicGen %s loaded on %s in %.1f s", loaded.source, device, time.perf_counter() - t0)
-        return MusicgenRenderer(loaded, spec.name, device, precision, quantize, kv_cache)
+        bake_weight_norm(loaded.model.audio_encoder)
+        loaded.weights = fmt
+        spec.milestone()
+        lean_lm(loaded, fmt)  # built now: the first job must not wait for it
+        text_off = ""
+        if loaded.text_encoder_loaded:
+            try:  # a description must be refused before it is queued, not fail when its turn comes
+                load_tokenizer(loaded)
+            except ContinuationError as exc:
+                text_off = str(exc)
+                log.warning("descriptions are off for %s: %s", loaded.source, exc)
+        # the lean LM holds the decoder's weights in its own format: transformers' copy would
+        # double the memory (1.2 GB fp32 for musicgen-small beside 0.3 GB of int8)
+        loaded.model.decoder = None
+        log.info("MusicGen %s loaded on %s in %.1f s (LM weights %s)", loaded.source, device,
+                 time.perf_counter() - t0, fmt)
+        return MusicgenRenderer(loaded, spec.name, device, precision, quantize, text_off,
+                                step_threads=max(1, spec.threads), spin=bool(opts.get("spin_wait")))

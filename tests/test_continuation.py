@@ -94,26 +94,122 @@ def test_cli_continue_writes_takes(tmp_path) -> None:
     assert missing.returncode == 1 and "huggingface-cli download" in missing.stderr
 
 
-def test_the_prompt_is_prefilled_once_and_a_static_cache_continues_the_same(loaded) -> None:
-    """transformers' MusicGen generate ran the prompt's prefill twice (models.continuation.prefill_once):
-    once is the same continuation for less wait; a static KV cache (fixed shapes for a GPU's
-    compiled step) gives the same tokens as the dynamic one."""
-    settings = ContinuationSettings(seconds=1.0, prompt_seconds=1.0, seed=9, top_k=8)
-    prefills: list[int] = []
+def _teacher_forced(lm, tokens: torch.Tensor, memory, mask, prefill: int) -> torch.Tensor:
+    """The lean LM's logits for positions prefill.. of ``tokens``: one prefill, then one step each."""
+    with torch.no_grad():
+        lm.start(tokens.shape[0], tokens.shape[2], memory=memory, memory_mask=mask)
+        outs = [lm.step(tokens[:, :, :prefill])]
+        outs += [lm.step(tokens[:, :, p: p + 1]) for p in range(prefill, tokens.shape[2])]
+    return torch.stack(outs, 2)
 
-    def count(module, args, kwargs) -> None:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if hidden.shape[1] > 1:
-            prefills.append(int(hidden.shape[1]))
 
-    hook = loaded.model.decoder.model.decoder.layers[0].register_forward_pre_hook(count, with_kwargs=True)
-    try:
-        dynamic = continue_audio(loaded, _prompt(), 44100, settings)
-        assert len(prefills) == 1, f"prefill passes over the prompt: {prefills}"
-        static = continue_audio(loaded, _prompt(), 44100, ContinuationSettings(**{**settings.__dict__,
-                                                                                 "kv_cache": "static"}))
-    finally:
-        hook.remove()
-    assert np.array_equal(static, dynamic)
+def test_the_lean_lm_computes_transformers_logits(tmp_path: Path) -> None:
+    """The token loop's LM (fused weights, a fixed cache, cross-attention only for rows with text)
+    gives transformers' own logits in fp32, for a row with a description and rows without; the
+    smaller weight formats agree on the most likely token almost always."""
+    from musicgen_models import build_tiny_musicgen
+
+    from models.continuation import lean_lm, text_memory
+
+    loaded = load_musicgen(build_tiny_musicgen(tmp_path / "tiny"))
+    model = loaded.model
+    torch.manual_seed(1)
+    tokens = torch.randint(0, 16, (3, 4, 24))
+    tokens[:, :, 0] = 16
+    memory, mask = text_memory(loaded, "funky drums")
+    rows_memory = torch.cat([memory, torch.zeros(2, *memory.shape[1:])])
+    rows_mask = torch.cat([mask, torch.zeros(2, mask.shape[1], dtype=mask.dtype)])
+    with torch.no_grad():
+        reference = model.decoder(input_ids=tokens.reshape(12, 24), encoder_hidden_states=rows_memory,
+                                  encoder_attention_mask=rows_mask).logits.reshape(3, 4, 24, -1)[:, :, 7:]
+    got = _teacher_forced(lean_lm(loaded, "fp32"), tokens, memory, mask, 8)
+    assert float((got - reference).abs().max()) < 1e-4
+    assert not torch.allclose(got[0], got[1], atol=1e-3), "the description changes the first row"
+    for fmt in ("bf16", "int8", "int8w", "int4"):
+        got = _teacher_forced(lean_lm(loaded, fmt), tokens, memory, mask, 8)
+        agree = float((got.argmax(-1) == reference.argmax(-1)).float().mean())
+        assert agree >= (0.85 if fmt == "int4" else 0.95), f"{fmt}: top-1 agreement {agree:.3f}"
+
+
+def test_two_takes_of_one_description_are_two_pieces_of_the_asked_length(tmp_path: Path) -> None:
+    from musicgen_models import build_tiny_musicgen
+
+    from models.continuation import generate
+
+    loaded = load_musicgen(build_tiny_musicgen(tmp_path / "tiny"))
+    chunks: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    result = generate(loaded, ContinuationSettings(seconds=2.0, description="calm piano", top_k=8), seeds=[7, 8],
+                      on_chunk=lambda take, i, c: chunks[take].append(c))
+    a, b = result.audio
+    assert a.shape == b.shape == (1, 64000)
+    assert not np.array_equal(a, b), "two takes, two pieces"
+    for take, audio in enumerate((a, b)):
+        assert float(np.sqrt(np.mean(audio ** 2))) > 1e-3, "not silence"
+        assert np.array_equal(np.concatenate(chunks[take], axis=1), audio)
+    again = generate(loaded, ContinuationSettings(seconds=2.0, description="calm piano", top_k=8), seeds=[7, 8])
+    assert all(np.array_equal(x, y) for x, y in zip(again.audio, result.audio)), "same seeds, same takes"
+    other = generate(loaded, ContinuationSettings(seconds=2.0, description="loud techno", top_k=8), seeds=[7])
+    assert not np.array_equal(other.audio[0], a), "the description conditions the music"
+
+
+def test_a_continuation_longer_than_the_window_slides_it_and_never_exceeds_it(tmp_path: Path) -> None:
+    """A 40 s continuation of a model trained on 5 s windows: 40 s long, made in windows that each
+    keep the last seconds before them as context, the LM never holding more than 5 s."""
+    from musicgen_models import build_tiny_musicgen
+
+    from models.continuation import generate, lean_lm
+
+    loaded = load_musicgen(build_tiny_musicgen(tmp_path / "tiny", window_seconds=5.0))
+    lm = lean_lm(loaded, "fp32")
+    assert lm.window == 250
+    held: list[int] = []
+    step = lm.step
+
+    def watched(tokens: torch.Tensor) -> torch.Tensor:
+        out = step(tokens)
+        held.append(lm.length)
+        return out
+
+    lm.step = watched
+    chunks: list[np.ndarray] = []
+    settings = ContinuationSettings(seconds=40.0, prompt_seconds=1.0, top_k=8, window_stride_seconds=3.0)
+    result = generate(loaded, settings, audio=_prompt(), rate=44100, on_chunk=lambda take, i, c: chunks.append(c))
+    assert result.audio[0].shape == (1, 40 * 32000)
+    assert np.array_equal(np.concatenate(chunks, axis=1), result.audio[0])
+    assert max(held) <= 250 and result.max_context_positions == max(held)
+    windows = result.windows
+    assert len(windows) >= 12 and sum(w["new_s"] for w in windows) == pytest.approx(40.0)
+    for before, after in zip(windows, windows[1:]):
+        end = before["start_s"] + before["context_s"] + before["new_s"]
+        assert after["start_s"] + after["context_s"] == pytest.approx(end), "a window continues where the last ended"
+        assert after["context_s"] == pytest.approx(5.0 - 3 / 50 - 3.0), "the rest of the window is context"
+    assert float(np.sqrt(np.mean(result.audio[0][:, -32000:] ** 2))) > 1e-3, "the last second is not silence"
+
+
+def test_cancel_works_in_a_later_window(tmp_path: Path) -> None:
+    from musicgen_models import build_tiny_musicgen
+
+    from models.continuation import generate
+
+    loaded = load_musicgen(build_tiny_musicgen(tmp_path / "tiny", window_seconds=5.0))
+    made: list[int] = []
+    settings = ContinuationSettings(seconds=60.0, prompt_seconds=1.0, top_k=8, chunk_seconds=0.5)
+    with pytest.raises(ContinuationCancelled):
+        generate(loaded, settings, audio=_prompt(), rate=44100,
+                 on_chunk=lambda take, i, c: made.append(c.shape[1]),
+                 should_stop=lambda: sum(made) > 8 * 32000)  # past the first 5 s window
+    assert 8 * 32000 < sum(made) < 9 * 32000, "stopped within a chunk of being asked"
+
+
+def test_a_description_needs_the_tokenizer_beside_the_model(tmp_path: Path) -> None:
+    from musicgen_models import build_tiny_musicgen
+
+    from models.continuation import generate
+
+    loaded = load_musicgen(build_tiny_musicgen(tmp_path / "tiny", tokenizer=False))
+    with pytest.raises(ContinuationError, match="no tokenizer"):
+        generate(loaded, ContinuationSettings(seconds=1.0, description="funky drums"))
+    with pytest.raises(ContinuationError, match="takes must be 1-8"):
+        generate(loaded, ContinuationSettings(seconds=1.0), seeds=list(range(9)))
     with pytest.raises(ContinuationError, match="kv_cache"):
-        continue_audio(loaded, _prompt(), 44100, ContinuationSettings(seconds=1.0, kv_cache="paged"))
+        generate(loaded, ContinuationSettings(seconds=1.0, kv_cache="paged"))
