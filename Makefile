@@ -46,6 +46,7 @@ bench: setup system-deps data
 	$(PY) bench/trigger_to_sound.py
 	$(PY) bench/oneshot_throughput.py
 	$(PY) bench/fresh_ratio.py
+	$(PY) bench/continuation.py
 
 # The README's picture of the web console, made by its browser test (headless Chromium).
 screenshot: setup system-deps

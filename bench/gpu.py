@@ -8,7 +8,7 @@ One run, side by side (each variant takes its turn per round, medians reported):
   steps, 8 DPM++ steps for the public one): CPU fp32 eager beside, where a CUDA GPU is seen, GPU
   fp32 / fp16 / bf16 eager and bf16 under torch.compile and under CUDA graphs;
 - MusicGen continuation on the musicgen-small architecture (random weights): real-time factor
-  and time to the first chunk, dynamic vs static KV cache (CPU fp32 / int8; GPU fp32 / bf16);
+  and time to the first chunk of genbridge's token loop, guidance off and on (CPU fp32 / int8; GPU fp32 / bf16);
 - device memory after 10 and after N generations of the default model at the refill batch (GPU:
   allocated bytes; CPU: the process's resident memory), and the growth between them.
 
@@ -140,52 +140,47 @@ def bench_memory(path: Path, args: argparse.Namespace, device: str) -> dict:
 
 
 def bench_musicgen(args: argparse.Namespace, cuda: bool) -> tuple[list, dict]:
+    """genbridge's MusicGen token loop on the CPU (fp32, int8) and the GPU (fp32, bf16): RTF and
+    the first chunk's wait, with and without guidance (what a description costs)."""
     from continuation import musicgen_small
 
-    from models.continuation import ContinuationSettings, continue_audio
-    from models.devices import autocast_dtype
+    from models.continuation import ContinuationSettings, generate
     from models.musicgen import LoadedMusicgen
 
-    variants = [("cpu fp32", "cpu", "fp32", "none"), ("cpu int8", "cpu", "fp32", "int8")]
+    variants = [("cpu fp32", "cpu", "fp32"), ("cpu int8", "cpu", "int8")]
     if cuda:
-        variants += [("gpu fp32", "cuda", "fp32", "none"), ("gpu bf16", "cuda", "bf16", "none")]
+        variants += [("gpu fp32", "cuda", "fp32"), ("gpu bf16", "cuda", "bf16")]
     rate = 32000
     t = np.arange(int(rate * args.musicgen_prompt)) / rate
     prompt = (0.3 * np.sin(2 * np.pi * 110 * t) * (np.sin(2 * np.pi * 2 * t) > 0)).astype(np.float32)[None]
     t0 = time.perf_counter()
     model = musicgen_small()
-    fp32_decoder = model.decoder
-    int8_decoder = torch.ao.quantization.quantize_dynamic(fp32_decoder, {torch.nn.Linear}, dtype=torch.qint8)
     print(f"  musicgen-small architecture built in {time.perf_counter() - t0:.0f} s", flush=True)
     runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    loaded = LoadedMusicgen(model, "random musicgen-small", "transformers", True)
     for r in range(max(1, args.musicgen_rounds)):
-        for name, device, precision, quantize in variants:
-            model.decoder = int8_decoder if quantize == "int8" else fp32_decoder
+        for name, device, fmt in variants:
             model.to(device)
-            loaded = LoadedMusicgen(model, "random musicgen-small", "transformers", True)
-            dtype = autocast_dtype(precision)
-            kind = torch.device(device).type
-            for cache in ("dynamic", "static"):
-                first: dict[str, float] = {}
+            for guidance in ("off", "on"):
                 settings = ContinuationSettings(seconds=args.musicgen_seconds, prompt_seconds=args.musicgen_prompt,
-                                                seed=r, top_k=250, kv_cache=cache)
+                                                seed=r, top_k=250, weights=fmt, guidance_without_text=guidance == "on")
                 sync(device)
                 start = time.perf_counter()
-                with torch.autocast(kind, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                    continue_audio(loaded, prompt, rate, settings,
-                                   on_chunk=lambda i, c: first.setdefault("t", time.perf_counter() - start))
+                result = generate(loaded, settings, audio=prompt, rate=rate)
                 sync(device)
                 total = time.perf_counter() - start
-                runs.setdefault((name, cache), []).append((total, first.get("t", total)))
-                print(f"  round {r + 1} musicgen {name} {cache}: {total:.1f} s, first chunk "
-                      f"{first.get('t', total):.2f} s", flush=True)
+                first = result.timings.first_chunk or total
+                runs.setdefault((name, guidance), []).append((total, first))
+                print(f"  round {r + 1} musicgen {name} guidance {guidance}: {total:.1f} s, first chunk "
+                      f"{first:.2f} s", flush=True)
             model.to("cpu")
     rows, results = [], {}
-    for (name, cache), values in runs.items():
+    for (name, guidance), values in runs.items():
         total, first = median([v[0] for v in values]), median([v[1] for v in values])
         rtf = args.musicgen_seconds / total
-        results[f"{name} {cache}"] = {"total_s": total, "first_chunk_s": first, "rtf": rtf, "runs": values}
-        rows.append([name, cache, f"{total:.2f}", f"{first:.2f}", f"{rtf:.3f}"])
+        results[f"{name} guidance {guidance}"] = {"total_s": total, "first_chunk_s": first, "rtf": rtf,
+                                                  "runs": values}
+        rows.append([name, guidance, f"{total:.2f}", f"{first:.2f}", f"{rtf:.3f}"])
     return rows, results
 
 
@@ -230,7 +225,7 @@ def main() -> None:
         results["musicgen"] = mres
         print()
         print(f"MusicGen-small architecture, {args.musicgen_prompt:g} s prompt, +{args.musicgen_seconds:g} s:")
-        print(table(["variant", "kv cache", "total s", "first chunk s", "RTF"], mrows))
+        print(table(["variant", "guidance", "total s", "first chunk s", "RTF"], mrows))
     print(f"wrote {save('gpu', results)}")
 
 
