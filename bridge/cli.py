@@ -1,4 +1,4 @@
-"""The ``genbridge`` command: serve, generate, devices, protocol, --version.
+"""The ``genbridge`` command: serve, generate, continue, music, devices, protocol, --version.
 
 Exit codes: 0 done, 1 could not run (port taken, model failed), 2 bad config or arguments.
 """
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from bridge import __version__
 from bridge.config import SAMPLER_NAMES, Config, ConfigError, apply_overrides, load_config
+from bridge.protocol import MAX_MUSIC_SECONDS, MAX_TAKES
 
 #: Kept in sync with models.drum_data.DEFAULT_HELD_OUT (imported lazily: it pulls numpy only,
 #: but the CLI's startup should not depend on the model packages).
@@ -108,15 +109,28 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--lm-weights", help="a fine-tuned LM state dict (torch.save(model.lm.state_dict())) over --model")
     c.add_argument("--seconds", type=float, required=True, help="new audio per take")
     c.add_argument("--description", default="", help="text (needs the model's text encoder)")
-    c.add_argument("--takes", type=int, default=1, help="how many continuations (seeds seed, seed+1, ...)")
+    c.add_argument("--takes", type=int, default=1, help="how many continuations, made together in one pass "
+                   "(1-8; seeds seed, seed+1, ...)")
     c.add_argument("--seed", type=int, help="first seed (random if absent)")
     c.add_argument("--prompt-seconds", type=float, default=3.0)
     c.add_argument("--temperature", type=float, default=1.0)
     c.add_argument("--top-k", type=int, default=250)
-    c.add_argument("--int8", action="store_true", help="dynamic int8 quantisation of the LM (faster on CPU)")
-    c.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores up to 4)")
-    c.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N")
-    c.add_argument("-o", "--out", required=True, help="folder for the takes (WAV + JSON sidecar each)")
+    _musicgen_options(c)
+
+    m = sub.add_parser("music", help="text to music with MusicGen, offline, several takes in one pass")
+    m.add_argument("description", help="what to make, in words ('' for unconditional music)")
+    m.add_argument("--model", required=True, help="a transformers MusicGen folder (with its text encoder and "
+                   "tokenizer), an audiocraft folder, or a model id in the local Hugging Face cache")
+    m.add_argument("--lm-weights", help="a fine-tuned LM state dict (torch.save(model.lm.state_dict())) over --model")
+    m.add_argument("--seconds", type=float, required=True, help=f"length of each take (up to {MAX_MUSIC_SECONDS:g})")
+    m.add_argument("--takes", type=int, default=1, help=f"how many pieces, made together in one pass (1-{MAX_TAKES}; "
+                   "seeds seed, seed+1, ...)")
+    m.add_argument("--seed", type=int, help="first seed (random if absent)")
+    m.add_argument("--temperature", type=float, default=1.0)
+    m.add_argument("--top-k", type=int, default=250)
+    m.add_argument("--top-p", type=float, default=0.0)
+    m.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (with a description)")
+    _musicgen_options(m)
 
     r = sub.add_parser("render", help="draw WAV clips (files or folders) as a PNG sheet: waveform over "
                        "spectrogram, one column per instrument")
@@ -128,6 +142,21 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("devices", help="list audio devices and MIDI ports")
     sub.add_parser("protocol", help="print the OSC address table (Markdown)")
     return p
+
+
+def _musicgen_options(p: argparse.ArgumentParser) -> None:
+    """What ``genbridge continue`` and ``genbridge music`` share: windows, where it runs, the output."""
+    p.add_argument("--window-stride", type=float, metavar="S", help="past the model's window, each further "
+                   "window makes S seconds of new audio (default: the model's, 18)")
+    p.add_argument("--int8", action="store_true", help="the LM in int8 (fbgemm dynamic quantisation: real time on "
+                   "a 2-core CPU; CPU only); the same as --quantize int8")
+    p.add_argument("--quantize", choices=("none", "int8", "int8w", "int4"), default="none",
+                   help="the LM's weights on a CPU (bench/continuation.py compares them)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores up to 4)")
+    p.add_argument("--spin", action="store_true", help="token steps on every thread, spinning between them: "
+                   "faster on a machine doing nothing else ([continuation] spin_wait)")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N")
+    p.add_argument("-o", "--out", required=True, help="folder for the takes (WAV + JSON sidecar each)")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -173,11 +202,12 @@ def _random_seed(count: int) -> int:
 
 
 def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, str | None]], out: str,
-                    subtype: str, *, desc: str, name_of: Any = None) -> int:
-    """Load ``spec``'s model here, render each (seed, instrument) with a progress bar, write WAV + sidecar."""
+                    subtype: str, *, desc: str, name_of: Any = None, one_call: bool = False) -> int:
+    """Load ``spec``'s model here, render each (seed, instrument) with a progress bar, write WAV + sidecar.
+    ``one_call``: every request in one render (MusicGen's takes: one batched pass), else one each."""
     from models.runtime_env import configure_threads_env
 
-    configure_threads_env(spec.threads)
+    configure_threads_env(spec.threads, spec.spin)
     from tqdm import tqdm
 
     from bridge.finishing import FinishingSettings
@@ -198,39 +228,45 @@ def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, 
     finishing = FinishingSettings(**spec.finishing) if spec.finishing is not None else None
     sink = FolderSink(out, subtype, session="")
     log.info("%s on %s (%s, %s)", spec.model_name, info["device"], info["device_name"], info["precision"])
+    numbered = [RenderRequest(k, seed, instrument) for k, (seed, instrument) in enumerate(requests)]
+    batches = [numbered] if one_call else [[r] for r in numbered]
     # One bar for the whole run: network steps where the family counts them (k clips x steps),
-    # else percent of each take (a continuation reports fractions).
-    with tqdm(total=len(requests), desc=desc, unit="step") as bar:
-        for k, (seed, instrument) in enumerate(requests):
+    # else percent of each render (a continuation reports fractions, one for all its takes).
+    with tqdm(total=len(batches), desc=desc, unit="step") as bar:
+        for b, batch in enumerate(batches):
             def step(done: int, total: int) -> bool:
                 if total:
-                    if bar.total != len(requests) * total:
-                        bar.total = len(requests) * total
+                    if bar.total != len(batches) * total:
+                        bar.total = len(batches) * total
                         bar.refresh()
                     bar.update(1)
                 return True
 
-            def fraction(f: float, k: int = k) -> None:
-                if bar.total != 100 * len(requests):
-                    bar.unit, bar.total = "%", 100 * len(requests)
-                bar.update(int(100 * (k + f)) - bar.n)
+            def fraction(f: float, b: int = b) -> None:
+                if bar.total != 100 * len(batches):
+                    bar.unit, bar.total = "%", 100 * len(batches)
+                bar.update(int(100 * (b + f)) - bar.n)
 
             progress = Progress(step=step, fraction=fraction)
             try:
-                clip = render_clips(generator, spec.model_name, info, [RenderRequest(k, seed, instrument)], params,
-                                    finishing=finishing, progress=progress)[0]
+                clips = render_clips(generator, spec.model_name, info, batch, params, finishing=finishing,
+                                     progress=progress)
             except GeneratorError as exc:
                 log.error("%s", exc)
                 return 1
-            if name_of is not None:
-                clip.meta |= name_of(clip)
-            try:
-                path = sink.write_to_session(clip)
-            except OSError as exc:  # a FolderError: the folder and why (disk full, read-only)
-                log.error("%s", exc)
-                return 1
-            rtf = clip.meta.get("realtime_factor")
-            bar.write(f"{path}" + (f" ({clip.duration_s:g} s, real-time factor {rtf:.2f})" if rtf else ""))
+            for clip in clips:
+                if name_of is not None:
+                    clip.meta |= name_of(clip)
+                try:
+                    path = sink.write_to_session(clip)
+                except OSError as exc:  # a FolderError: the folder and why (disk full, read-only)
+                    log.error("%s", exc)
+                    return 1
+                rtf = clip.meta.get("realtime_factor")
+                if rtf is None and one_call and clip.meta.get("generation_s"):
+                    # the pass made every take at once: this take's seconds per second of the pass
+                    rtf = clip.duration_s / (clip.meta["generation_s"] * len(batch))
+                bar.write(f"{path}" + (f" ({clip.duration_s:g} s, real-time factor {rtf:.2f})" if rtf else ""))
     return 0
 
 
@@ -262,15 +298,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _continue(args: argparse.Namespace) -> int:
-    """MusicGen takes offline, through the musicgen family and the daemon's render path."""
+def _musicgen_spec(args: argparse.Namespace) -> "WorkerSpec | int":
+    """The musicgen worker spec of ``genbridge continue`` / ``genbridge music``, or the exit code
+    of arguments that are wrong (2)."""
     import os
 
-    from bridge.sources import SourceError, read_tail
     from bridge.worker_handle import WorkerSpec
 
-    if args.takes < 1 or args.seconds <= 0:
-        log.error("--takes must be at least 1 and --seconds above 0")
+    if not 1 <= args.takes <= MAX_TAKES or not 0 < args.seconds <= MAX_MUSIC_SECONDS:
+        log.error("--takes must be 1-%d and --seconds above 0 and at most %g", MAX_TAKES, MAX_MUSIC_SECONDS)
+        return 2
+    if args.window_stride is not None and not args.window_stride > 0:
+        log.error("--window-stride must be above 0")
         return 2
     from models.devices import DeviceError, check_available
 
@@ -279,21 +318,50 @@ def _continue(args: argparse.Namespace) -> int:
     except DeviceError as exc:
         print(f"genbridge: --device: {exc}", file=sys.stderr)
         return 2
+    threads = args.threads or max(1, min(4, os.cpu_count() or 1))
+    return WorkerSpec(model_name="continuation", family="musicgen", model_path=args.model, device=args.device,
+                      threads=threads, spin=args.spin,
+                      options={"spin_wait": args.spin, "quantize": "int8" if args.int8 else args.quantize,
+                               "lm_weights": args.lm_weights or "", "precision": "fp32"})
+
+
+def _takes(args: argparse.Namespace, spec: "WorkerSpec", params: dict, instrument: str, name_of: Any) -> int:
+    """Render ``args.takes`` takes of ``params`` in one call (one batched pass, seeds seed, seed+1, ...)."""
+    if args.window_stride is not None:
+        params = params | {"window_stride_seconds": args.window_stride}
+    first = args.seed if args.seed is not None else _random_seed(args.takes)
+    return _render_offline(spec, params, [(first + k, instrument) for k in range(args.takes)], args.out, "PCM_24",
+                           desc=f"{args.takes} take{'s' if args.takes > 1 else ''}", name_of=name_of, one_call=True)
+
+
+def _continue(args: argparse.Namespace) -> int:
+    """MusicGen takes offline, through the musicgen family and the daemon's render path."""
+    from bridge.sources import SourceError, read_tail
+
+    spec = _musicgen_spec(args)
+    if isinstance(spec, int):
+        return spec
     try:
         audio, rate = read_tail(Path(args.prompt).expanduser(), args.prompt_seconds)
     except (SourceError, OSError) as exc:
         log.error("%s", exc)
         return 1
-    threads = args.threads or max(1, min(4, os.cpu_count() or 1))
-    spec = WorkerSpec(model_name="continuation", family="musicgen", model_path=args.model, device=args.device,
-                      threads=threads, options={"quantize": "int8" if args.int8 else "none",
-                                                "lm_weights": args.lm_weights or "", "precision": "fp32"})
     params = {"audio": audio, "rate": rate, "seconds": args.seconds, "prompt_seconds": args.prompt_seconds,
               "temperature": args.temperature, "top_k": args.top_k, "description": args.description or None}
-    first = args.seed if args.seed is not None else _random_seed(args.takes)
-    return _render_offline(spec, params, [(first + k, "continue") for k in range(args.takes)], args.out, "PCM_24",
-                           desc="take", name_of=lambda clip: {"source": str(args.prompt),
-                                                              "model": clip.meta.get("checkpoint")})
+    return _takes(args, spec, params, "continue",
+                  lambda clip: {"source": str(args.prompt), "model": clip.meta.get("checkpoint")})
+
+
+def _music(args: argparse.Namespace) -> int:
+    """Text to music offline: no prompt audio, ``args.takes`` pieces of one description in one pass."""
+    spec = _musicgen_spec(args)
+    if isinstance(spec, int):
+        return spec
+    params = {"seconds": args.seconds, "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+              "guidance_scale": args.guidance_scale, "description": args.description or None}
+    return _takes(args, spec, params, "music",
+                  lambda clip: {"source": "text", "model": clip.meta.get("checkpoint"),
+                                "kind": "musicgen text-to-music", "description": args.description})
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -380,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         return _render(args)
     if args.command == "continue":
         return _continue(args)
+    if args.command == "music":
+        return _music(args)
     if args.command == "protocol":
         from bridge.protocol import markdown_table
 

@@ -252,7 +252,8 @@ class MidiConfig:
 
 @dataclass
 class ContinuationConfig:
-    """MusicGen continuation (``/genbridge/continue``, ``genbridge continue``)."""
+    """MusicGen continuation and text-to-music (``/genbridge/continue``, ``/genbridge/music/generate``,
+    ``genbridge continue``, ``genbridge music``)."""
 
     #: A transformers folder, an audiocraft folder (state_dict.bin + compression_state_dict.bin),
     #: or a model id in the local Hugging Face cache; "" turns continuation off.
@@ -263,21 +264,40 @@ class ContinuationConfig:
     precision: str = field(default="fp32", metadata=_check(lambda v: v in PRECISIONS, PRECISION_HINT))
     #: Where MusicGen runs: "auto", "cpu", "cuda" or "cuda:N" (as [models.NAME] device).
     device: str = field(default="auto", metadata=_check(is_device_name, DEVICE_HINT))
-    #: The decoder's KV cache: "dynamic", or "static" (allocated once per continuation: fixed shapes
-    #: for a GPU's compiled step; the same tokens, no faster on a CPU).
-    kv_cache: str = field(default="dynamic", metadata=_check(lambda v: v in ("dynamic", "static"),
-                                                             "'dynamic' or 'static'"))
-    #: "int8": dynamic int8 quantisation of the LM's Linear layers (about 2x faster on CPU; CPU only).
-    quantize: str = field(default="none", metadata=_check(lambda v: v in ("none", "int8"), "'none' or 'int8'"))
+    #: Accepted from older configs: "dynamic" or "static". MusicGen's token loop allocates its
+    #: cache once per window (fixed shapes) either way.
+    kv_cache: str = field(default="static", metadata=_check(lambda v: v in ("dynamic", "static"),
+                                                            "'dynamic' or 'static'"))
+    #: The LM's weights on a CPU (models/linear_formats.py, bench/continuation.py): "int8"
+    #: (fbgemm dynamic int8: real time on 2 cores), "int8w" (int8 weights, bf16 activations),
+    #: "int4" (4-bit groups of 32), or "none" (the precision's: fp32 or bf16).
+    quantize: str = field(default="none", metadata=_check(lambda v: v in ("none", "int8", "int8w", "int4"),
+                                                          "'none', 'int8', 'int8w' or 'int4'"))
+    #: The token steps on all ``threads`` with their OpenMP threads spinning briefly between steps,
+    #: chunks decoded in between: real time on an otherwise idle 2-core CPU. Off (the default):
+    #: token steps on one thread, chunks decoded on a second one, nothing spins - a step
+    #: slowed 3-5x by spinning when another process (a drum model refilling) wanted the core.
+    spin_wait: bool = False
     prompt_seconds: float = field(default=3.0, metadata=_check(lambda v: 0.1 <= v <= 30, "0.1-30"))
-    max_seconds: float = field(default=30.0, metadata=_check(lambda v: 1 <= v <= 120, "1-120"))
+    #: The longest continuation or text-to-music take one request may ask for (past the model's
+    #: window, MusicGen slides it: see window_stride_seconds).
+    max_seconds: float = field(default=30.0, metadata=_check(lambda v: 1 <= v <= 300, "1-300"))
+    #: A piece longer than the model's window: each further window keeps window - stride seconds as
+    #: context and makes stride seconds of new audio (audiocraft's extend_stride).
+    window_stride_seconds: float = field(default=18.0, metadata=_check(lambda v: 1 <= v <= 290, "1-290"))
+    #: The most takes one request may ask for (``takes``; they are made together, in one pass).
+    max_takes: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 8, "1-8"))
     chunk_seconds: float = field(default=1.5, metadata=_check(lambda v: 0.2 <= v <= 10, "0.2-10"))
+    #: The first chunk comes after this much new audio (sooner than chunk_seconds: less wait
+    #: before anything sounds).
+    first_chunk_seconds: float = field(default=0.5, metadata=_check(lambda v: 0.1 <= v <= 10, "0.1-10"))
     temperature: float = field(default=1.0, metadata=_check(lambda v: 0 < v <= 10, "0-10"))
     top_k: int = field(default=250, metadata=_check(lambda v: 0 <= v <= 100000, "0-100000"))
     top_p: float = field(default=0.0, metadata=_check(lambda v: 0 <= v <= 1, "0-1"))
     #: Classifier-free guidance, only when a description is given.
     guidance_scale: float = field(default=3.0, metadata=_check(lambda v: 0 <= v <= 20, "0-20"))
-    #: Continuations waiting behind the running one before "busy" errors.
+    #: Requests (continuations, text-to-music; all takes of one count once) waiting behind the
+    #: running one before "busy" errors.
     queue_limit: int = field(default=8, metadata=_check(lambda v: 1 <= v <= 1000, "1-1000"))
     #: Play each chunk on the audio output as it arrives.
     play_chunks: bool = False

@@ -4,12 +4,17 @@ Why this module exists: a continuation is a long job with a life of its own - qu
 others, reporting progress, handing out chunks, cancellable - unlike a one-shot. This keeps that
 life cycle (and the worker process that does the work) out of the drum engine, which it shares
 only for job ids and the folder writer. It knows no transport: callbacks report to whoever asked.
+
+A request is a continuation of a prompt or, without prompt audio, a new piece from text
+(``music/generate``); a request of N takes is N jobs (ids J..J+N-1, seeds seed..seed+N-1) made
+in one render, one batched pass: the worker's messages find their job by task id = job id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -31,10 +36,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ContinuationJob:
+    """One take of a request: a continuation of a prompt, or (no prompt audio) a new piece from text."""
+
     id: int
     seed: int
+    #: The prompt's file, "capture", or "text" for text-to-music (no prompt).
     source_name: str
-    #: The musicgen family's parameters (the prompt audio and rate, the settings), checked.
+    #: The musicgen family's parameters (the prompt audio and rate, the settings), checked; shared
+    #: by every take of the request.
     params: dict[str, Any]
     on_progress: Callable[["ContinuationJob", float], None] | None = None
     on_chunk: Callable[["ContinuationJob", int, Clip], None] | None = None
@@ -54,10 +63,54 @@ class ContinuationJob:
     writes: list[asyncio.Future[Any]] = field(default_factory=list)
     #: A length in bars: the result is cut on the bar (or looped) before it is written.
     shape: BarShape | None = None
+    #: Which take of its request this is (seed = the request's first seed + take), of how many.
+    take: int = 0
+    takes: int = 1
+    #: The worker has answered for it (its clip, error or cancel): nothing more of it comes.
+    ended: bool = False
+
+    @property
+    def text_to_music(self) -> bool:
+        """A new piece (no prompt audio), not a continuation."""
+        return "audio" not in self.params
+
+    @property
+    def kind(self) -> str:
+        return "musicgen text-to-music" if self.text_to_music else "musicgen continuation"
+
+    @property
+    def stem(self) -> str:
+        """Its files' name: ``music-j7`` (text-to-music) or ``continue-j7``, chunks ``...-chunk00``."""
+        return f"{'music' if self.text_to_music else 'continue'}-j{self.id}"
+
+
+@dataclass
+class ContinuationRender:
+    """One request: the jobs of its takes, made together in one render (one batched pass)."""
+
+    jobs: list[ContinuationJob]
+    params: dict[str, Any]
+
+    def job(self, job_id: Any) -> ContinuationJob | None:
+        return next((j for j in self.jobs if j.id == job_id), None)
+
+    @property
+    def unfinished(self) -> list[ContinuationJob]:
+        """Its jobs the worker has not answered for yet."""
+        return [j for j in self.jobs if not j.ended]
+
+
+def family_max_takes(family: Any) -> int:
+    """How many takes the family makes in one render: its ``MAX_TAKES`` (the family's or its
+    module's, as models/musicgen_family.py states it), 1 for a family that states none."""
+    value = getattr(family, "MAX_TAKES", None)
+    if value is None:
+        value = getattr(sys.modules.get(type(family).__module__), "MAX_TAKES", 1)
+    return int(value)
 
 
 class Continuations:
-    """One MusicGen worker, one job at a time, the rest waiting in order."""
+    """One MusicGen worker, one request (all its takes) at a time, the rest waiting in order."""
 
     def __init__(self, config: ContinuationConfig, spec: WorkerSpec, writer: FolderWriter, job_ids: JobIds, *,
                  workers: WorkerFactory) -> None:
@@ -71,9 +124,11 @@ class Continuations:
         self.error = ""
         self.info: dict[str, Any] = {}
         self.memory: dict[str, Any] = {}
-        self.waiting: deque[ContinuationJob] = deque()
-        self.running: ContinuationJob | None = None
+        self.waiting: deque[ContinuationRender] = deque()
+        self.running: ContinuationRender | None = None
+        #: The last take finished (``last`` as a source).
         self.last: Clip | None = None
+        #: Jobs (takes) done, failed and cancelled.
         self.done = self.failed = self.cancelled = 0
         self.worker: WorkerHandle | None = None
         self._stopping = False
@@ -86,6 +141,11 @@ class Continuations:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _jobs(self) -> list[ContinuationJob]:
+        """The jobs of the running request and of the waiting ones, in order."""
+        groups = ([self.running] if self.running else []) + list(self.waiting)
+        return [job for group in groups for job in group.jobs]
+
     # ------------------------------------------------------------------ worker
 
     def start(self) -> None:
@@ -97,8 +157,9 @@ class Continuations:
         self._stopping = True
         if self.worker is not None:
             self.worker.stop()
-        for job in ([self.running] if self.running else []) + list(self.waiting):
-            self._fail(job, "the daemon is shutting down")
+        for job in self._jobs():
+            if not job.ended:
+                self._fail(job, "the daemon is shutting down")
         self.waiting.clear()
         self.running = None
         self.state = "stopped"
@@ -111,15 +172,17 @@ class Continuations:
     def _on_exit(self, code: int | None, restart_in: float | None) -> None:
         if self._stopping:
             return
-        job, self.running = self.running, None
+        group, self.running = self.running, None
         why = (self.worker.health().get("last_exit") if self.worker is not None else None) or f"exit code {code}"
-        if job is not None:
+        for job in group.unfinished if group is not None else []:
+            job.ended = True
             self._fail(job, f"the MusicGen worker died ({why}) during the job; it is being restarted")
         if self.state == "failed" or restart_in is None:
             self.state = "failed"
             self.error = self.error or f"the MusicGen worker ended for good ({why})"
             for waiting in list(self.waiting):
-                self._fail(waiting, f"MusicGen failed to load: {self.error}")
+                for job in waiting.jobs:
+                    self._fail(job, f"MusicGen failed to load: {self.error}")
             self.waiting.clear()
             return
         self.state = "restarting"
@@ -148,8 +211,10 @@ class Continuations:
             return
         if op == "remote":
             return
-        job = self.running
-        if job is None or msg.get("task") != job.id:
+        # a task's message: the task id is the job id of one take of the running request
+        group = self.running
+        job = group.job(msg.get("task")) if group is not None else None
+        if job is None or job.ended:
             return
         if op == "progress" and not job.cancelled:
             job.progress = float(msg["fraction"])
@@ -159,38 +224,63 @@ class Continuations:
             audio = np.asarray(msg["audio"], dtype=np.float32)
             job.sample_rate = int(msg["sample_rate"])
             index = int(msg["index"])
-            clip = Clip(audio, job.sample_rate, self._meta(job, msg["meta"], f"continue-j{job.id}-chunk{index:02d}"))
+            clip = Clip(audio, job.sample_rate, self._meta(job, msg["meta"], f"{job.stem}-chunk{index:02d}"))
             job.chunks += 1
             job.writes.append(self._spawn(self._write_chunk(job, index, clip)))
         elif op == "clip":
-            self.running = None
             self.memory = msg.get("memory") or self.memory
-            meta = self._meta(job, msg["meta"], f"continue-j{job.id}") | {"chunks": job.chunks}
-            clip = Clip(np.asarray(msg["audio"], dtype=np.float32), int(msg["sample_rate"]), meta)
-            self._spawn(self._finish(job, clip))
-            self._pump()
+            if job.cancelled:
+                # cancelled after the worker had made it: as promised, nothing more of it is announced
+                self._count_cancelled(job)
+            else:
+                meta = self._meta(job, msg["meta"], job.stem) | {"chunks": job.chunks}
+                clip = Clip(np.asarray(msg["audio"], dtype=np.float32), int(msg["sample_rate"]), meta)
+                self._spawn(self._finish(job, clip))
+            self._ended(job)
         elif op == "error":
-            self.running = None
             prefix = "" if msg.get("kind") == "request" else "continuation failed: "
             self._fail(job, f"{prefix}{msg.get('error')}")
-            self._pump()
+            self._ended(job)
         elif op == "cancelled":
+            self._count_cancelled(job)
+            self._ended(job)
+
+    def _count_cancelled(self, job: ContinuationJob) -> None:
+        if not job.failed:  # a job stopped because its writes failed was told so, not "cancelled"
+            self.cancelled += 1
+            if job.on_cancelled is not None:
+                job.on_cancelled(job)
+
+    def _ended(self, job: ContinuationJob) -> None:
+        """The worker has answered for ``job``; once it has for every take, the next request starts."""
+        job.ended = True
+        if self.running is not None and not self.running.unfinished:
             self.running = None
-            if not job.failed:  # a job stopped because its writes failed was told so, not "cancelled"
-                self.cancelled += 1
-                if job.on_cancelled is not None:
-                    job.on_cancelled(job)
             self._pump()
 
     # ------------------------------------------------------------------ jobs
 
-    def submit(self, audio: np.ndarray, rate: int, source_name: str, seconds: float, *, description: str = "",
-               seed: int | None = None, shape: BarShape | None = None,
-               **callbacks: Any) -> tuple[ContinuationJob, int]:
-        """Queue a continuation; returns the job and its position (0 = starts now). With ``shape``
-        the model makes a little more than its bars and the result is cut (or looped) to them."""
+    def max_takes(self) -> int:
+        """The most takes a request may ask for: continuation.max_takes, within what the family makes."""
+        return max(1, min(self.config.max_takes, family_max_takes(self.family)))
+
+    def submit(self, audio: np.ndarray | None, rate: int | None, source_name: str, seconds: float, *,
+               description: str = "", seed: int | None = None, shape: BarShape | None = None, takes: int = 1,
+               **callbacks: Any) -> tuple[list[ContinuationJob], int]:
+        """Queue a request of ``takes`` takes: a continuation of ``audio`` (at ``rate``), or with
+        ``audio`` None a new piece from the description (text-to-music; the source is "text").
+        Returns one job per take (take i: the next job id, seed ``seed + i``), made together in one
+        render, and the request's position (0 = starts now). With ``shape`` the model makes a
+        little more than its bars and each take is cut (or looped) to them. The callbacks are
+        every take's; a job's ``take`` says which it is."""
         if self.state == "failed":
             raise EngineError(f"MusicGen failed to load: {self.error}")
+        limit = self.max_takes()
+        if isinstance(takes, bool) or not isinstance(takes, int) or not 1 <= takes <= limit:
+            why = ("continuation.max_takes" if limit == self.config.max_takes
+                   else "this MusicGen family makes one take at a time" if limit == 1
+                   else "what the MusicGen family makes in one pass")
+            raise EngineError(f"takes must be 1-{limit} ({why}), got {takes!r}")
         if shape is not None:
             seconds = shape.seconds_to_generate()
             if seconds > self.config.max_seconds:
@@ -200,40 +290,63 @@ class Continuations:
             raise EngineError(f"seconds must be 0-{self.config.max_seconds:g} (continuation.max_seconds), "
                               f"got {seconds:g}")
         if len(self.waiting) >= self.config.queue_limit:
-            raise EngineError(f"{len(self.waiting)} continuations are queued (continuation.queue_limit); try later")
+            raise EngineError(f"{len(self.waiting)} requests are queued for MusicGen (continuation.queue_limit); "
+                              "try later")
         c = self.config
-        params = {"audio": np.asarray(audio, dtype=np.float32), "rate": int(rate), "seconds": float(seconds),
-                  "prompt_seconds": c.prompt_seconds, "temperature": c.temperature, "top_k": c.top_k,
-                  "top_p": c.top_p, "guidance_scale": c.guidance_scale, "description": description or None,
-                  "chunk_seconds": c.chunk_seconds}
+        params: dict[str, Any] = {
+            "seconds": float(seconds), "prompt_seconds": c.prompt_seconds, "temperature": c.temperature,
+            "top_k": c.top_k, "top_p": c.top_p, "guidance_scale": c.guidance_scale,
+            "description": description or None, "chunk_seconds": c.chunk_seconds,
+            "first_chunk_seconds": c.first_chunk_seconds, "window_stride_seconds": c.window_stride_seconds}
+        if audio is not None:
+            if rate is None:
+                raise EngineError("a continuation's prompt needs its sample rate")
+            params |= {"audio": np.asarray(audio, dtype=np.float32), "rate": int(rate)}
+        else:
+            source_name = "text"
         params = checked_params(self.family, params, self.info)
-        seed = int(seed if seed is not None and seed >= 0 else np.random.randint(0, 2**31 - 1))
-        job = ContinuationJob(self.job_ids.next(), seed, source_name, params, shape=shape, **callbacks)
+        first = int(seed if seed is not None and seed >= 0 else np.random.randint(0, 2**31 - 1 - takes))
+        jobs = [ContinuationJob(self.job_ids.next(), first + i, source_name, params, shape=shape, take=i, takes=takes,
+                                **callbacks) for i in range(takes)]
         position = len(self.waiting) + (1 if self.running is not None or self.state != "ready" else 0)
-        self.waiting.append(job)
+        self.waiting.append(ContinuationRender(list(jobs), params))
         self._pump()
-        return job, position
+        return jobs, position
 
-    def cancel(self, job_id: int) -> ContinuationJob | None:
-        """Cancel a queued or running job; None if no such job is here."""
-        if self.running is not None and self.running.id == job_id:
-            self.running.cancelled = True
+    def submit_one(self, audio: np.ndarray | None, rate: int | None, source_name: str, seconds: float,
+                   **kwargs: Any) -> tuple[ContinuationJob, int]:
+        """:meth:`submit` of one take: the job and its position."""
+        jobs, position = self.submit(audio, rate, source_name, seconds, **(kwargs | {"takes": 1}))
+        return jobs[0], position
+
+    def cancel(self, job_id: int) -> list[ContinuationJob]:
+        """Cancel a job; returns the jobs it stops (none: no such job here). A running take
+        stops every take of its request still being made (they share one pass); a waiting take
+        leaves its request alone (the others are still made, together)."""
+        group = self.running
+        job = group.job(job_id) if group is not None else None
+        if group is not None and job is not None and not job.ended:
+            stopped = group.unfinished
+            for other in stopped:
+                other.cancelled = True
             if self.worker is not None:
                 self.worker.send({"op": "cancel", "task": job_id})
-            return self.running
-        for job in list(self.waiting):
-            if job.id == job_id:
-                self.waiting.remove(job)
-                job.cancelled = True
-                self.cancelled += 1
-                if job.on_cancelled is not None:
-                    job.on_cancelled(job)
-                return job
-        return None
+            return stopped
+        for waiting in list(self.waiting):
+            job = waiting.job(job_id)
+            if job is None:
+                continue
+            waiting.jobs.remove(job)
+            if not waiting.jobs:
+                self.waiting.remove(waiting)
+            job.cancelled = job.ended = True
+            self._count_cancelled(job)
+            return [job]
+        return []
 
     def protected_paths(self) -> list[Path]:
-        """Files the folder sweep must keep: sources of queued and running jobs, the last result."""
-        paths = [Path(j.source_name) for j in ([self.running] if self.running else []) + list(self.waiting)]
+        """Files the folder sweep must keep: prompts of queued and running jobs, the last result."""
+        paths = [Path(j.source_name) for j in self._jobs() if not j.text_to_music]
         if self.last is not None and self.last.path is not None:
             paths.append(self.last.path)
         return paths
@@ -241,22 +354,26 @@ class Continuations:
     def _pump(self) -> None:
         if self.state != "ready" or self.running is not None or not self.waiting or self._stopping:
             return
-        job = self.waiting.popleft()
-        self.running = job
-        job.started_at = time.monotonic()
+        group = self.waiting.popleft()
+        self.running = group
+        now = time.monotonic()
+        for job in group.jobs:
+            job.started_at = now
         assert self.worker is not None
-        # the job id is the task id: one continuation is one render
-        self.worker.send({"op": "render", "params": job.params, "tasks": [{"task": job.id, "seed": job.seed}]})
-        # a worker that is gone fails the job from _on_exit and is restarted
+        # each take's job id is its task id: one request is one render, its takes one batch
+        self.worker.send({"op": "render", "params": group.params,
+                          "tasks": [{"task": job.id, "seed": job.seed} for job in group.jobs]})
+        # a worker that is gone fails the jobs from _on_exit and is restarted
 
     def _meta(self, job: ContinuationJob, meta: dict[str, Any], name: str) -> dict[str, Any]:
-        """The worker's sidecar plus what only the queue knows: the job, its prompt, the file name.
-        ``model`` names the MusicGen source, as continuation sidecars always have (drum sidecars
-        name the config's model); chunks carry the job's settings like the whole."""
+        """The worker's sidecar plus what only the queue knows: the job, its take, its prompt, the
+        file name. ``model`` names the MusicGen source, as continuation sidecars always have (drum
+        sidecars name the config's model); chunks carry the job's settings like the whole."""
         settings = {k: v for k, v in job.params.items() if k not in ("audio", "rate") and v is not None}
         return settings | dict(meta) | {
-            "instrument": name, "kind": "musicgen continuation", "model": self.info.get("source", self.spec.model_path),
-            "model_kind": self.info.get("kind"), "job": job.id, "source": job.source_name, "created": time.time()}
+            "instrument": name, "kind": job.kind, "model": self.info.get("source", self.spec.model_path),
+            "model_kind": self.info.get("kind"), "job": job.id, "take": job.take, "takes": job.takes,
+            "source": job.source_name, "created": time.time()}
 
     async def _write_chunk(self, job: ContinuationJob, index: int, clip: Clip) -> None:
         if job.failed:
@@ -265,10 +382,15 @@ class Continuations:
             await self.writer.save(clip)
         except OSError as exc:
             # the folder refuses (full, read-only): one error reply, and MusicGen stops rather than
-            # spend minutes on audio that has nowhere to go
+            # spend minutes on audio that has nowhere to go (the other takes of the pass with it)
             self._fail(job, f"cannot write chunk {index}: {exc}")
-            if self.running is job and self.worker is not None:
-                self.worker.send({"op": "cancel", "task": job.id})
+            group = self.running
+            if group is not None and job in group.jobs and not job.ended:
+                for other in group.unfinished:
+                    self._fail(other, f"stopped with take {job.take} (job {job.id}), whose chunk {index} could "
+                                      f"not be written: {exc}")
+                if self.worker is not None:
+                    self.worker.send({"op": "cancel", "task": job.id})
             return
         if job.on_chunk is not None and not job.cancelled:
             job.on_chunk(job, index, clip)
@@ -287,7 +409,7 @@ class Continuations:
         try:
             await self.writer.save(clip)
         except OSError as exc:
-            self._fail(job, f"cannot write the continuation: {exc}")
+            self._fail(job, f"cannot write the {'piece' if job.text_to_music else 'continuation'}: {exc}")
             return
         self.last = clip
         self.done += 1
@@ -303,12 +425,15 @@ class Continuations:
             job.on_error(job, message)
 
     def status(self) -> dict[str, Any]:
+        group = self.running
+        first = (group.unfinished or group.jobs)[0] if group is not None else None
         return {"state": self.state, "error": self.error or None, "info": self.info, "memory": self.memory,
                 "device": self.info.get("device", self.spec.device), "device_name": self.info.get("device_name"),
                 "pid": self.worker.pid if self.worker else None,
                 "restarts": self.worker.restarts if self.worker else 0,
                 "health": self.worker.health() if self.worker else {},
-                "running": self.running.id if self.running else None,
-                "progress": round(self.running.progress, 4) if self.running else None,
-                "queued": [j.id for j in self.waiting], "done": self.done, "failed": self.failed,
-                "cancelled": self.cancelled}
+                "running": first.id if first is not None else None,
+                "running_jobs": [j.id for j in group.jobs] if group is not None else [],
+                "progress": round(max(j.progress for j in group.jobs), 4) if group is not None else None,
+                "queued": [j.id for waiting in self.waiting for j in waiting.jobs], "done": self.done,
+                "failed": self.failed, "cancelled": self.cancelled, "max_takes": self.max_takes()}

@@ -177,6 +177,20 @@ _SOURCE = Arg("source", "str", doc="'capture' (the last seconds of audio input),
                                    "or a WAV path inside the shared folder")
 _DESCRIPTION = Arg("description", "str", required=False, default="", allow_empty=True,
                    doc="text, when the model's text encoder is available; '' for none")
+#: The most takes one request may ask for (models.musicgen_family.MAX_TAKES: one batched pass).
+MAX_TAKES = 8
+#: The longest piece ``music/generate`` may ask for (models.musicgen_family.MAX_SECONDS).
+MAX_MUSIC_SECONDS = 300.0
+
+
+def _takes(keyword_only: bool) -> Arg:
+    return Arg("takes", "int", required=False, default=1, minimum=1, maximum=MAX_TAKES, keyword_only=keyword_only,
+               doc="how many takes, made together in one pass: each take is its own job (job id J+i, seed "
+                   "seed+i); a cancel of one stops the takes still being made")
+
+
+_TAKES_DOC = ("; takes N: N jobs, one job/queued each (take i is job J+i with seed seed+i), then each job's "
+              "progress, chunks and done")
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("ping", f"{PREFIX}/ping", (), ("pong",), "health check"),
@@ -223,10 +237,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
          Arg("seconds", "float", minimum=0.1, maximum=120, doc="how much new audio to make"),
          _DESCRIPTION,
          _seed("-1 for random"),
-         _play_arg()),
+         _play_arg(),
+         _takes(keyword_only=True)),
         ("job/queued", "job/progress", "job/chunk", "job/done"),
         "continue the last seconds of a clip with MusicGen: progress and chunks as they are made, then "
-        "the whole continuation (job/done's path); one runs at a time, the rest queue",
+        "the whole continuation (job/done's path); one runs at a time, the rest queue" + _TAKES_DOC,
         examples=(("last", 4.0), ("capture", 8.0, "", 7)),
     ),
     Endpoint(
@@ -238,11 +253,30 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              doc="1: its end flows into its start (crossfaded), to loop in a sampler"),
          _DESCRIPTION,
          _seed("-1 for random"),
-         _play_arg()),
+         _play_arg(),
+         _takes(keyword_only=True)),
         ("job/queued", "job/progress", "job/chunk", "job/done"),
         "continue for a length in bars at the current tempo: the result is cut on the bar (a 5 ms fade) "
-        "or, with loop 1, made to loop seamlessly; the sidecar records tempo, bars and loop",
+        "or, with loop 1, made to loop seamlessly; the sidecar records tempo, bars and loop; with takes, "
+        "each take is cut to the bars",
         examples=(("last", 2), ("capture", 4, 1, "", 7)),
+    ),
+    Endpoint(
+        "music.generate", f"{PREFIX}/music/generate",
+        (Arg("description", "str", allow_empty=True,
+             doc="what to make, in words ('' = unconditional, and needs no text encoder)"),
+         Arg("seconds", "float", minimum=0.1, maximum=MAX_MUSIC_SECONDS,
+             doc="length of each take (up to continuation.max_seconds)"),
+         _takes(keyword_only=False),
+         _seed("first seed; take i uses seed + i; -1 for random"),
+         _play_arg()),
+        ("job/queued", "job/progress", "job/chunk", "job/done"),
+        "a new piece from a text description with the continuation's MusicGen (no prompt audio); queued with "
+        "the continuations. Each take is its own job: one job/queued per take (take i is job J+i with seed "
+        "seed+i, all at the request's position), then each job's progress, chunks and done; cancelling any "
+        "take's job stops the takes still being made (they share one pass), a take still queued is removed "
+        "alone. play 'chunks' plays the first take's chunks, 'done' the first take",
+        examples=(("funky drums", 8.0), ("calm piano", 20.0, 2, 7)),
     ),
     Endpoint("job.cancel", f"{PREFIX}/job/cancel",
              (Arg("job_id", "int", minimum=1),), ("job/cancelled",),

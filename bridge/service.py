@@ -74,6 +74,7 @@ class Service:
             "drum.vary": self._drum_vary,
             "continue": self._continue,
             "continue.bars": self._continue_bars,
+            "music.generate": self._music_generate,
             "tempo": self._tempo,
             "tempo.set": self._tempo_set,
             "tempo.listen": self._tempo_listen,
@@ -223,8 +224,11 @@ class Service:
 
     async def _job_cancel(self, request: Request, reply: ReplyFn) -> None:
         job_id = request.values["job_id"]
-        if self.continuations is not None and self.continuations.cancel(job_id) is not None:
-            reply_with(reply, "job/cancelled", request.request_id, job_id)
+        stopped = self.continuations.cancel(job_id) if self.continuations is not None else []
+        if stopped:
+            # a running take stops the takes made with it: each is told, the one asked for first
+            for job in sorted(stopped, key=lambda j: j.id != job_id):
+                reply_with(reply, "job/cancelled", request.request_id, job.id)
             return
         job = self.engine.cancel(job_id)
         reply_with(reply, "job/cancelled", request.request_id, job.id)
@@ -249,11 +253,9 @@ class Service:
     async def _continue(self, request: Request, reply: ReplyFn, bar_shape: BarShape | None = None) -> None:
         from bridge.sources import SourceError, read_tail, resolve_inside
 
-        conts = self.continuations
-        if conts is None:
-            raise EngineError("continuation is off: set [continuation] model = ... in the config")
+        conts = self._continuations()
         v = request.values
-        rid, address, source = request.request_id, request.address, v["source"]
+        source = v["source"]
         prompt_s = conts.config.prompt_seconds
         if source == "capture":
             if self.audio is None:
@@ -271,21 +273,45 @@ class Service:
             except SourceError as exc:
                 raise EngineError(str(exc)) from None
             name = str(path)
+        self._submit(request, reply, audio, rate, name, v.get("seconds", 0.0), bar_shape)
+
+    async def _music_generate(self, request: Request, reply: ReplyFn) -> None:
+        """Text to music: the continuation queue without a prompt (a fresh piece per take)."""
+        self._submit(request, reply, None, None, "text", request.values["seconds"], None)
+
+    def _continuations(self) -> Continuations:
+        if self.continuations is None:
+            raise EngineError("continuation is off: set [continuation] model = ... in the config")
+        return self.continuations
+
+    def _submit(self, request: Request, reply: ReplyFn, audio: Any, rate: int | None, name: str, seconds: float,
+                bar_shape: BarShape | None) -> None:
+        """Queue a continuation (or, without audio, a text-to-music request) of ``takes`` takes
+        and answer one job/queued per take; a refusal (bad takes, seconds, a description the
+        model cannot read) raises, so the sender gets the error and nothing is queued."""
+        conts = self._continuations()
+        v = request.values
+        rid, address = request.request_id, request.address
         play = self._play_mode(v["play"])
 
+        def take_play(job: ContinuationJob) -> str:
+            return play if job.take == 0 else "off"  # one take plays: the first
+
         def on_done(job: ContinuationJob, clip: Clip) -> None:
-            self._played_done(job, clip, play)
+            self._played_done(job, clip, take_play(job))
             reply_with(reply, "job/done", rid, job.id, job.chunks, str(clip.path))
 
         def on_error(job: ContinuationJob, message: str) -> None:
             self._streams.discard(job.id)
             error_reply(reply, rid, address, f"job {job.id}: {message}")
 
-        job, position = conts.submit(
-            audio, rate, name, v.get("seconds", 0.0), description=v["description"], seed=v["seed"], shape=bar_shape,
+        jobs, position = conts.submit(
+            audio, rate, name, seconds, description=v["description"], seed=v["seed"], shape=bar_shape,
+            takes=int(v.get("takes") or 1),
             on_progress=lambda job, f: reply_with(reply, "job/progress", rid, job.id, round(f, 4)),
-            on_chunk=lambda job, i, clip: self._chunk_ready(reply, rid, job, i, clip, play),
+            on_chunk=lambda job, i, clip: self._chunk_ready(reply, rid, job, i, clip, take_play(job)),
             on_done=on_done, on_error=on_error,
             on_cancelled=self._stop_stream,
         )
-        reply_with(reply, "job/queued", rid, job.id, position)
+        for job in jobs:
+            reply_with(reply, "job/queued", rid, job.id, position)

@@ -42,6 +42,8 @@ class WorkerSpec:
     memory_limit_mb: float = 0.0
     #: GPU memory cap (MB) the worker sets on its CUDA device; 0: none.
     gpu_memory_limit_mb: float = 0.0
+    #: Its OpenMP threads spin briefly before sleeping (models.runtime_env.configure_threads_env).
+    spin: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +96,7 @@ class LocalWorker:
 
     def _before_spawn(self) -> None:
         # the child inherits the environment at spawn: make its OpenMP passive before torch loads
-        configure_threads_env(self.spec.threads)
+        configure_threads_env(self.spec.threads, self.spec.spin)
         if self.child.restarts:  # a restart is starting: the owner's "restarting" becomes "starting"
             self._on_message({"op": "starting"})
 
@@ -190,8 +192,8 @@ def continuation_worker_spec(config: Config) -> WorkerSpec:
         model_name="continuation", family="musicgen", model_path=c.model, device=c.device,
         threads=c.threads or config.engine.threads,
         options={"precision": c.precision, "quantize": c.quantize, "lm_weights": c.lm_weights,
-                 "kv_cache": c.kv_cache},
-        finishing=None, nice=config.engine.worker_nice,
+                 "kv_cache": c.kv_cache, "spin_wait": c.spin_wait},
+        finishing=None, nice=config.engine.worker_nice, spin=c.spin_wait,
         memory_limit_mb=config.engine.worker_memory_limit_mb(c.memory_limit_mb),
         gpu_memory_limit_mb=c.gpu_memory_limit_mb)
 

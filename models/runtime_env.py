@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import os
 
+#: GOMP_SPINCOUNT of a worker that may spin (``[continuation] spin_wait``): about 0.1 ms of
+#: spinning after each parallel region before the thread sleeps (libgomp's own default is 3x that).
+SPIN_COUNT = 100_000
 
-def configure_threads_env(threads: int) -> None:
-    """Set before torch is imported (a spawned child inherits it): passive waits, ``threads`` threads."""
+
+def configure_threads_env(threads: int, spin: bool = False) -> None:
+    """Set before torch is imported (a spawned child inherits it): passive waits, ``threads`` threads.
+
+    ``spin``: the threads spin briefly (:data:`SPIN_COUNT`) before they sleep, overriding the
+    passive policy. MusicGen's token steps wake a second thread ~100 times a step: on an
+    otherwise idle 2-core machine that takes them from RTF 0.8-0.9 to 1.0-1.1, but with another
+    process busy on the other core a step took 3-5x longer (bench/continuation.py, README), so
+    it is only for a machine that does nothing else meanwhile."""
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
+    if spin:
+        os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    else:  # one worker's setting must not reach the next one spawned from this process
+        os.environ.pop("GOMP_SPINCOUNT", None)
 
 
 def configure_torch_threads(threads: int) -> None:

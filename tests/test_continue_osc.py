@@ -90,6 +90,35 @@ def test_continue_streams_chunks_queues_and_cancels(tmp_path: Path, start_daemon
     assert status["cancelled"] == 1 and status["done"] == 2
 
 
+def test_two_takes_of_a_continuation_are_two_jobs_and_two_files(tmp_path: Path, start_daemon) -> None:
+    daemon, client = start_daemon(_config(tmp_path))
+    _prompt(daemon.out)
+    client.wait_until(lambda s: s.get("continuation", {}).get("state") == "ready", what="the MusicGen worker")
+
+    client.send("/genbridge/kw/continue", "prompt.wav", 2.0, "seed", 5, "takes", 2, "id", "t2")
+    queued = [client.expect("/genbridge/job/queued") for _ in range(2)]
+    assert [q.args[0] for q in queued] == ["t2", "t2"] and [q.args[2] for q in queued] == [0, 0]
+    first, second = (q.args[1] for q in queued)
+    assert second == first + 1
+    done: dict[int, object] = {}
+    while len(done) < 2:
+        r = client.recv(timeout=120)
+        assert r.address != "/genbridge/error", r
+        if r.address == "/genbridge/job/done":
+            done[r.args[1]] = r
+    takes = []
+    for take, job_id in enumerate((first, second)):
+        path = Path(done[job_id].args[3])
+        audio, rate = sf.read(path, dtype="float32", always_2d=True)
+        assert rate == 32000 and audio.shape == (64000, 1), (path, audio.shape)
+        assert float(np.sqrt(np.mean(audio ** 2))) > 1e-4
+        meta = json.loads(path.with_suffix(".json").read_text())
+        assert (meta["take"], meta["takes"], meta["seed"]) == (take, 2, 5 + take), meta
+        assert meta["kind"] == "musicgen continuation" and "continue-j" in path.name
+        takes.append(audio)
+    assert len({done[j].args[3] for j in done}) == 2 and not np.array_equal(takes[0], takes[1])
+
+
 @pytest.mark.parametrize("args, message", [
     (("/etc/passwd", 2.0), "outside the shared folder"),
     (("missing.wav", 2.0), "no such file"),
