@@ -218,7 +218,8 @@ class Continuations:
             return
         if op == "progress" and not job.cancelled:
             job.progress = float(msg["fraction"])
-            if job.on_progress is not None:
+            # a job that got its error reply says nothing more, though the worker is still stopping
+            if job.on_progress is not None and not job.failed:
                 job.on_progress(job, job.progress)
         elif op == "chunk":
             audio = np.asarray(msg["audio"], dtype=np.float32)
@@ -411,7 +412,9 @@ class Continuations:
         except OSError as exc:
             self._fail(job, f"cannot write the {'piece' if job.text_to_music else 'continuation'}: {exc}")
             return
-        self.last = clip
+        if job.take == 0 or self.last is None:
+            # 'last' is what played: take 0 (the takes' files finish in any order)
+            self.last = clip
         self.done += 1
         if job.on_done is not None:
             job.on_done(job, clip)

@@ -150,6 +150,7 @@ class MusicgenLM:
         if positions > self.window:
             raise ContextOverflow(f"{positions} positions asked for, the model's window is {self.window}")
         if rows != self.rows or positions > self.capacity:
+            self._kt, self._v = [], []  # the old cache goes before the new one is made
             shape = (rows, self.heads, positions, self.head_dim)
             self._kt = [torch.zeros(rows, self.heads, self.head_dim, positions, dtype=self.dtype, device=self.device)
                         for _ in self.layers]
@@ -173,6 +174,11 @@ class MusicgenLM:
                 k = F.linear(mem, layer.cross_k).reshape(r, t, self.heads, self.head_dim).transpose(1, 2)
                 v = F.linear(mem, layer.cross_v).reshape(r, t, self.heads, self.head_dim).transpose(1, 2)
                 self._memory.append((k.to(self.dtype).contiguous(), v.to(self.dtype).contiguous()))
+
+    def release(self) -> None:
+        """Give back the cache and the text memory (a request's cache can be gigabytes)."""
+        self._kt, self._v, self._memory, self._memory_mask = [], [], [], None
+        self.rows = self.capacity = self.length = self._text_rows = 0
 
     def restart(self) -> None:
         """Empty the cache (a new window) and keep the text memory."""

@@ -190,6 +190,8 @@ class _Chunker:
         self.hop = int(math.prod(loaded.model.config.audio_encoder.upsampling_ratios))
         self.chunks: list[list[np.ndarray]] = [[] for _ in codes]
         self.pending: deque[Future[np.ndarray]] = deque()
+        #: The most positions the LM held in this pass's windows.
+        self.max_positions = 0
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="encodec") if background else None
 
     def advance(self, done: int) -> None:
@@ -274,28 +276,28 @@ def run_loop(lm: MusicgenLM, loaded: Any, prompt_codes: torch.Tensor | None, set
     if prompt_codes is not None:
         for c in codes:
             c[:, :p] = prompt_codes.to(device)
-    chunker = _Chunker(loaded, codes, p, settings.frames, settings, on_chunk, timings, t0,
-                       settings.background_decode and device.type == "cpu")
     threads = torch.get_num_threads()
     try:
         return _passes(lm, loaded, codes, p, plan, positions, per_pass, rows_per_take, settings, memory, memory_mask,
-                       chunker, timings, stride, threads, on_progress, should_stop)
+                       timings, stride, threads, on_chunk, on_progress, should_stop, t0)
     finally:
         torch.set_num_threads(threads)
-        chunker.close()
+        lm.release()  # the cache is as large as the request made it: give it back between requests
 
 
 def _passes(lm: MusicgenLM, loaded: Any, codes: list[torch.Tensor], p: int, plan: list[tuple[int, int]],
             positions: int, per_pass: int, rows_per_take: int, settings: LoopSettings, memory: torch.Tensor | None,
-            memory_mask: torch.Tensor | None, chunker: _Chunker, timings: Timings, stride: int, threads: int,
-            on_progress: Callable[[float], None] | None, should_stop: Callable[[], bool] | None) -> LoopResult:
-    """The token steps of every pass (takes that fit one KV cache) and window."""
-    takes, k, device = len(settings.seeds), lm.codebooks, lm.device
+            memory_mask: torch.Tensor | None, timings: Timings, stride: int, threads: int,
+            on_chunk: Callable[[int, int, np.ndarray], None] | None, on_progress: Callable[[float], None] | None,
+            should_stop: Callable[[], bool] | None, t0: float) -> LoopResult:
+    """The token steps of every pass (the takes one KV cache holds; each pass streams its own
+    chunks) and window."""
+    takes, device = len(settings.seeds), lm.device
+    audio: list[np.ndarray] = [np.zeros((loaded.channels, 0), np.float32)] * takes
     windows: list[dict[str, float]] = []
     max_positions = 0
     bos = int(loaded.model.generation_config.decoder_start_token_id or lm.vocab)
     fr = float(loaded.frame_rate)
-    last_progress = -1.0
     passes = [list(range(i, min(takes, i + per_pass))) for i in range(0, takes, per_pass)]
     for pass_index, members in enumerate(passes):
         generators = [torch.Generator(device=device).manual_seed(int(settings.seeds[i])) for i in members]
@@ -303,66 +305,91 @@ def _passes(lm: MusicgenLM, loaded: Any, codes: list[torch.Tensor], p: int, plan
         text_rows = len(members) if memory is not None else 0
         lm.start(rows, positions, None if memory is None else memory.expand(text_rows, -1, -1),
                  None if memory_mask is None else memory_mask.expand(text_rows, -1))
-        made = 0  # new frames of this pass
-        for w, (context, new) in enumerate(plan):
-            lm.restart()
-            start = p + made - context
-            ctx = torch.stack([codes[i][:, start: start + context] for i in members])  # (n, K, C)
-            if pass_index == 0:
-                windows.append({"start_s": round(start / fr, 4), "context_s": round(context / fr, 4),
-                                "new_s": round(new / fr, 4), "positions": context + new + k - 1})
-            # prefill positions 0..C: every token there is known
-            prefill = torch.full((len(members), k, context + 1), bos, dtype=torch.long, device=device)
-            for cb in range(k):
-                if context - cb > 0:
-                    prefill[:, cb, 1 + cb:] = ctx[:, cb, : context - cb]
-            window_codes = torch.cat([ctx, torch.zeros(len(members), k, new, dtype=torch.long, device=device)], 2)
-            tokens = prefill.repeat(rows_per_take, 1, 1)
-            last = context  # the last fed position
-            torch.set_num_threads(threads)  # a prefill is a matrix product worth the threads
-            while True:
-                if should_stop is not None and should_stop():
-                    raise GenerationCancelled()
-                t = time.perf_counter()
-                with torch.no_grad():
-                    logits = lm.step(tokens)
-                t1 = time.perf_counter()
-                timings.lm += t1 - t
-                if timings.steps == 0 or tokens.shape[2] > 1:
-                    torch.set_num_threads(max(1, settings.step_threads) if device.type == "cpu" else threads)
-                timings.steps += 1
-                # the tokens at position last + 1: codebook cb's frame last - cb
-                sampled = sample(logits, settings.sampling, generators)
-                nxt = torch.full((len(members), k), bos, dtype=torch.long, device=device)
-                for cb in range(k):
-                    f = last - cb
-                    if f < 0:
-                        continue
-                    if f < context:
-                        nxt[:, cb] = window_codes[:, cb, f]
-                    elif f < context + new:
-                        window_codes[:, cb, f] = sampled[:, cb]
-                        nxt[:, cb] = sampled[:, cb]
-                timings.sampling += time.perf_counter() - t1
-                complete = min(new, max(0, last - k + 2 - context))
-                if complete > 0:
-                    for j, i in enumerate(members):
-                        codes[i][:, p + made: p + made + complete] = window_codes[j, :, context: context + complete]
-                if pass_index == len(passes) - 1:
-                    chunker.advance(made + complete)
-                frac = (pass_index * settings.frames + made + complete) / (len(passes) * settings.frames)
-                if on_progress is not None and frac - last_progress >= 0.01:
-                    last_progress = frac
-                    on_progress(min(1.0, frac))
-                if complete >= new:
-                    break
-                last += 1
-                tokens = nxt[:, :, None].repeat(rows_per_take, 1, 1)
-            max_positions = max(max_positions, lm.max_length)
-            made += new
-    chunker.emit(settings.frames)
-    chunker.deliver(block=True)
+        chunker = _Chunker(loaded, [codes[i] for i in members], p, settings.frames, settings,
+                           None if on_chunk is None else (lambda j, index, c, m=members: on_chunk(m[j], index, c)),
+                           timings, t0, settings.background_decode and device.type == "cpu")
+        try:
+            made = _windows(lm, codes, p, plan, members, generators, rows_per_take, settings, chunker, timings,
+                            threads, windows if pass_index == 0 else None, bos, fr, pass_index, len(passes),
+                            on_progress, should_stop)
+            chunker.emit(settings.frames)
+            chunker.deliver(block=True)
+        finally:
+            chunker.close()
+        assert made == settings.frames
+        for j, i in enumerate(members):
+            audio[i] = np.concatenate(chunker.chunks[j], axis=1)
+        max_positions = max(max_positions, chunker.max_positions)
     if on_progress is not None:
         on_progress(1.0)
-    audio = [np.concatenate(c, axis=1) if c else np.zeros((loaded.channels, 0), np.float32) for c in chunker.chunks]
     return LoopResult(audio, codes, windows, lm.window, max_positions, stride, len(passes), timings)
+
+
+def _windows(lm: MusicgenLM, codes: list[torch.Tensor], p: int, plan: list[tuple[int, int]], members: list[int],
+             generators: list[torch.Generator], rows_per_take: int, settings: LoopSettings, chunker: _Chunker,
+             timings: Timings, threads: int, windows: list[dict[str, float]] | None, bos: int, fr: float,
+             pass_index: int, passes: int, on_progress: Callable[[float], None] | None,
+             should_stop: Callable[[], bool] | None) -> int:
+    """One pass's windows, step by step; returns the new frames made (all of them)."""
+    k, device = lm.codebooks, lm.device
+    last_progress = -1.0
+    made = 0  # new frames of this pass
+    for w, (context, new) in enumerate(plan):
+        lm.restart()
+        start = p + made - context
+        ctx = torch.stack([codes[i][:, start: start + context] for i in members])  # (n, K, C)
+        if windows is not None:
+            windows.append({"start_s": round(start / fr, 4), "context_s": round(context / fr, 4),
+                            "new_s": round(new / fr, 4), "positions": context + new + k - 1})
+        # prefill positions 0..C: every token there is known
+        prefill = torch.full((len(members), k, context + 1), bos, dtype=torch.long, device=device)
+        for cb in range(k):
+            if context - cb > 0:
+                prefill[:, cb, 1 + cb:] = ctx[:, cb, : context - cb]
+        window_codes = torch.cat([ctx, torch.zeros(len(members), k, new, dtype=torch.long, device=device)], 2)
+        tokens = prefill.repeat(rows_per_take, 1, 1)
+        last = context  # the last fed position
+        chunker.deliver(block=False)  # what is decoded goes out before a long prefill
+        torch.set_num_threads(threads)  # a prefill is a matrix product worth the threads
+        prefilled = False
+        while True:
+            if should_stop is not None and should_stop():
+                raise GenerationCancelled()
+            t = time.perf_counter()
+            with torch.no_grad():
+                logits = lm.step(tokens)
+            t1 = time.perf_counter()
+            timings.lm += t1 - t
+            if not prefilled:  # every window's first step is its prefill; the rest are token steps
+                torch.set_num_threads(max(1, settings.step_threads) if device.type == "cpu" else threads)
+                prefilled = True
+            timings.steps += 1
+            # the tokens at position last + 1: codebook cb's frame last - cb
+            sampled = sample(logits, settings.sampling, generators)
+            nxt = torch.full((len(members), k), bos, dtype=torch.long, device=device)
+            for cb in range(k):
+                f = last - cb
+                if f < 0:
+                    continue
+                if f < context:
+                    nxt[:, cb] = window_codes[:, cb, f]
+                elif f < context + new:
+                    window_codes[:, cb, f] = sampled[:, cb]
+                    nxt[:, cb] = sampled[:, cb]
+            timings.sampling += time.perf_counter() - t1
+            complete = min(new, max(0, last - k + 2 - context))
+            if complete > 0:
+                for j, i in enumerate(members):
+                    codes[i][:, p + made: p + made + complete] = window_codes[j, :, context: context + complete]
+            chunker.advance(made + complete)
+            frac = (pass_index * settings.frames + made + complete) / (passes * settings.frames)
+            if on_progress is not None and frac - last_progress >= 0.01:
+                last_progress = frac
+                on_progress(min(1.0, frac))
+            if complete >= new:
+                break
+            last += 1
+            tokens = nxt[:, :, None].repeat(rows_per_take, 1, 1)
+        chunker.max_positions = max(chunker.max_positions, lm.max_length)
+        made += new
+    return made

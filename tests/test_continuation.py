@@ -213,3 +213,28 @@ def test_a_description_needs_the_tokenizer_beside_the_model(tmp_path: Path) -> N
         generate(loaded, ContinuationSettings(seconds=1.0), seeds=list(range(9)))
     with pytest.raises(ContinuationError, match="kv_cache"):
         generate(loaded, ContinuationSettings(seconds=1.0, kv_cache="paged"))
+
+
+def test_takes_beyond_the_cache_budget_run_in_passes_that_each_stream(tmp_path: Path) -> None:
+    """Takes the KV cache budget cannot hold at once run in further passes: each pass hands out
+    its own chunks as it goes (the first take sounds before the last is begun), every take is
+    whole, and the process keeps its thread count."""
+    from musicgen_models import build_tiny_musicgen
+
+    from models.continuation import lean_lm
+    from models.musicgen_loop import LoopSettings, run_loop
+
+    loaded = load_musicgen(build_tiny_musicgen(tmp_path / "tiny"))
+    arrivals: list[tuple[int, int]] = []
+    threads = torch.get_num_threads()
+    settings = LoopSettings(frames=100, seeds=[3, 4], cache_budget_bytes=1, chunk_frames=25, first_chunk_frames=10)
+    result = run_loop(lean_lm(loaded, "fp32"), loaded, None, settings,
+                      on_chunk=lambda take, i, c: arrivals.append((take, c.shape[1])))
+    assert result.passes == 2
+    assert [t for t, _ in arrivals] == sorted(t for t, _ in arrivals), "take 0 streamed in its own pass"
+    assert len({t for t, _ in arrivals}) == 2
+    for take, audio in enumerate(result.audio):
+        assert audio.shape == (1, 100 * 640)
+        assert sum(n for t, n in arrivals if t == take) == audio.shape[1]
+    assert not np.array_equal(result.audio[0], result.audio[1])
+    assert torch.get_num_threads() == threads
