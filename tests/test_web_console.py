@@ -57,6 +57,8 @@ def test_console_shows_pools_live_and_a_pad_adds_its_clip(tmp_path: Path, tiny_m
     pads = wait_for(browser, lambda d: [p.get_attribute("data-instrument")
                                         for p in d.find_elements("css selector", "#pads .pad")] or None, 10, "pads")
     assert pads == ["kick", "snare", "hat"]
+    assert not [f for f in browser.find_elements("css selector", "form.endpoint-form") if f.is_displayed()], \
+        "no continuation model: no continue or text-to-music form"
 
     # live pool levels: the page shows the pools full once status says so
     wait_for(browser, lambda d: _levels(d)["hat"] == (3, 3), 120, "the hat pool to show full")
@@ -203,10 +205,12 @@ def test_the_continuation_form_runs_a_job_the_page_follows(tmp_path: Path, start
     browser.get(f"http://127.0.0.1:{daemon.web_port}/")
     form = wait_for(browser, lambda d: [f for f in d.find_elements("css selector", 'form[data-endpoint="continue"]')
                                         if f.is_displayed()], 10, "the continuation form")[0]
+    wait_for(browser, lambda d: [f for f in d.find_elements("css selector", 'form[data-endpoint="music.generate"]')
+                                 if f.is_displayed()], 5, "the text-to-music form beside it")
     form.find_element("css selector", "[name=source]").send_keys("prompt.wav")
     seconds = form.find_element("css selector", "[name=seconds]")
     seconds.clear()
-    seconds.send_keys("3")
+    seconds.send_keys("40")  # long enough to watch: the token loop makes 3 s of this model in a blink
     form.find_element("css selector", "button.submit").click()
     values: list[float] = []
 

@@ -171,8 +171,11 @@ function onStatus(s) {
   renderHealth(s);
   renderPads(s.instruments ?? {}, s.models ?? {});
   syncJobsFromStatus(s);
-  const contPanel = $('#forms [data-form="continuation"]');
-  if (contPanel) contPanel.hidden = !s.continuation;
+  // both need the continuation's MusicGen: without [continuation] model they would only get errors
+  for (const kind of ["continuation", "music"]) {
+    const panel = $(`#forms [data-form="${kind}"]`);
+    if (panel) panel.hidden = !s.continuation;
+  }
 }
 
 // Tempo from status.tempo or a tempo/reply: BPM, beat in the bar (phase is 0..quantum), source, peers.
@@ -482,7 +485,11 @@ function buildForms() {
     box.append(panel);
   }
   const music = state.endpoints.get("music.generate");
-  if (music) box.append(makeFormPanel("music", "Text to music", [["", music]], "Generate"));
+  if (music) {
+    const panel = makeFormPanel("music", "Text to music", [["", music]], "Generate");
+    panel.hidden = !state.status?.continuation;
+    box.append(panel);
+  }
 }
 
 // A panel with one form per mode (a toggle when there are two); values carry over between modes.
