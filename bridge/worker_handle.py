@@ -188,14 +188,21 @@ def drum_worker_spec(config: Config, model: str) -> WorkerSpec:
 def continuation_worker_spec(config: Config) -> WorkerSpec:
     """The spec of the ``[continuation]`` model: MusicGen, outputs not finished (they are music)."""
     c = config.continuation
+    ceiling = config.engine.worker_memory_limit_mb(c.memory_limit_mb)
     return WorkerSpec(
         model_name="continuation", family="musicgen", model_path=c.model, device=c.device,
         threads=c.threads or config.engine.threads,
         options={"precision": c.precision, "quantize": c.quantize, "lm_weights": c.lm_weights,
-                 "kv_cache": c.kv_cache, "spin_wait": c.spin_wait},
+                 "kv_cache": c.kv_cache, "spin_wait": c.spin_wait, "cache_budget_mb": cache_budget_mb(ceiling)},
         finishing=None, nice=config.engine.worker_nice, spin=c.spin_wait,
-        memory_limit_mb=config.engine.worker_memory_limit_mb(c.memory_limit_mb),
-        gpu_memory_limit_mb=c.gpu_memory_limit_mb)
+        memory_limit_mb=ceiling, gpu_memory_limit_mb=c.gpu_memory_limit_mb)
+
+
+def cache_budget_mb(ceiling_mb: float) -> float:
+    """The most KV cache one MusicGen pass may hold: a quarter of the worker's memory ceiling
+    (weights, T5, EnCodec and the prefill's activations need the rest), 256 MB to 2 GiB. More
+    takes than fit go in further passes instead of past the ceiling, where the worker is killed."""
+    return 2048.0 if not ceiling_mb else max(256.0, min(2048.0, ceiling_mb / 4))
 
 
 def worker_liveness(config: Config) -> LivenessPolicy:

@@ -68,6 +68,8 @@ class ContinuationSettings:
     #: musicgen family sets both from ``spin_wait``: see models.musicgen_loop.LoopSettings).
     step_threads: int = 1
     background_decode: bool = True
+    #: The most KV cache one pass of takes may hold (more takes go in further passes).
+    cache_budget_mb: float = 2048.0
 
 
 def prompt_tensor(loaded: LoadedMusicgen, audio: np.ndarray, rate: int, seconds: float) -> torch.Tensor:
@@ -140,7 +142,7 @@ def generate(loaded: LoadedMusicgen, settings: ContinuationSettings, *, audio: n
         chunk_frames=max(1, int(round(settings.chunk_seconds * fr))),
         first_chunk_frames=max(1, int(round(min(settings.first_chunk_seconds, settings.chunk_seconds) * fr))),
         guidance_without_text=settings.guidance_without_text, step_threads=settings.step_threads,
-        background_decode=settings.background_decode)
+        background_decode=settings.background_decode, cache_budget_bytes=int(settings.cache_budget_mb * 2**20))
     return run_loop(lm, loaded, prompt_codes, loop, memory=memory, memory_mask=mask, on_chunk=on_chunk,
                     on_progress=on_progress, should_stop=should_stop, t0=t0)
 

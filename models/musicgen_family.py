@@ -57,7 +57,8 @@ def weight_format(quantize: str, precision: str) -> str:
 
 class MusicgenRenderer(Generator):
     def __init__(self, loaded: Any, name: str, device: Any, precision: str, quantize: str,
-                 text_off: str = "", step_threads: int = 1, spin: bool = False) -> None:
+                 text_off: str = "", step_threads: int = 1, spin: bool = False,
+                 cache_budget_mb: float = 2048.0) -> None:
         from models.continuation import lean_lm
         from models.devices import describe
 
@@ -67,6 +68,7 @@ class MusicgenRenderer(Generator):
         #: spin_wait: token steps on every thread, decoding between them; else one thread each
         self.step_threads = step_threads if spin else 1
         self.background_decode = not spin
+        self.cache_budget_mb = cache_budget_mb
         lm = lean_lm(loaded, loaded.weights)
         self.info = GeneratorInfo(
             family="musicgen", name=name, sample_rate=loaded.sample_rate, channels=loaded.channels, length=0,
@@ -79,7 +81,7 @@ class MusicgenRenderer(Generator):
                      "weights": loaded.source, "weight_format": loaded.weights, "runtime": "genbridge token loop",
                      "window_s": round(lm.window / loaded.frame_rate, 3), "max_takes": MAX_TAKES,
                      "lm_weight_mb": round(lm.bytes / 1e6, 1), "step_threads": self.step_threads,
-                     "spin_wait": spin,
+                     "spin_wait": spin, "cache_budget_mb": cache_budget_mb,
                      **({"text_off": text_off} if text_off else {})},
         )
 
@@ -96,7 +98,8 @@ class MusicgenRenderer(Generator):
         progress = progress or Progress()
         fields = {k: params[k] for k in SETTINGS if k in params}
         settings = ContinuationSettings(**fields, seed=int(requests[0].seed), step_threads=self.step_threads,
-                                        background_decode=self.background_decode)
+                                        background_decode=self.background_decode,
+                                        cache_budget_mb=self.cache_budget_mb)
         audio = params.get("audio")
         t0 = time.perf_counter()
 
@@ -209,4 +212,5 @@ class MusicgenFamily(Family):
         log.info("MusicGen %s loaded on %s in %.1f s (LM weights %s)", loaded.source, device,
                  time.perf_counter() - t0, fmt)
         return MusicgenRenderer(loaded, spec.name, device, precision, quantize, text_off,
-                                step_threads=max(1, spec.threads), spin=bool(opts.get("spin_wait")))
+                                step_threads=max(1, spec.threads), spin=bool(opts.get("spin_wait")),
+                                cache_budget_mb=float(opts.get("cache_budget_mb") or 2048.0))

@@ -74,3 +74,14 @@ def test_instruments_map_to_their_own_models(tiny_model: Path) -> None:
     })
     assert config.instruments["snare"].model == "snares" and config.instruments["snare"].pool == 2
     assert config.models["snares"].steps == 8 and config.instruments["kick"].pool == 4
+
+
+@pytest.mark.parametrize("ceiling, budget", [(4000, 1000), (600, 256), (20000, 2048)])
+def test_musicgen_takes_keep_their_kv_cache_within_the_workers_memory_ceiling(ceiling: int, budget: int) -> None:
+    """A quarter of the MusicGen worker's ceiling (256 MB-2 GiB) is what one pass of takes may
+    hold in KV cache: more takes go in further passes rather than get the worker killed."""
+    from bridge.worker_handle import continuation_worker_spec
+
+    config = config_from_mapping({"continuation": {"model": "x", "memory_limit_mb": ceiling}})
+    spec = continuation_worker_spec(config)
+    assert spec.memory_limit_mb == ceiling and spec.options["cache_budget_mb"] == budget
