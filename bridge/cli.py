@@ -321,7 +321,7 @@ def _musicgen_spec(args: argparse.Namespace) -> "WorkerSpec | int":
     threads = args.threads or max(1, min(4, os.cpu_count() or 1))
     return WorkerSpec(model_name="continuation", family="musicgen", model_path=args.model, device=args.device,
                       threads=threads, spin=args.spin,
-                      options={"spin_wait": args.spin, "quantize": "int8" if args.int8 else args.quantize,
+                      options={"quantize": "int8" if args.int8 else args.quantize,
                                "lm_weights": args.lm_weights or "", "precision": "fp32"})
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -89,7 +88,11 @@ class ContinuationRender:
     """One request: the jobs of its takes, made together in one render (one batched pass)."""
 
     jobs: list[ContinuationJob]
-    params: dict[str, Any]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The family's parameters, the same for every take."""
+        return self.jobs[0].params
 
     def job(self, job_id: Any) -> ContinuationJob | None:
         return next((j for j in self.jobs if j.id == job_id), None)
@@ -101,12 +104,9 @@ class ContinuationRender:
 
 
 def family_max_takes(family: Any) -> int:
-    """How many takes the family makes in one render: its ``MAX_TAKES`` (the family's or its
-    module's, as models/musicgen_family.py states it), 1 for a family that states none."""
-    value = getattr(family, "MAX_TAKES", None)
-    if value is None:
-        value = getattr(sys.modules.get(type(family).__module__), "MAX_TAKES", 1)
-    return int(value)
+    """How many takes the family makes in one render: its ``max_takes`` (models/musicgen_family.py
+    states it), 1 for a family that states none."""
+    return int(getattr(family, "max_takes", 1))
 
 
 class Continuations:
@@ -310,15 +310,9 @@ class Continuations:
         jobs = [ContinuationJob(self.job_ids.next(), first + i, source_name, params, shape=shape, take=i, takes=takes,
                                 **callbacks) for i in range(takes)]
         position = len(self.waiting) + (1 if self.running is not None or self.state != "ready" else 0)
-        self.waiting.append(ContinuationRender(list(jobs), params))
+        self.waiting.append(ContinuationRender(list(jobs)))
         self._pump()
         return jobs, position
-
-    def submit_one(self, audio: np.ndarray | None, rate: int | None, source_name: str, seconds: float,
-                   **kwargs: Any) -> tuple[ContinuationJob, int]:
-        """:meth:`submit` of one take: the job and its position."""
-        jobs, position = self.submit(audio, rate, source_name, seconds, **(kwargs | {"takes": 1}))
-        return jobs[0], position
 
     def cancel(self, job_id: int) -> list[ContinuationJob]:
         """Cancel a job; returns the jobs it stops (none: no such job here). A running take

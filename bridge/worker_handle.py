@@ -193,7 +193,7 @@ def continuation_worker_spec(config: Config) -> WorkerSpec:
         model_name="continuation", family="musicgen", model_path=c.model, device=c.device,
         threads=c.threads or config.engine.threads,
         options={"precision": c.precision, "quantize": c.quantize, "lm_weights": c.lm_weights,
-                 "kv_cache": c.kv_cache, "spin_wait": c.spin_wait, "cache_budget_mb": cache_budget_mb(ceiling)},
+                 "kv_cache": c.kv_cache, "cache_budget_mb": cache_budget_mb(ceiling)},
         finishing=None, nice=config.engine.worker_nice, spin=c.spin_wait,
         memory_limit_mb=ceiling, gpu_memory_limit_mb=c.gpu_memory_limit_mb)
 

@@ -65,7 +65,7 @@ class ContinuationSettings:
     #: The LM's weight format (models.linear_formats); "" = the model's loaded one.
     weights: str = ""
     #: torch threads for the token steps, and chunks decoded on a second thread meanwhile (the
-    #: musicgen family sets both from ``spin_wait``: see models.musicgen_loop.LoopSettings).
+    #: musicgen family sets both from whether its worker spins, ``spin_wait``: see models.musicgen_loop.LoopSettings).
     step_threads: int = 1
     background_decode: bool = True
     #: The most KV cache one pass of takes may hold (more takes go in further passes).

@@ -93,8 +93,6 @@ class MusicgenRenderer(Generator):
         from models.generator import Cancelled
         from models.musicgen_loop import GenerationCancelled
 
-        if not 1 <= len(requests) <= MAX_TAKES:
-            raise GeneratorError(f"takes must be 1-{MAX_TAKES}, got {len(requests)}")
         progress = progress or Progress()
         fields = {k: params[k] for k in SETTINGS if k in params}
         settings = ContinuationSettings(**fields, seed=int(requests[0].seed), step_threads=self.step_threads,
@@ -150,6 +148,8 @@ class MusicgenFamily(Family):
     """transformers, audiocraft and trainer-saved MusicGen models (models/musicgen.py), offline."""
 
     name = "musicgen"
+    #: Takes one render makes together (bridge.continuations reads it).
+    max_takes = MAX_TAKES
 
     def check_params(self, params: Mapping[str, Any], info: Mapping[str, Any] | None) -> dict[str, Any]:
         out = dict(params)
@@ -175,7 +175,7 @@ class MusicgenFamily(Family):
         from models.continuation import ContinuationError, lean_lm, load_tokenizer
         from models.devices import DeviceError, resolve, resolve_precision
         from models.musicgen import MusicgenLoadError, bake_weight_norm, load_musicgen
-        from models.runtime_env import configure_torch_threads
+        from models.runtime_env import configure_torch_threads, spinning
 
         os.environ["HF_HUB_OFFLINE"] = "1"  # never a download at run time
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -212,5 +212,5 @@ class MusicgenFamily(Family):
         log.info("MusicGen %s loaded on %s in %.1f s (LM weights %s)", loaded.source, device,
                  time.perf_counter() - t0, fmt)
         return MusicgenRenderer(loaded, spec.name, device, precision, quantize, text_off,
-                                step_threads=max(1, spec.threads), spin=bool(opts.get("spin_wait")),
+                                step_threads=max(1, spec.threads), spin=spinning(),
                                 cache_budget_mb=float(opts.get("cache_budget_mb") or 2048.0))

@@ -352,6 +352,7 @@ def _windows(lm: MusicgenLM, codes: list[torch.Tensor], p: int, plan: list[tuple
         chunker.deliver(block=False)  # what is decoded goes out before a long prefill
         torch.set_num_threads(threads)  # a prefill is a matrix product worth the threads
         prefilled = False
+        written = 0  # this window's new frames copied into the takes' codes
         while True:
             if should_stop is not None and should_stop():
                 raise GenerationCancelled()
@@ -378,9 +379,11 @@ def _windows(lm: MusicgenLM, codes: list[torch.Tensor], p: int, plan: list[tuple
                     nxt[:, cb] = sampled[:, cb]
             timings.sampling += time.perf_counter() - t1
             complete = min(new, max(0, last - k + 2 - context))
-            if complete > 0:
+            if complete > written:  # at most one frame a step: copy only what is new
                 for j, i in enumerate(members):
-                    codes[i][:, p + made: p + made + complete] = window_codes[j, :, context: context + complete]
+                    codes[i][:, p + made + written: p + made + complete] = \
+                        window_codes[j, :, context + written: context + complete]
+                written = complete
             chunker.advance(made + complete)
             frac = (pass_index * settings.frames + made + complete) / (passes * settings.frames)
             if on_progress is not None and frac - last_progress >= 0.01:

@@ -31,6 +31,11 @@ def configure_threads_env(threads: int, spin: bool = False) -> None:
         os.environ.pop("GOMP_SPINCOUNT", None)
 
 
+def spinning() -> bool:
+    """Whether this process's OpenMP threads were set to spin (:func:`configure_threads_env`)."""
+    return bool(os.environ.get("GOMP_SPINCOUNT"))
+
+
 def configure_torch_threads(threads: int) -> None:
     """torch's own intra-op count, and one inter-op thread (the worker runs one model)."""
     import torch
