@@ -29,14 +29,26 @@ system-deps:
 test: setup system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Debian's hydrogen-drumkits: the training and evaluation data of the default model (143 MB).
-data:
-	@test -d /usr/share/hydrogen/data/drumkits || (apt-get update -qq && apt-get install -y -qq --no-install-recommends hydrogen-drumkits)
+# The default model's training and evaluation data, all from Debian packages (about 400 MB):
+# hydrogen-drumkits, lmms-common's and sonic-pi-samples' drum one-shots, and the drum kits of the
+# General MIDI soundfonts, rendered with fluidsynth at four velocities into data/drums
+# (models/drum_sources.py). Installs only what is missing; renders only kits not yet rendered.
+DATA_PACKAGES := hydrogen-drumkits lmms-common sonic-pi-samples fluid-soundfont-gm fluid-soundfont-gs \
+	musescore-general-soundfont timgm6mb-soundfont fluidsynth
+data: setup
+	@missing=$$(for p in $(DATA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	--no-install-recommends $$missing; fi
+	$(VENV)/bin/genbridge data -o data/drums
 
-# Retrain the shipped default: 1200 steps at batch 128 (2.8 minutes on an H100, which --device
-# auto uses when torch sees it; an estimated 3 hours on 2 CPU cores). Resumes from runs/default/checkpoint.pt.
+# Retrain the shipped default (models/default/MODEL_CARD.md): grown from the previous default
+# (models/drums-v1) by --transfer, 6000 steps at batch 8 on 2 CPU cores (about an hour; a progress
+# bar on a terminal, a log line a minute otherwise). Resumes from runs/default/checkpoint.pt.
+TRAIN_STEPS ?= 6000
 train-default: setup data
-	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/genbridge train /usr/share/hydrogen/data/drumkits -o runs/default --steps 1200 --batch 128 --lr 2e-4 --balance 1 --default-steps 8 --snapshot-every 400 --lowpass kick=8000 --name default
+	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/genbridge train /usr/share/hydrogen/data/drumkits data/drums -o runs/default \
+		--transfer models/drums-v1 --steps $(TRAIN_STEPS) --batch 8 --lr 2e-4 --balance 1 --default-steps 8 \
+		--snapshot-every 1000 --checkpoint-minutes 4 --threads 2 --name default
 
 bench: setup system-deps data
 	$(PY) bench/drum_quality.py --sheet bench/results/default_sheet.png

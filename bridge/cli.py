@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,7 @@ from bridge.protocol import MAX_MUSIC_SECONDS, MAX_TAKES
 
 #: Kept in sync with models.drum_data.DEFAULT_HELD_OUT (imported lazily: it pulls numpy only,
 #: but the CLI's startup should not depend on the model packages).
-DEFAULT_HELD_OUT_KITS = ("Millo_MultiLayered3", "VariBreaks")
+DEFAULT_HELD_OUT_KITS = ("Millo_MultiLayered3", "VariBreaks", "timgm6mb-soundfont")
 
 log = logging.getLogger("genbridge")
 
@@ -52,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="first seed (clip k uses seed + k); random if absent")
     g.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
     g.add_argument("--sampler", choices=SAMPLER_NAMES[1:], help="default: the instrument's, then the model's")
+    g.add_argument("--velocity", type=int, help="MIDI velocity 0-127 the clips are made at, for a model "
+                   "conditioned on velocity (a soft hit is a darker, shorter sound); default: the model's")
     g.add_argument("-o", "--out", required=True, help="folder to write WAV + JSON sidecars into")
     g.add_argument("--config", help="TOML config file (for instruments, models, finishing)")
     g.add_argument("--threads", type=int, default=0, help="torch threads (default: engine.threads)")
@@ -72,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--init", help="fine-tune this model (a genbridge folder or a tiny-audio-diffusion .ckpt)")
+    t.add_argument("--transfer", metavar="MODEL", help="start a new network (the default shape or --arch) from "
+                   "this model's weights where they fit, instruments by name (how the shipped default grew)")
+    t.add_argument("--amplitude-power", type=float, default=1.0, metavar="P",
+                   help="train on companded audio, sign(x)*|x|**P (0 < P <= 1; the default model: 0.5): the "
+                   "network's noise floor comes out lower under a decayed hit")
     t.add_argument("--arch", help="JSON file with sample_rate, length and unet (a genbridge config.json "
                    "works) for a model from scratch (default: the shipped default's shape)")
     t.add_argument("--instrument", help="train one instrument, unconditionally (needed to fine-tune an "
@@ -132,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (with a description)")
     _musicgen_options(m)
 
+    d = sub.add_parser("data", help="prepare the default model's training data from Debian's drum packages "
+                       "(lmms-common, sonic-pi-samples, the GM soundfonts rendered with fluidsynth)")
+    d.add_argument("-o", "--out", default="data/drums", help="folder for the manifests and soundfont renders")
+
     r = sub.add_parser("render", help="draw WAV clips (files or folders) as a PNG sheet: waveform over "
                        "spectrogram, one column per instrument")
     r.add_argument("clips", nargs="+", help="WAV files or folders of them (the daemon's session folders work)")
@@ -183,6 +195,8 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
         raise ConfigError("", f"unknown instrument {args.instrument!r} (known: {', '.join(config.instruments)})")
     if args.count < 1:
         raise ConfigError("", f"--count must be at least 1, got {args.count}")
+    if args.velocity is not None and not 0 <= args.velocity <= 127:
+        raise ConfigError("", f"--velocity must be 0-127, got {args.velocity}")
     model = config.instruments[args.instrument].model
     if args.device:
         apply_overrides(config, device=args.device)
@@ -192,7 +206,8 @@ def _generate(args: argparse.Namespace, config: Config) -> int:
                                                                             ("sampler", args.sampler)) if v}
     first = args.seed if args.seed is not None else _random_seed(args.count)
     return _render_offline(spec, params, [(first + k, args.instrument) for k in range(args.count)], args.out,
-                           config.output.subtype, desc=f"{args.instrument} x{args.count}")
+                           config.output.subtype, desc=f"{args.instrument} x{args.count}",
+                           velocity=None if args.velocity is None else args.velocity / 127)
 
 
 def _random_seed(count: int) -> int:
@@ -202,9 +217,11 @@ def _random_seed(count: int) -> int:
 
 
 def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, str | None]], out: str,
-                    subtype: str, *, desc: str, name_of: Any = None, one_call: bool = False) -> int:
+                    subtype: str, *, desc: str, name_of: Any = None, one_call: bool = False,
+                    velocity: float | None = None) -> int:
     """Load ``spec``'s model here, render each (seed, instrument) with a progress bar, write WAV + sidecar.
-    ``one_call``: every request in one render (MusicGen's takes: one batched pass), else one each."""
+    ``one_call``: every request in one render (MusicGen's takes: one batched pass), else one each.
+    ``velocity``: 0-1 for every request (None: the model's default)."""
     from models.runtime_env import configure_threads_env
 
     configure_threads_env(spec.threads, spec.spin)
@@ -228,7 +245,7 @@ def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, 
     finishing = FinishingSettings(**spec.finishing) if spec.finishing is not None else None
     sink = FolderSink(out, subtype, session="")
     log.info("%s on %s (%s, %s)", spec.model_name, info["device"], info["device_name"], info["precision"])
-    numbered = [RenderRequest(k, seed, instrument) for k, (seed, instrument) in enumerate(requests)]
+    numbered = [RenderRequest(k, seed, instrument, velocity) for k, (seed, instrument) in enumerate(requests)]
     batches = [numbered] if one_call else [[r] for r in numbered]
     # One bar for the whole run: network steps where the family counts them (k clips x steps),
     # else percent of each render (a continuation reports fractions, one for all its takes).
@@ -408,7 +425,8 @@ def _train(args: argparse.Namespace) -> int:
         return 2
     settings = TrainSettings(
         data=[str(Path(d).expanduser()) for d in args.data], out=args.out, steps=args.steps,
-        batch=args.batch, lr=args.lr, init=args.init, instrument=args.instrument,
+        batch=args.batch, lr=args.lr, init=args.init, transfer=args.transfer, instrument=args.instrument,
+        amplitude_power=args.amplitude_power,
         classes=[c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None,
         held_out=[k.strip() for k in args.hold_out.split(",") if k.strip()],
         arch=arch, threads=args.threads, bf16=not args.fp32, checkpoint_minutes=args.checkpoint_minutes,
@@ -430,6 +448,18 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data(args: argparse.Namespace) -> int:
+    from models.drum_sources import prepare_all
+
+    try:
+        manifests = prepare_all(Path(args.out), progress=lambda what: print(f"rendering {what}", flush=True))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(f"{args.out}: {len(manifests)} sample manifests")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.verbose)
@@ -446,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         return _train(args)
     if args.command == "render":
         return _render(args)
+    if args.command == "data":
+        return _data(args)
     if args.command == "continue":
         return _continue(args)
     if args.command == "music":

@@ -65,9 +65,11 @@ def export_denoiser(model: str | Path, out: str | Path, *, name: str = "model", 
     arch = gen.arch
 
     classes = gen.classes or []
+    velocity = bool(classes) and gen.info.velocity
 
     class Step(torch.nn.Module):
-        """The step with positional inputs only; a class-conditioned model takes ``label``."""
+        """The step with positional inputs only; a class-conditioned model takes ``label``, a
+        velocity-conditioned one ``label`` and ``velocity`` (0-1)."""
 
         def __init__(self, net: torch.nn.Module) -> None:
             super().__init__()
@@ -78,8 +80,9 @@ def export_denoiser(model: str | Path, out: str | Path, *, name: str = "model", 
 
     x = torch.randn(1, arch.in_channels, arch.length)
     sigma = torch.tensor([0.5])
-    inputs: tuple[torch.Tensor, ...] = (x, sigma) + ((torch.tensor([0]),) if classes else ())
-    names = ["x", "sigma"] + (["label"] if classes else [])
+    inputs: tuple[torch.Tensor, ...] = ((x, sigma) + ((torch.tensor([0]),) if classes else ())
+                                        + ((torch.tensor([0.8]),) if velocity else ()))
+    names = ["x", "sigma"] + (["label"] if classes else []) + (["velocity"] if velocity else [])
     say(f"exporting the denoiser step ({gen.info.parameters / 1e6:.1f} M parameters, opset {opset})")
     tmp = out.with_name(f".{out.name}.tmp")
     with warnings.catch_warnings():
@@ -97,9 +100,10 @@ def export_denoiser(model: str | Path, out: str | Path, *, name: str = "model", 
         xb = torch.randn(batch, arch.in_channels, arch.length, generator=rng)
         sb = torch.rand(batch, generator=rng)
         extra = (torch.randint(len(classes), (batch,), generator=rng),) if classes else ()
+        extra += (torch.rand(batch, generator=rng),) if velocity else ()
         with torch.inference_mode():
             ref = gen.net(xb, sb, *extra).numpy()
-        feeds = {"x": xb.numpy(), "sigma": sb.numpy()} | ({"label": extra[0].numpy()} if classes else {})
+        feeds = {"x": xb.numpy(), "sigma": sb.numpy()} | dict(zip(names[2:], (e.numpy() for e in extra)))
         got = session.run(None, feeds)[0]
         diff = np.abs(got - ref)
         max_abs = max(max_abs, float(diff.max()))
@@ -117,7 +121,9 @@ def export_denoiser(model: str | Path, out: str | Path, *, name: str = "model", 
         "default_steps": gen.info.default_steps,
         "default_sampler": gen.info.default_sampler,
         "classes": gen.classes,
+        "velocity": velocity,
         "data_scale": gen.info.data_scale,
+        "amplitude_power": gen.info.amplitude_power,
         "output_lowpass_hz": gen.info.output_lowpass_hz,
         "parameters": gen.info.parameters,
         "trained": gen.info.trained,

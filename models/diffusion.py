@@ -25,6 +25,7 @@ from torch import nn
 
 from models.adp import import_adp
 from models.devices import autocast_dtype, resolve, resolve_precision
+from models.drum_data import DEFAULT_VELOCITY
 from models.generator import Cancelled
 from models.output_filter import OutputFilterError, apply_lowpass, cutoff_for, parse_lowpass
 
@@ -37,6 +38,8 @@ EMA_PREFIX = "model_ema.ema_model.net."
 ONLINE_PREFIX = "model.net."
 GENBRIDGE_FORMAT = "genbridge-diffusion"
 CLASS_EMBEDDING_KEY = "genbridge.class_embedding"
+#: (knots, features): the velocity embedding of a velocity-conditioned model (see ConditionedUNet).
+VELOCITY_EMBEDDING_KEY = "genbridge.velocity_embedding"
 
 
 class ModelLoadError(RuntimeError):
@@ -183,7 +186,8 @@ MODULATION_FEATURES = 1024
 
 
 class ConditionedUNet(nn.Module):
-    """A U-Net plus an optional class embedding added to its time modulation.
+    """A U-Net plus an optional class embedding added to its time modulation, and optionally a
+    velocity embedding added beside it.
 
     Why this shape: a_unet's time-conditioning plugin already sums an optional ``features``
     vector into the time features, so one embedding row per instrument conditions every
@@ -194,17 +198,60 @@ class ConditionedUNet(nn.Module):
     added to have norms of 30-80 (measured on the first default model), and rows started at
     std 0.02 (norm 0.6) grew only to norm ~1 in 4500 steps - the classes stayed nearly
     indistinguishable to the network and kicks came out as toms.
+
+    Velocity (0-1, how hard the hit is played) goes in the same way: ``velocity_knots`` rows
+    at velocities evenly spaced over 0-1, linearly interpolated between the two nearest (a
+    piecewise-linear curve through feature space, so soft, medium and hard can differ in more
+    than one direction). A soft hit is then a different sound, not only a quieter one.
     """
 
-    def __init__(self, net: nn.Module, num_classes: int = 0, features: int = MODULATION_FEATURES) -> None:
+    def __init__(self, net: nn.Module, num_classes: int = 0, features: int = MODULATION_FEATURES,
+                 velocity_knots: int = 0) -> None:
         super().__init__()
         self.net = net
         self.class_embedding = nn.Embedding(num_classes, features) if num_classes else None
+        self.velocity_embedding = (nn.Parameter(torch.zeros(velocity_knots, features))
+                                   if num_classes and velocity_knots else None)
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def velocity_features(self, velocity: torch.Tensor) -> torch.Tensor:
+        """(batch,) velocities 0-1 -> (batch, features): hat-function weights over the knots."""
+        knots = self.velocity_embedding.shape[0]
+        pos = velocity.float().clamp(0.0, 1.0)[:, None] * (knots - 1)
+        weights = (1.0 - (pos - torch.arange(knots, device=pos.device, dtype=pos.dtype)).abs()).clamp(min=0.0)
+        return weights.to(self.velocity_embedding.dtype) @ self.velocity_embedding
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None,
+                velocity: torch.Tensor | None = None) -> torch.Tensor:
         if self.class_embedding is None:
             return self.net(x, sigma)
-        return self.net(x, sigma, features=self.class_embedding(labels))
+        features = self.class_embedding(labels)
+        if self.velocity_embedding is not None:
+            if velocity is None:
+                velocity = torch.full((x.shape[0],), DEFAULT_VELOCITY, device=x.device)
+            features = features + self.velocity_features(velocity)
+        return self.net(x, sigma, features=features)
+
+
+def compress(x: torch.Tensor, power: float) -> torch.Tensor:
+    """Audio -> the network's companded space: sign(x) * |x| ** power (identity at 1)."""
+    return x if power == 1.0 else torch.sign(x) * x.abs().pow(power)
+
+
+def expand(x: torch.Tensor, power: float) -> torch.Tensor:
+    """The inverse of :func:`compress`."""
+    return x if power == 1.0 else torch.sign(x) * x.abs().pow(1.0 / power)
+
+
+def amplitude_power(config: Mapping[str, Any], source: str) -> float:
+    """A model folder's ``amplitude_power`` (absent: 1), checked: 0 < power <= 1."""
+    try:
+        power = float(config.get("amplitude_power", 1.0))
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"{source}: amplitude_power must be a number, got "
+                             f"{config.get('amplitude_power')!r}") from None
+    if not 0.0 < power <= 1.0:
+        raise ModelLoadError(f"{source}: amplitude_power must be within (0, 1], got {power}")
+    return power
 
 
 def alpha_beta(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,11 +326,19 @@ class ModelInfo:
     #: drum one-shots are mostly quiet tails, std ~0.05, which noise drowns at almost every
     #: diffusion time). Outputs are divided by it, sources of variations multiplied.
     data_scale: float = 1.0
+    #: The model works on companded audio, sign(x) * |x| ** amplitude_power (1: plain audio). A
+    #: power of 0.5 makes a tail at -60 dBFS a -30 dB signal to the network, so the network's
+    #: own error, about as large everywhere, comes out squared - 30 dB lower - where the hit has
+    #: decayed, instead of as a hiss that finishing has to cut (docs/ARCHITECTURE.md).
+    amplitude_power: float = 1.0
     #: The model's own high-cut per instrument ("*": every clip), from its folder's
     #: ``output_lowpass_hz``; see models/output_filter.py for why a model needs one.
     output_lowpass_hz: dict[str, float] = field(default_factory=dict)
     #: Where it runs ("cpu", "cuda:0").
     device: str = "cpu"
+    #: The model is conditioned on velocity (a soft hit is a soft sound); otherwise velocity
+    #: is only the mixer's gain.
+    velocity: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -322,10 +377,22 @@ class DiffusionGenerator:
             rows.append(self.classes.index(inst))
         return torch.tensor(rows, dtype=torch.int64, device=self.device)
 
+    def velocities_for(self, velocities: list[float | None] | None, batch: int) -> torch.Tensor | None:
+        """Velocities (0-1) for a batch, None for a model not conditioned on velocity. A None
+        velocity is :data:`DEFAULT_VELOCITY` (a firm hit, what unlayered samples are)."""
+        if not self.info.velocity:
+            return None
+        values = list(velocities) if velocities else [None] * batch
+        for v in values:
+            if v is not None and not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"velocity must be 0-1, got {v}")
+        return torch.tensor([DEFAULT_VELOCITY if v is None else float(v) for v in values],
+                            dtype=torch.float32, device=self.device)
+
     def to_audio(self, x: torch.Tensor, instruments: list[str | None]) -> list[np.ndarray]:
         """Sampled clips (batch, channels, frames) as the model's audio: the training scale
         divided out, each clip through its instrument's output low-pass (if the folder names one)."""
-        x = (x.float() / self.info.data_scale).cpu()
+        x = expand(x.float() / self.info.data_scale, self.info.amplitude_power).cpu()
         return [self.output_filter(clip.numpy().astype(np.float32, copy=False), inst)
                 for clip, inst in zip(x, instruments, strict=True)]
 
@@ -345,13 +412,16 @@ class DiffusionGenerator:
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         return torch.randn((1, self.arch.in_channels, self.arch.length), generator=gen, device=self.device)
 
-    def _v(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def _v(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
+           velocity: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self.autocast_dtype
         sigma = t.to(self.device, torch.float32).repeat(x.shape[0])
         with torch.autocast(self.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             if labels is None:
                 return self.net(x, sigma).float()
-            return self.net(x, sigma, labels).float()
+            if velocity is None:
+                return self.net(x, sigma, labels).float()
+            return self.net(x, sigma, labels, velocity).float()
 
     @torch.inference_mode()
     def sample(
@@ -362,6 +432,7 @@ class DiffusionGenerator:
         sampler: str = "ddim",
         labels: torch.Tensor | None = None,
         start: float = 1.0,
+        velocity: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoise ``noise`` (batch, channels, length) in ``steps`` steps from ``start`` to 0
         (on :func:`time_grid`).
@@ -383,7 +454,7 @@ class DiffusionGenerator:
         ts = time_grid(steps, start, sampler)
         previous: tuple[torch.Tensor, float] | None = None  # (x0 prediction, h) of the last step
         for i in range(steps):
-            v_pred = self._v(x, ts[i], labels)
+            v_pred = self._v(x, ts[i], labels, velocity)
             alpha, beta = alpha_beta(ts[i])
             alpha_next, beta_next = alpha_beta(ts[i + 1])
             x0 = alpha * x - beta * v_pred
@@ -411,14 +482,16 @@ class DiffusionGenerator:
         on_step: Callable[[int, int], bool] | None = None,
         sampler: str | None = None,
         instruments: list[str | None] | None = None,
+        velocities: list[float | None] | None = None,
     ) -> list[np.ndarray]:
         """Several clips in one pass of the network per step (each from its own seed's noise):
         on CPU a batch of small convolutions costs much less than the same calls one by one."""
         steps = int(steps or self.info.default_steps)
         instruments = instruments or [None] * len(seeds)
         labels = self.labels_for(instruments)
+        velocity = self.velocities_for(velocities, len(seeds))
         noise = torch.cat([self.noise(s) for s in seeds])
-        audio = self.sample(noise, steps, on_step, sampler or self.info.default_sampler, labels)
+        audio = self.sample(noise, steps, on_step, sampler or self.info.default_sampler, labels, velocity=velocity)
         return self.to_audio(audio, instruments)
 
     def vary(
@@ -430,6 +503,7 @@ class DiffusionGenerator:
         on_step: Callable[[int, int], bool] | None = None,
         sampler: str | None = None,
         instrument: str | None = None,
+        velocity: float | None = None,
     ) -> np.ndarray:
         """A variation of ``source`` (channels, frames at the model's rate and length): re-noise it
         to diffusion time ``strength`` (cos*source + sin*noise) and denoise from there, with the
@@ -438,17 +512,18 @@ class DiffusionGenerator:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"strength must be 0-1, got {strength}")
         x0 = torch.from_numpy(np.ascontiguousarray(source, dtype=np.float32))[None].to(self.device)
-        x0 = x0 * self.info.data_scale
+        x0 = compress(x0, self.info.amplitude_power) * self.info.data_scale
         if tuple(x0.shape[1:]) != (self.arch.in_channels, self.arch.length):
             raise ValueError(f"source must be {self.arch.in_channels} ch x {self.arch.length} frames, "
                              f"got {tuple(x0.shape[1:])}")
         if strength == 0.0:
-            return (x0[0] / self.info.data_scale).cpu().numpy().astype(np.float32)
+            return expand(x0[0] / self.info.data_scale, self.info.amplitude_power).cpu().numpy().astype(np.float32)
         steps = max(1, round(int(steps or self.info.default_steps) * strength))
         alpha, beta = alpha_beta(torch.tensor(float(strength)))
         x = alpha * x0 + beta * self.noise(seed)
         audio = self.sample(x, steps, on_step, sampler or self.info.default_sampler,
-                            self.labels_for([instrument]), start=strength)
+                            self.labels_for([instrument]), start=strength,
+                            velocity=self.velocities_for([velocity], 1))
         return self.to_audio(audio, [instrument])[0]
 
     def generate(
@@ -458,11 +533,13 @@ class DiffusionGenerator:
         on_step: Callable[[int, int], bool] | None = None,
         sampler: str | None = None,
         instrument: str | None = None,
+        velocity: float | None = None,
     ) -> np.ndarray:
         """One clip as float32 (channels, frames), unfinished (no normalisation)."""
         steps = int(steps or self.info.default_steps)
         labels = self.labels_for([instrument])
-        audio = self.sample(self.noise(seed), steps, on_step, sampler or self.info.default_sampler, labels)
+        audio = self.sample(self.noise(seed), steps, on_step, sampler or self.info.default_sampler, labels,
+                            velocity=self.velocities_for([velocity], 1))
         return self.to_audio(audio, [instrument])[0]
 
 
@@ -653,6 +730,7 @@ def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str
     config = config or {}
     classes = list(config["classes"]) if config.get("classes") else None
     embedding = (extras or {}).get(CLASS_EMBEDDING_KEY)
+    velocity_embedding = (extras or {}).get(VELOCITY_EMBEDDING_KEY) if classes else None
     if classes and (embedding is None or embedding.shape[0] != len(classes)):
         raise ModelLoadError(f"{source}: config names {len(classes)} classes but the weights hold "
                              f"{'no' if embedding is None else embedding.shape[0]} class embeddings")
@@ -669,10 +747,17 @@ def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str
         channels=arch.in_channels, length=arch.length, default_steps=default_steps,
         sdpa_layers=swapped, precision=precision, default_sampler=sampler, classes=classes,
         data_scale=float(config.get("data_scale", 1.0)), output_lowpass_hz=lowpass,
+        amplitude_power=amplitude_power(config, source),
+        velocity=velocity_embedding is not None,
     )
+    if velocity_embedding is not None:
+        info.parameters += velocity_embedding.numel()
     if classes:
-        conditioned = ConditionedUNet(net, len(classes), int(embedding.shape[1]))
+        knots = int(velocity_embedding.shape[0]) if velocity_embedding is not None else 0
+        conditioned = ConditionedUNet(net, len(classes), int(embedding.shape[1]), velocity_knots=knots)
         conditioned.class_embedding.weight.data.copy_(embedding.float())
+        if knots:
+            conditioned.velocity_embedding.data.copy_(velocity_embedding.float())
         net = conditioned
     info.device = str(where)
     return DiffusionGenerator(net.to(where), arch, info, where)

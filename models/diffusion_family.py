@@ -8,7 +8,10 @@ only the network step differs (see models/onnx_runtime.py).
 
 Request parameters (checked here, in the I/O process, before a request is queued):
 ``steps`` (0 = the model's), ``sampler`` ("" = the model's), and for a variation ``source``
-(float32 array at the model's shape), ``source_name`` and ``strength`` (0..1).
+(float32 array at the model's shape), ``source_name`` and ``strength`` (0..1). Velocity is per
+request (:attr:`~models.generator.RenderRequest.velocity`), not a parameter: one refill batch
+mixes soft and hard hits of several instruments in one pass. A velocity-conditioned model
+(``Capabilities.velocity``) records each clip's velocity in its sidecar; any other ignores it.
 """
 
 from __future__ import annotations
@@ -41,18 +44,25 @@ class DiffusionRenderer(Generator):
     """A loaded :class:`~models.diffusion.DiffusionGenerator` behind the seam."""
 
     def __init__(self, generator: Any, family: str, runtime: str, compiled: str = "off") -> None:
+        from models.drum_data import DEFAULT_VELOCITY
+
         self.generator = generator
         self.runtime = runtime
         gi = generator.info
+        #: What a request without a velocity is made at (None: the model is not conditioned on it).
+        self.default_velocity: float | None = DEFAULT_VELOCITY if gi.velocity else None
+        velocity = self.default_velocity is not None
         self.info = GeneratorInfo(
             family=family, name=gi.name, sample_rate=gi.sample_rate, channels=gi.channels, length=gi.length,
-            capabilities=Capabilities(seeded=True, batches=True, variations=True, one_shots=True),
+            capabilities=Capabilities(seeded=True, batches=True, variations=True, one_shots=True, velocity=velocity),
             device=str(generator.device), device_name=_device_name(generator.device), precision=gi.precision,
             classes=gi.classes, parameters=gi.parameters,
             details={"source": gi.source, "kind": gi.kind, "weights": gi.weights, "trained": gi.trained,
                      "default_steps": gi.default_steps, "default_sampler": gi.default_sampler,
                      "sdpa_layers": gi.sdpa_layers, "runtime": runtime, "compile": compiled,
-                     "output_lowpass_hz": gi.output_lowpass_hz, "data_scale": gi.data_scale},
+                     "output_lowpass_hz": gi.output_lowpass_hz, "data_scale": gi.data_scale,
+                     "velocity": velocity,
+                     **({"default_velocity": self.default_velocity} if velocity else {})},
         )
 
     def render(self, requests: list[RenderRequest], params: Mapping[str, Any],
@@ -71,13 +81,14 @@ class DiffusionRenderer(Generator):
                     raise GeneratorError("a variation renders one clip at a time")
                 r = requests[0]
                 audio = [gen.vary(np.asarray(source, dtype=np.float32), r.seed, strength, steps, progress.stepped,
-                                  sampler, instrument=r.instrument)]
+                                  sampler, instrument=r.instrument, velocity=r.velocity)]
             elif len(requests) > 1:
                 audio = gen.generate_batch([r.seed for r in requests], steps, progress.stepped, sampler,
-                                           instruments=[r.instrument for r in requests])
+                                           instruments=[r.instrument for r in requests],
+                                           velocities=[r.velocity for r in requests])
             else:
                 audio = [gen.generate(requests[0].seed, steps, progress.stepped, sampler,
-                                      instrument=requests[0].instrument)]
+                                      instrument=requests[0].instrument, velocity=requests[0].velocity)]
         except ValueError as exc:  # an instrument the model does not make, a source of the wrong shape
             raise GeneratorError(str(exc)) from None
         except RuntimeError as exc:
@@ -87,6 +98,8 @@ class DiffusionRenderer(Generator):
         for r, clip in zip(requests, audio, strict=True):
             facts: dict[str, Any] = {"steps": steps, "sampler": sampler,
                                      "output_lowpass_hz": cutoff_for(gen.info.output_lowpass_hz, r.instrument)}
+            if self.default_velocity is not None:  # what it was made at: how hard it sounds played
+                facts["velocity"] = round(self.default_velocity if r.velocity is None else float(r.velocity), 4)
             if source is not None:
                 facts["variation"] = {"source": params.get("source_name", ""), "strength": strength}
                 facts["steps"] = max(1, round(steps * strength)) if strength > 0 else 0  # the steps run

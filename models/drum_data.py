@@ -24,24 +24,35 @@ log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg")
 HYDROGEN_KITS = Path("/usr/share/hydrogen/data/drumkits")
-#: Kits of Debian's hydrogen-drumkits kept out of the shipped default's training, for evaluation:
-#: one acoustic multi-layer kit and one electronic kit, both with kicks, snares and hats.
-DEFAULT_HELD_OUT = ("Millo_MultiLayered3", "VariBreaks")
+#: Kits kept out of the shipped default's training, for evaluation, from two packages: of
+#: hydrogen-drumkits one acoustic multi-layer kit and one electronic kit, and every kit of
+#: timgm6mb-soundfont (rendered at four velocities; a soundfont made apart from FluidR3 and
+#: MuseScore General, which share samples).
+DEFAULT_HELD_OUT = ("Millo_MultiLayered3", "VariBreaks", "timgm6mb-soundfont")
 
 # Order matters: the first pattern that matches a name wins ("Snare Rimshot" is a snare,
-# "Hi Hat Closed" is a hat, "Kick Drum" is a kick, "Side Stick" is perc). Cymbals, rolls and
-# effects are left out: they ring far longer than a one-shot model's length or are not drums.
+# "Hi Hat Open" an open hat, "Hi Hat Closed" a hat, "Side Stick" a rim). Rolls, splashes,
+# chinas and effects are left out: they are not one hit, or not drums.
 _INSTRUMENT_PATTERNS: tuple[tuple[str, str], ...] = (
-    ("skip", r"roll|crash|ride|splash|china|cymbal|swish|choke|zap|fx|whistle|waterglass|shake|paiste bell"),
+    ("skip", r"roll|splash|china|swish|choke|zap|fx|whistle|waterglass|shake|paiste bell|ride bell|bell ride|"
+             r"metronome|impact|swoosh|swash|ride ?cup"),
     ("kick", r"kick|bass ?drum|bassdrum|\bbd\b|\bbd_"),
-    ("hat", r"hi-?hat|\bhh\b|\bhat\b|hat |hats?\b|\bohh\b|\bchh\b|\bphh\b"),
-    ("snare", r"snare|rimshot|\bsd\b|\bsd_"),
+    ("open_hat", r"(hi-?hat|\bhh\b|\bhat\b|hats?\b|cymbal).*(open|\bop\b)|open.*(hi-?hat|\bhh\b|hat)|\bohh\b"),
+    ("hat", r"hi-?hat|\bhh\b|\bhat\b|hat |hats?\b|\bchh\b|\bphh\b|cymbal (closed|pedal)"),
+    ("snare", r"snare|rimshot|\bsd\b|\bsd_|\bsn\b"),
     ("clap", r"clap|snap"),
     ("tom", r"\btom|floor tom|tomhi|tomlo|tommid"),
-    ("perc", r"stick|rim|cowbell|clave|woodblock|tambourine|conga|bongo|djembe|cajon|agogo|"
-             r"maraca|kenkeni|dununba|sangban|bell|drum \d|click|perc|shaker"),
+    ("ride", r"\bride\b|ride ?\d"),
+    ("crash", r"crash|cymbal"),
+    ("rim", r"side ?stick|cross ?stick|\brim\b|rim ?click|\bstick"),
+    ("perc", r"cowbell|clave|\bclav\b|woodblock|\bwood\b|tambourine|conga|bongo|djembe|cajon|agogo|"
+             r"maraca|kenkeni|dununba|sangban|bell|drum \d|click|perc|shaker|triangle"),
 )
-INSTRUMENTS = ("kick", "snare", "hat", "clap", "tom", "perc")
+#: Every instrument a drum model can be trained on, in the order a model's classes take.
+INSTRUMENTS = ("kick", "snare", "hat", "open_hat", "clap", "tom", "rim", "crash", "ride", "perc")
+#: The velocity (0-1) of a sample that has one layer for every velocity: most packs record their
+#: one-shots as firm hits, so a lone layer counts as one (MIDI ~100).
+DEFAULT_VELOCITY = 0.8
 
 
 def instrument_for(name: str) -> str | None:
@@ -63,6 +74,16 @@ class Sample:
     kit: str
     name: str
     license: str = ""
+    #: How hard the hit was played, 0-1 (a velocity layer's middle; :data:`DEFAULT_VELOCITY` for
+    #: a lone layer): the model is conditioned on it, so a soft hit is a soft sound.
+    velocity: float = DEFAULT_VELOCITY
+    #: Samples of one group (the layers of one instrument of one kit) are loudness-normalised
+    #: with one gain, so a soft layer stays as much softer as it was recorded; "" is a group of one.
+    group: str = ""
+    #: Linear gain the kit plays this file at (a Hydrogen layer's ``gain``).
+    gain: float = 1.0
+    #: The Debian package the file comes from ("hydrogen-drumkits"; "" for a user's folder).
+    package: str = ""
 
 
 def _strip_ns(tag: str) -> str:
@@ -98,15 +119,43 @@ def read_hydrogen_kit(kit_dir: Path) -> list[Sample]:
         if instrument is None:
             continue
         seen: set[Path] = set()
-        for element in inst.iter():
-            if _strip_ns(element.tag) != "filename" or not (element.text or "").strip():
-                continue
-            path = kit_dir / element.text.strip()
+        group = f"{kit_name}/{name}"
+        for layer in _layers(inst):
+            path = kit_dir / layer["filename"]
             if path in seen or not path.is_file():
                 continue
             seen.add(path)
-            samples.append(Sample(path, instrument, kit_name, name, license_text))
+            samples.append(Sample(path, instrument, kit_name, name, license_text, layer["velocity"], group,
+                                  layer["gain"], "hydrogen-drumkits" if kit_dir.parent == HYDROGEN_KITS else ""))
     return samples
+
+
+def _layers(inst: ET.Element) -> list[dict]:
+    """An instrument's layers as {filename, velocity, gain}: the layered layouts give each
+    layer's velocity range (its middle is the layer's velocity) and gain; a file named without a
+    layer (the old layout), or a layer that covers every velocity, plays at DEFAULT_VELOCITY."""
+    found = []
+    for element in inst.iter():
+        tag = _strip_ns(element.tag)
+        if tag == "layer":
+            name = _child_text(element, "filename")
+            if not name:
+                continue
+            lo, hi = _number(_child_text(element, "min"), 0.0), _number(_child_text(element, "max"), 1.0)
+            velocity = DEFAULT_VELOCITY if lo <= 0.0 and hi >= 1.0 else (lo + hi) / 2
+            found.append({"filename": name, "velocity": min(1.0, max(0.0, velocity)),
+                          "gain": _number(_child_text(element, "gain"), 1.0)})
+    if found:
+        return found
+    return [{"filename": (e.text or "").strip(), "velocity": DEFAULT_VELOCITY, "gain": 1.0}
+            for e in inst.iter() if _strip_ns(e.tag) == "filename" and (e.text or "").strip()]
+
+
+def _number(text: str, default: float) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return default
 
 
 def read_sample_folder(folder: Path, skip: Sequence[Path] = ()) -> list[Sample]:
@@ -135,8 +184,33 @@ def read_sample_folder(folder: Path, skip: Sequence[Path] = ()) -> list[Sample]:
     return samples
 
 
+MANIFEST = "genbridge-samples.json"
+
+
+def read_manifest(path: Path) -> list[Sample]:
+    """The samples a ``genbridge-samples.json`` names (what :mod:`models.drum_sources` writes for
+    lmms-common, sonic-pi-samples and rendered soundfont kits); files are relative to it."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        entries = data["samples"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot read sample manifest {path}: {exc}") from exc
+    out = []
+    for e in entries:
+        file = path.parent / e["file"]
+        if e["instrument"] not in INSTRUMENTS or not file.is_file():
+            continue
+        out.append(Sample(file, e["instrument"], data.get("kit", path.parent.name), e.get("name", file.stem),
+                          data.get("license", ""), float(e.get("velocity", DEFAULT_VELOCITY)),
+                          e.get("group", ""), 1.0, data.get("package", "")))
+    return out
+
+
 def find_samples(sources: Iterable[Path | str]) -> list[Sample]:
-    """Samples from each source: a Hydrogen kit, a folder of kits, or a folder of samples."""
+    """Samples from each source: a Hydrogen kit, a folder of kits, a sample manifest (or a folder
+    of them), or a folder of samples."""
     samples: list[Sample] = []
     for source in sources:
         path = Path(source).expanduser()
@@ -144,6 +218,11 @@ def find_samples(sources: Iterable[Path | str]) -> list[Sample]:
             raise FileNotFoundError(f"data source not found: {path}")
         if (path / "drumkit.xml").is_file():
             samples += read_hydrogen_kit(path)
+            continue
+        manifests = sorted(path.rglob(MANIFEST)) if path.is_dir() else []
+        if manifests:
+            for manifest in manifests:
+                samples += read_manifest(manifest)
             continue
         kits = sorted(p for p in path.iterdir() if (p / "drumkit.xml").is_file()) if path.is_dir() else []
         for kit in kits:
@@ -154,11 +233,13 @@ def find_samples(sources: Iterable[Path | str]) -> list[Sample]:
 
 
 def split_held_out(samples: Sequence[Sample], held_out: Sequence[str]) -> tuple[list[Sample], list[Sample]]:
-    """(training, held-out): held-out kits are matched by kit name or folder name."""
+    """(training, held-out): held-out kits are matched by kit name, folder name or, for a whole
+    package's kits, by the package's name ("timgm6mb-soundfont")."""
     names = {h.lower() for h in held_out}
     train, test = [], []
     for s in samples:
-        (test if s.kit.lower() in names or s.path.parent.name.lower() in names else train).append(s)
+        held = s.kit.lower() in names or s.path.parent.name.lower() in names or s.package.lower() in names
+        (test if held else train).append(s)
     return train, test
 
 
@@ -204,24 +285,24 @@ def loudness_normalise(audio: np.ndarray, sample_rate: int, target_rms_db: float
     """Scale so the RMS of the first 100 ms (the hit) sits at ``target_rms_db``, then pull the
     gain down if a peak would exceed the ceiling: a quiet velocity layer and a loud one end up
     equally loud, and a hat (high crest factor) is not made as loud as a kick by its peak."""
-    head = audio[:, : max(1, int(0.1 * sample_rate))]
-    rms = float(np.sqrt(np.mean(np.square(head, dtype=np.float64))))
-    if rms <= 1e-9:
-        return audio.astype(np.float32, copy=True)
-    gain = 10 ** (target_rms_db / 20) / rms
-    peak = float(np.max(np.abs(audio)))
-    gain = min(gain, PEAK_CEILING / peak)
+    gain = _normalise_gain(audio, sample_rate, target_rms_db)
     return (audio * gain).astype(np.float32)
 
 
-def fit_length(audio: np.ndarray, length: int, sample_rate: int, fade_s: float = 0.03) -> np.ndarray:
-    """Crop to ``length`` with a raised-cosine fade over the last ``fade_s`` (no click where a
-    long ring is cut), or pad with silence."""
+def fit_length(audio: np.ndarray, length: int, sample_rate: int, fade_s: float = 0.03,
+               ring_fade_s: float = 0.25, ring_db: float = -40.0) -> np.ndarray:
+    """Crop to ``length`` with a raised-cosine fade, or pad with silence. The fade is ``fade_s``
+    where the clip has decayed below ``ring_db`` (re its peak) by the cut, and ``ring_fade_s``
+    where it still rings there (a crash, an open hat): a cut ring then dies away rather than
+    stopping, which is what the model learns a long ring's end sounds like."""
     channels, frames = audio.shape
     out = np.zeros((channels, length), dtype=np.float32)
     if frames >= length:
         out[:] = audio[:, :length]
-        n = min(length, max(1, int(fade_s * sample_rate)))
+        peak = float(np.max(np.abs(audio))) or 1.0
+        near_cut = audio[:, max(0, length - int(0.02 * sample_rate)):length]
+        ringing = float(np.sqrt(np.mean(np.square(near_cut)))) > peak * 10 ** (ring_db / 20)
+        n = min(length, max(1, int((ring_fade_s if ringing else fade_s) * sample_rate)))
         out[:, length - n:] *= (0.5 * (1 + np.cos(np.linspace(0, np.pi, n)))).astype(np.float32)
     else:
         out[:, :frames] = audio
@@ -229,47 +310,91 @@ def fit_length(audio: np.ndarray, length: int, sample_rate: int, fade_s: float =
 
 
 def prepare_sample(path: Path, sample_rate: int, channels: int, length: int) -> np.ndarray:
-    """read -> onset-align -> loudness-normalise -> crop/pad: one training or evaluation clip."""
+    """read -> onset-align -> loudness-normalise -> crop/pad: one clip, normalised on its own
+    (:func:`load_drum_set` normalises a kit's layers together)."""
     audio = read_audio(path, sample_rate, channels)
     audio = audio[:, onset_frame(audio, sample_rate):]
     return fit_length(loudness_normalise(audio, sample_rate), length, sample_rate)
 
 
+def _aligned(path: Path, sample_rate: int, channels: int, gain: float) -> np.ndarray:
+    audio = read_audio(path, sample_rate, channels) * np.float32(gain)
+    return audio[:, onset_frame(audio, sample_rate):]
+
+
 @dataclass
 class DrumSet:
-    """Prepared clips in memory (a few hundred one-shots is a few MB) with their labels."""
+    """Prepared clips in memory (a few thousand one-shots is ~100 MB) with their labels."""
 
     audio: np.ndarray  # (n, channels, length) float32
     labels: np.ndarray  # (n,) int64 index into classes
     classes: tuple[str, ...]
     samples: list[Sample]
+    #: (n,) float32: each clip's velocity, 0-1.
+    velocities: np.ndarray | None = None
 
     def counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(self.classes)}
+
+    def per_package(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.samples:
+            out[s.package or "other"] = out.get(s.package or "other", 0) + 1
+        return out
 
 
 def load_drum_set(samples: Sequence[Sample], *, sample_rate: int, channels: int, length: int,
                   classes: Sequence[str] | None = None) -> DrumSet:
     """Prepare ``samples``; only those whose instrument is in ``classes`` (default: all found,
-    in :data:`INSTRUMENTS` order). Unreadable files are skipped with a warning."""
+    in :data:`INSTRUMENTS` order). Unreadable files are skipped with a warning.
+
+    The layers of one group (one instrument of one kit) share one loudness gain, the one that
+    brings their loudest layer to the target: a soft layer stays as much quieter as the kit
+    plays it, so level, like timbre, follows velocity. A sample of no group is normalised alone."""
     present = {s.instrument for s in samples}
     classes = tuple(classes) if classes else tuple(i for i in INSTRUMENTS if i in present)
-    clips, labels, kept = [], [], []
-    for s in samples:
-        if s.instrument not in classes:
+    wanted = [s for s in samples if s.instrument in classes]
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(wanted):
+        groups.setdefault(s.group or f"#{i}", []).append(i)
+    clips: dict[int, np.ndarray] = {}
+    for members in groups.values():
+        aligned = {}
+        for i in members:
+            try:
+                aligned[i] = _aligned(wanted[i].path, sample_rate, channels, wanted[i].gain)
+            except Exception as exc:  # one bad file in a user's folder must not stop a training run
+                log.warning("skipping %s: %s", wanted[i].path, exc)
+        if not aligned:
             continue
-        try:
-            clip = prepare_sample(s.path, sample_rate, channels, length)
-        except Exception as exc:  # one bad file in a user's folder must not stop a training run
-            log.warning("skipping %s: %s", s.path, exc)
+        gains = [_normalise_gain(a, sample_rate) for a in aligned.values()]
+        gain = min(gains)  # the loudest member's: the others keep their level below it
+        for i, a in aligned.items():
+            clips[i] = fit_length((a * gain).astype(np.float32), length, sample_rate)
+    kept_clips, labels, kept, velocities = [], [], [], []
+    for i, s in enumerate(wanted):
+        clip = clips.get(i)
+        if clip is None:
             continue
         if float(np.max(np.abs(clip))) < 1e-4:
             log.warning("skipping %s: silent", s.path)
             continue
-        clips.append(clip)
+        kept_clips.append(clip)
         labels.append(classes.index(s.instrument))
         kept.append(s)
-    if not clips:
+        velocities.append(s.velocity)
+    if not kept_clips:
         raise ValueError("no usable samples (none readable with an instrument among "
                          f"{', '.join(classes) or 'the known ones'})")
-    return DrumSet(np.stack(clips), np.asarray(labels, dtype=np.int64), classes, kept)
+    return DrumSet(np.stack(kept_clips), np.asarray(labels, dtype=np.int64), classes, kept,
+                   np.asarray(velocities, dtype=np.float32))
+
+
+def _normalise_gain(audio: np.ndarray, sample_rate: int, target_rms_db: float = TARGET_RMS_DB) -> float:
+    """The gain :func:`loudness_normalise` would apply to ``audio``."""
+    head = audio[:, : max(1, int(0.1 * sample_rate))]
+    rms = float(np.sqrt(np.mean(np.square(head, dtype=np.float64))))
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if rms <= 1e-9 or peak <= 0:
+        return 1.0
+    return min(10 ** (target_rms_db / 20) / rms, PEAK_CEILING / peak)

@@ -53,6 +53,10 @@ class Capabilities:
     text: bool = False
     #: Outputs are one-shots that go through drum finishing (normalise, trim the tail).
     one_shots: bool = True
+    #: How hard the hit is played (a request's ``velocity``, 0-1) changes the sound, not only
+    #: its level: the engine then keeps an instrument's fresh clips per velocity band. Without
+    #: it a request's velocity is ignored (the mixer's gain is all a velocity does).
+    velocity: bool = False
 
 
 @dataclass
@@ -86,11 +90,14 @@ class GeneratorInfo:
 
 @dataclass
 class RenderRequest:
-    """One clip to make: its task id (how replies find their way back), seed and instrument."""
+    """One clip to make: its task id (how replies find their way back), seed, instrument and the
+    velocity (0-1) it is played at - None: the generator's own default; a generator without
+    ``Capabilities.velocity`` ignores it."""
 
     task: int
     seed: int
     instrument: str | None = None
+    velocity: float | None = None
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models.diffusion import DiffusionGenerator, ModelInfo, ModelLoadError, UNetArch
+from models.diffusion import DiffusionGenerator, ModelInfo, ModelLoadError, UNetArch, amplitude_power
 from models.output_filter import parse_lowpass
 
 
@@ -39,11 +39,14 @@ class OrtStep(torch.nn.Module):
             raise ModelLoadError(f"cannot load the ONNX model {onnx_file}: {exc} (delete it and "
                                  f"{onnx_file.name}.json to export it again)") from None
 
-    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None,
+                velocity: torch.Tensor | None = None) -> torch.Tensor:
         feeds = {"x": x.detach().float().contiguous().cpu().numpy(),
                  "sigma": sigma.reshape(-1).float().contiguous().cpu().numpy()}
         if labels is not None:
             feeds["label"] = labels.reshape(-1).contiguous().cpu().numpy()
+        if velocity is not None:
+            feeds["velocity"] = velocity.reshape(-1).float().contiguous().cpu().numpy()
         return torch.from_numpy(self.session.run(None, feeds)[0]).to(self.device)
 
 
@@ -87,7 +90,9 @@ def load_onnx_generator(onnx_file: Path, *, name: str, threads: int, device: str
                      default_steps=int(meta.get("default_steps", 25)), sdpa_layers=0, precision="fp32",
                      default_sampler=str(meta.get("default_sampler", "ddim")), classes=meta.get("classes") or None,
                      data_scale=float(meta.get("data_scale", 1.0)),
+                     amplitude_power=amplitude_power(meta, str(meta_file)),
                      output_lowpass_hz=parse_lowpass(meta.get("output_lowpass_hz"), sample_rate=arch.sample_rate,
-                                                     classes=meta.get("classes") or None))
+                                                     classes=meta.get("classes") or None),
+                     velocity=bool(meta.get("velocity", False)))
     info.device = str(where)
     return DiffusionGenerator(OrtStep(onnx_file, threads, where, gpu_memory_limit_mb), arch, info, where)

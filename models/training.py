@@ -34,11 +34,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.diffusion import (
+    CLASS_EMBEDDING_KEY,
+    VELOCITY_EMBEDDING_KEY,
     ConditionedUNet,
     ModelInfo,
     UNetArch,
     alpha_beta,
     build_network,
+    compress,
     load_generator,
     save_model_folder,
     swap_attention_to_sdpa,
@@ -48,19 +51,31 @@ from models.output_filter import EVERY_INSTRUMENT, describe_lowpass, parse_lowpa
 
 log = logging.getLogger(__name__)
 
-#: The shipped default's shape: mono, 22.05 kHz, 16384 frames (0.74 s), 12.7 M parameters.
-#: The first level downsamples by 2: at full resolution it cost a third of every step (batch 4:
-#: 96 ms per network pass against 137-153 ms with factor 1, same parameters), and a learned
-#: 2x down/upsampling still reaches 11 kHz for hats.
+#: The shipped default's shape: mono, 22.05 kHz, 16384 frames (0.74 s), 12.8 M parameters.
+#: A first level of 8 channels at the full rate, then the earlier default's six levels below it.
+#: Why: the earlier default's first level ran at half rate and came back by nearest-neighbour
+#: upsampling and one convolution, so everything above 5.5 kHz was a mirror image of what lay
+#: below it - the hiss its kicks carried up to Nyquist (docs/ARCHITECTURE.md, "Why drums
+#: hissed"). 8 channels at the full rate cost 16% of the refill speed at batch 4 (126 ms per
+#: network pass against 107, measured with /tmp-free bench/oneshot_throughput.py), where the
+#: same six levels at full rate cost twice.
 DEFAULT_ARCH = {
     "in_channels": 1,
-    "channels": [16, 32, 64, 128, 128, 256],
-    "factors": [2, 4, 4, 2, 2, 2],
-    "items": [1, 2, 2, 2, 2, 2],
-    "attentions": [0, 0, 0, 0, 1, 1],
+    "channels": [8, 16, 32, 64, 128, 128, 256],
+    "factors": [1, 2, 4, 4, 2, 2, 2],
+    "items": [1, 1, 2, 2, 2, 2, 2],
+    "attentions": [0, 0, 0, 0, 0, 1, 1],
     "attention_heads": 8,
     "attention_features": 64,
 }
+#: Velocity knots of a new class-conditioned model (see ConditionedUNet): soft, two middles, hard.
+VELOCITY_KNOTS = 4
+#: The velocity embedding starts at zero (a transferred model starts out as its source) and
+#: learns this many times faster than the rest: one shared curve, far fewer gradient samples
+#: per parameter than the network's weights.
+VELOCITY_LR_SCALE = 10.0
+#: A new instrument's class row starts from the nearest instrument a transferred model had.
+TRANSFER_FALLBACK = {"open_hat": "hat", "crash": "hat", "ride": "hat", "rim": "perc"}
 DEFAULT_SAMPLE_RATE = 22050
 DEFAULT_LENGTH = 16384
 
@@ -75,6 +90,10 @@ class TrainSettings:
     classes: list[str] | None = None
     instrument: str | None = None
     init: str | None = None
+    #: A model whose weights start a *new* network (:data:`DEFAULT_ARCH` or ``arch``) where they
+    #: fit: the same levels, shifted down by the levels added above them; instruments by name
+    #: (new ones from :data:`TRANSFER_FALLBACK`). What the shipped default grew from.
+    transfer: str | None = None
     #: A genbridge config.json-style mapping ({"sample_rate", "length", "unet": {...}}) for a
     #: model trained from scratch; None is the shipped default's shape (DEFAULT_ARCH).
     arch: dict[str, Any] | None = None
@@ -87,6 +106,9 @@ class TrainSettings:
     #: Training audio is multiplied by this (None: chosen from the data so its std is 0.5) and
     #: the model folder records it, so generation divides it out again.
     data_scale: float | None = None
+    #: Train on companded audio, sign(x) * |x| ** amplitude_power (see ModelInfo.amplitude_power):
+    #: 0.5 puts the network's noise floor 30 dB lower under a decayed hit; 1 is plain audio.
+    amplitude_power: float = 1.0
     threads: int = 0
     #: "auto" (CUDA when torch sees a GPU, else CPU), "cpu" or "cuda[:N]": where the network
     #: runs. Batch indices, augmentation and sigma come from the CPU generator, so a run's data
@@ -119,7 +141,8 @@ class TrainSettings:
 
 
 def v_loss(model: ConditionedUNet, x0: torch.Tensor, labels: torch.Tensor | None,
-           generator: torch.Generator, bf16: bool, noise_generator: torch.Generator | None = None) -> torch.Tensor:
+           generator: torch.Generator, bf16: bool, noise_generator: torch.Generator | None = None,
+           velocity: torch.Tensor | None = None) -> torch.Tensor:
     """audio-diffusion-pytorch's VDiffusion loss for one batch, on the device ``x0`` is on.
 
     sigma comes from the CPU ``generator``, and on a CPU the noise too. On a GPU, drawing the
@@ -138,7 +161,10 @@ def v_loss(model: ConditionedUNet, x0: torch.Tensor, labels: torch.Tensor | None
     x_t = alpha * x0 + beta * noise
     target = alpha * noise - beta * x0
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        pred = model(x_t, sigma, labels.to(device) if labels is not None else None)
+        if velocity is not None and labels is not None:
+            pred = model(x_t, sigma, labels.to(device), velocity.to(device))
+        else:
+            pred = model(x_t, sigma, labels.to(device) if labels is not None else None)
     return F.mse_loss(pred.float(), target)
 
 
@@ -243,7 +269,59 @@ def _build(settings: TrainSettings, classes_found: Sequence[str]
     if settings.instrument:
         return ConditionedUNet(net, 0), arch, None, "trained from scratch", None
     classes = list(settings.classes or classes_found)
-    return ConditionedUNet(net, len(classes)), arch, classes, "trained from scratch", None
+    model = ConditionedUNet(net, len(classes), velocity_knots=VELOCITY_KNOTS)
+    if settings.transfer:
+        source = load_generator(settings.transfer, name="transfer", sdpa=True)
+        report = transfer_weights(model, classes, source.net, source.classes or [])
+        log.info("transferred %d of %d tensors from %s (%s)", report["copied"], report["tensors"],
+                 settings.transfer, report["classes"])
+        # Its info too: the new network works at the source's data scale, which its inner levels learned.
+        return model, arch, classes, f"grown from {settings.transfer} ({report['summary']})", source.info
+    return model, arch, classes, "trained from scratch", None
+
+
+_LEVEL = ".blocks.3.block"  # how a_unet nests each next level of the U-Net inside the last
+_TOP = "blocks.2.net.block"
+
+
+def transfer_weights(target: ConditionedUNet, classes: Sequence[str], source: nn.Module,
+                     source_classes: Sequence[str]) -> dict[str, Any]:
+    """Copy ``source``'s weights into ``target`` where they fit; returns what was copied.
+
+    ``target`` may have more levels on top (a full-rate first level above the same levels): a
+    source tensor at level i goes to level i + shift, and is copied when the shapes agree (the
+    time embedding, every inner level's convolutions and attention; not the convolutions where
+    the new level meets the old). Class rows go by instrument name, a new instrument starting
+    from its :data:`TRANSFER_FALLBACK` row plus noise (so two new ones differ)."""
+    src_net = source.net if isinstance(source, ConditionedUNet) else source
+    src = src_net.state_dict()
+    dst = target.net.state_dict()
+    depth = lambda keys: max((k.count(_LEVEL) for k in keys if k.startswith(_TOP)), default=0)  # noqa: E731
+    shift = depth(dst) - depth(src)
+    copied = 0
+    for key, value in src.items():
+        name = key.replace(_TOP, _TOP + _LEVEL * shift, 1) if key.startswith(_TOP) and shift > 0 else key
+        if name in dst and dst[name].shape == value.shape:
+            dst[name] = value.clone()
+            copied += 1
+    target.net.load_state_dict(dst)
+    rows: dict[str, str] = {}
+    src_emb = source.class_embedding.weight.detach() if isinstance(source, ConditionedUNet) and \
+        source.class_embedding is not None else None
+    if src_emb is not None and target.class_embedding is not None:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for i, inst in enumerate(classes):
+                origin = inst if inst in source_classes else TRANSFER_FALLBACK.get(inst)
+                if origin in source_classes:
+                    row = src_emb[list(source_classes).index(origin)].clone()
+                    if origin != inst:
+                        row += 0.3 * torch.randn(row.shape, generator=gen)
+                    target.class_embedding.weight[i] = row
+                    rows[inst] = origin
+    summary = (f"{copied} of {len(src)} tensors into {len(dst)}, {shift} level(s) added on top; classes "
+               + ", ".join(f"{k}<-{v}" if k != v else k for k, v in rows.items()))
+    return {"copied": copied, "tensors": len(dst), "shift": shift, "classes": rows, "summary": summary}
 
 
 def _output_lowpass(settings: TrainSettings, arch: UNetArch, classes: Sequence[str] | None,
@@ -251,8 +329,8 @@ def _output_lowpass(settings: TrainSettings, arch: UNetArch, classes: Sequence[s
     """The high-cut the model folder will name: the settings' (checked against the model now,
     before minutes of training), else the fine-tuned model's. An unconditional model's one
     instrument may be named by its name; the folder stores it as "*" (every clip)."""
-    if settings.output_lowpass is None:
-        return dict(init_info.output_lowpass_hz) if init_info else {}
+    if settings.output_lowpass is None:  # a fine-tuned model keeps its high-cut; a transferred one has its own
+        return dict(init_info.output_lowpass_hz) if init_info and settings.init else {}
     wanted = {EVERY_INSTRUMENT if not classes and k == settings.instrument else k: v
               for k, v in settings.output_lowpass.items()}
     return parse_lowpass(wanted, sample_rate=arch.sample_rate, classes=list(classes) if classes else None)
@@ -290,7 +368,7 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     resume = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.is_file() else None
     if resume is not None:
         saved = resume["settings"]
-        for key in ("data", "classes", "instrument", "init", "arch", "batch", "seed"):
+        for key in ("data", "classes", "instrument", "init", "transfer", "arch", "batch", "seed", "amplitude_power"):
             if saved.get(key) != getattr(settings, key):
                 raise ValueError(f"{ckpt_path} was written with {key}={saved.get(key)!r}, this run asks "
                                  f"for {getattr(settings, key)!r}: use another --out or the same settings")
@@ -304,7 +382,8 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     data, held_kits = load_training_data(settings, samples, arch, classes)
     if classes is not None and list(data.classes) != list(classes):
         classes = list(data.classes)
-        model = ConditionedUNet(model.net, len(classes))
+        model = ConditionedUNet(model.net, len(classes),
+                                velocity_knots=VELOCITY_KNOTS if model.velocity_embedding is not None else 0)
     log.info("training data: %d clips %s; held out: %s", len(data.labels), data.counts(),
              ", ".join(held_kits) or "none")
 
@@ -319,8 +398,11 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     params = [p for p in model.parameters() if p.requires_grad]
     # No weight decay on the class embedding: decay would pull the instruments' rows together.
     embedding = list(model.class_embedding.parameters()) if model.class_embedding is not None else []
-    others = [p for p in params if all(p is not e for e in embedding)]
-    groups = [{"params": others}] + ([{"params": embedding, "weight_decay": 0.0}] if embedding else [])
+    velocity = [model.velocity_embedding] if model.velocity_embedding is not None else []
+    others = [p for p in params if all(p is not e for e in embedding + velocity)]
+    groups = ([{"params": others}] + ([{"params": embedding, "weight_decay": 0.0}] if embedding else [])
+              + ([{"params": velocity, "weight_decay": 0.0, "lr": settings.lr * VELOCITY_LR_SCALE}]
+                 if velocity else []))
     opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup)))
     gen = torch.Generator().manual_seed(settings.seed + 1)
@@ -349,10 +431,19 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
         settings.data_scale = resume["settings"].get("data_scale") or settings.data_scale
     if settings.data_scale is None:  # a model being fine-tuned keeps the scale it was trained at
         from_init = init_info.data_scale if init_info else None
-        settings.data_scale = from_init or round(0.5 / max(float(data.audio.std()), 1e-4), 2)
-    log.info("data scale %.2f (training audio std %.4f)", settings.data_scale, float(data.audio.std()))
-    audio = torch.from_numpy(data.audio).to(device)  # a few hundred clips: a few MB
+        if init_info and settings.init and init_info.amplitude_power != settings.amplitude_power:
+            raise ValueError(f"{settings.init} works on amplitude power {init_info.amplitude_power}, "
+                             f"this run asks for {settings.amplitude_power}: fine-tuning keeps a model's own")
+        from_init = from_init if init_info and init_info.amplitude_power == settings.amplitude_power else None
+        std = float(compress(torch.from_numpy(data.audio), settings.amplitude_power).std())
+        settings.data_scale = from_init or round(0.5 / max(std, 1e-4), 2)
+    log.info("data scale %.2f (training audio std %.4f, amplitude power %g)", settings.data_scale,
+             float(data.audio.std()), settings.amplitude_power)
+    audio = torch.from_numpy(data.audio).to(device)  # a few thousand clips: ~150 MB
     labels = torch.from_numpy(data.labels)
+    velocities = torch.from_numpy(data.velocities) if data.velocities is not None else None
+    if model.velocity_embedding is None:
+        velocities = None
     noise_gen = torch.Generator(device=device) if device.type != "cpu" else None
 
     def checkpoint() -> None:
@@ -378,8 +469,9 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
             idx = torch.randint(len(labels), (settings.batch,), generator=gen)
         else:
             idx = torch.multinomial(weights, settings.batch, replacement=True, generator=gen)
-        x0 = augment(audio[idx.to(device)], gen) * settings.data_scale
-        loss = v_loss(model, x0, labels[idx] if classes else None, gen, settings.bf16, noise_gen)
+        x0 = compress(augment(audio[idx.to(device)], gen), settings.amplitude_power) * settings.data_scale
+        loss = v_loss(model, x0, labels[idx] if classes else None, gen, settings.bf16, noise_gen,
+                      velocities[idx] if velocities is not None and classes else None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -451,18 +543,22 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
         "wall_time_s": round(wall_s, 1),
         "final_loss": round(final_loss, 5),
         "machine": settings.machine,
-        "data": {"clips": len(data.labels), "per_instrument": data.counts(),
+        "data": {"clips": len(data.labels), "per_instrument": data.counts(), "per_package": data.per_package(),
                  "kits": sorted(licenses), "held_out_kits": list(held_kits)},
         "licenses": licenses,
         "settings": settings.to_json(),
     }
     extra = ({"classes": list(classes)} if classes else {}) | {"data_scale": settings.data_scale or 1.0}
+    if settings.amplitude_power != 1.0:
+        extra["amplitude_power"] = settings.amplitude_power
     if settings.output_lowpass:
         extra["output_lowpass_hz"] = dict(settings.output_lowpass)
+    tensors = {CLASS_EMBEDDING_KEY: model.class_embedding.weight.detach()} if classes else {}
+    if classes and model.velocity_embedding is not None:
+        tensors[VELOCITY_EMBEDDING_KEY] = model.velocity_embedding.detach()
     save_model_folder(folder, model.net, arch, default_steps=settings.default_steps,
                       fp16=settings.fp16_weights, card=card, extra_config=extra | {"sampler": settings.sampler},
-                      extra_tensors={"genbridge.class_embedding": model.class_embedding.weight.detach()}
-                      if classes else None)
+                      extra_tensors=tensors or None)
     lines = [
         f"# {settings.name}: drum one-shot diffusion model",
         "",
@@ -475,8 +571,11 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
         f"{settings.sampler}, {settings.default_steps} steps by default.",
         *([f"- Output high-cut (applied to generated clips, not in training): "
            f"{describe_lowpass(settings.output_lowpass)}."] if settings.output_lowpass else []),
-        f"- Training clips: {len(data.labels)} {json.dumps(data.counts())}; held out for evaluation: "
-        f"{', '.join(held_kits) or 'none'}.",
+        f"- Training clips: {len(data.labels)} {json.dumps(data.counts())}, by package "
+        f"{json.dumps(data.per_package())}; held out for evaluation: {', '.join(held_kits) or 'none'}.",
+        *([f"- Conditioned on velocity ({model.velocity_embedding.shape[0]} knots over 0-1): a soft hit is a "
+           "darker, shorter sound, not only a quieter one."] if classes and model.velocity_embedding is not None
+          else []),
         "",
         "## Data licenses",
         "",

@@ -46,7 +46,8 @@ KIT_XML = """<?xml version="1.0" encoding="UTF-8"?>
   <license>CC0</license>
   <instrumentList>
     <instrument><id>0</id><name>Bass Drum 1</name>
-      <layer><filename>bd_soft.wav</filename></layer><layer><filename>bd_hard.wav</filename></layer>
+      <layer><filename>bd_soft.wav</filename><min>0</min><max>0.5</max><gain>0.5</gain></layer>
+      <layer><filename>bd_hard.wav</filename><min>0.5</min><max>1</max></layer>
     </instrument>
     <instrument><id>1</id><name>Snare Rimshot</name>
       <instrumentComponent><layer><filename>sn.wav</filename></layer></instrumentComponent>

@@ -44,15 +44,18 @@ def test_benchmark_runs_on_a_trained_model_and_writes_its_table(tmp_path: Path) 
     sheet = tmp_path / "sheet.png"
     run = subprocess.run([sys.executable, "bench/drum_quality.py", "--model", str(result.model_dir), "--n", "3",
                           "--steps", "3", "--data", str(data), "--hold-out", "HeldKit", "--threads", "1",
-                          "--sheet", str(sheet), "--name", "test_drum_quality"],
+                          "--sheet", str(sheet), "--name", "test_drum_quality", "--no-onnx"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode in (0, 1), run.stderr  # 1 = the gate failed, which a 2-step model must
     assert "held-out real" in run.stdout and "noise burst" in run.stdout, run.stdout
+    assert "velocity 40 against 120" in run.stdout and "one-shots/s at the refill batch 4: torch" in run.stdout
     results = json.loads((REPO / "bench" / "results" / "test_drum_quality.json").read_text())
     assert set(results["instruments"]) == {"kick", "snare", "hat"}
     kick = results["instruments"]["kick"]
     assert kick["held_out_real_clips"] == 2 and kick["held_out_real_accuracy"] == 1.0
     assert set(kick["features"]) == {"real", "generated", "noise"}
+    assert set(kick["bands"]) == {"soft", "medium", "hard"} and kick["velocity"]["generated"] is not None
+    assert results["oneshots_per_s"]["torch"] > 0
     assert results["instruments"]["kick"]["pass"] is False, "an untrained model cannot pass the gate"
     assert sheet.is_file() and sheet.stat().st_size > 10_000
 

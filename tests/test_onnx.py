@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import torch
 from conftest import TINY_LENGTH, TINY_RATE, build_tiny_model, write_config
 from helpers import GENBRIDGE, REPO
 
@@ -93,3 +94,32 @@ def test_a_class_conditioned_model_exports_with_a_label_input(tmp_path: Path) ->
     torch_gen.info.output_lowpass_hz = {}
     assert float(np.abs(ort_gen.generate(5, 3, instrument="kick") - torch_gen.generate(5, 3, instrument="kick")
                         ).max()) > 1e-3, "onnxruntime applies the high-cut too"
+
+
+def test_a_velocity_conditioned_model_exports_with_a_velocity_input(tmp_path: Path) -> None:
+    from conftest import TINY_UNET
+    from drum_samples import write_sample_folder
+    from safetensors.torch import load_file, save_file
+
+    from export.onnx import export_denoiser
+    from models.diffusion import VELOCITY_EMBEDDING_KEY
+    from models.onnx_runtime import load_onnx_generator
+    from models.training import TrainSettings, train
+
+    result = train(TrainSettings(data=[str(write_sample_folder(tmp_path / "s"))], out=str(tmp_path / "run"),
+                                 arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET},
+                                 steps=1, batch=2, held_out=[], threads=1, amplitude_power=0.5), progress=False)
+    weights = result.model_dir / "model.safetensors"
+    tensors = load_file(str(weights))  # knots apart, as thousands of training steps would move them
+    tensors[VELOCITY_EMBEDDING_KEY] = torch.randn(tensors[VELOCITY_EMBEDDING_KEY].shape, dtype=torch.float16) * 3
+    save_file(tensors, str(weights))
+    onnx_file = tmp_path / "drums.onnx"
+    meta = export_denoiser(result.model_dir, onnx_file)
+    assert meta["velocity"] is True and meta["amplitude_power"] == 0.5 and meta["parity"]["max_abs"] < 1e-4
+    ort_gen = load_onnx_generator(onnx_file, name="d", threads=1)
+    torch_gen = load_generator(result.model_dir, name="d")
+    assert ort_gen.info.velocity and ort_gen.info.amplitude_power == 0.5
+    got = ort_gen.generate_batch([5, 5], 3, instruments=["snare", "snare"], velocities=[0.3, 0.95])
+    want = torch_gen.generate_batch([5, 5], 3, instruments=["snare", "snare"], velocities=[0.3, 0.95])
+    assert all(float(np.abs(g - w).max()) < 1e-4 for g, w in zip(got, want)), "the same clips on either runtime"
+    assert float(np.abs(got[0] - got[1]).max()) > 1e-3, "the soft and the hard hit differ"

@@ -17,17 +17,27 @@ from helpers import GENBRIDGE, REPO, assert_valid_clip
 from test_checkpoints import build_tiny_audio_diffusion_ckpt
 
 from models.diffusion import ConditionedUNet, load_generator
-from models.drum_data import TARGET_RMS_DB, find_samples, instrument_for, load_drum_set, split_held_out
-from models.training import TrainSettings, augment, clip_weights, train
+from models.drum_data import (
+    DEFAULT_VELOCITY,
+    TARGET_RMS_DB,
+    find_samples,
+    instrument_for,
+    load_drum_set,
+    split_held_out,
+)
+from models.training import VELOCITY_KNOTS, TrainSettings, augment, clip_weights, train
 
 
 def test_instrument_names_from_hydrogen_kits_and_file_names() -> None:
     cases = {
         "BassDrum": "kick", "Kick (Tama Superstar 22\")": "kick", "c3 - bass drum 1": "kick",
         "Pearl Snare Rimshot": "snare", "Snare Jazz": "snare", "Snare Roll": None,
-        "Hi Hat Closed": "hat", "Sabian Hat Semi-Open": "hat", "Closed HH 2": "hat", "Hi-Hat Pedal": "hat",
+        "Hi Hat Closed": "hat", "Closed HH 2": "hat", "Hi-Hat Pedal": "hat", "drum_cymbal_closed": "hat",
+        "Sabian Hat Semi-Open": "open_hat", "Hat Op Dirty": "open_hat", "hihat_opened01": "open_hat",
         "Hand Clap": "clap", "Tom Low (Tama Superstar 16\")": "tom", "Cowbell": "perc",
-        "Crash 18\"": None, "Ride Bell": None, "Zap 1": None,
+        "Side Stick": "rim", "Rim Click (Pearl Free Floating Maple 14x3.5)": "rim",
+        "Crash 18\"": "crash", "drum_cymbal_hard": "crash", "Ride Cymbal": "ride", "Crash/Ride (Paiste 18\")": "ride",
+        "Ride Bell": None, "ride-cup": None, "Zap 1": None, "drum_splash_soft": None,
     }
     assert {name: instrument_for(name) for name in cases} == cases
 
@@ -39,24 +49,43 @@ def test_kits_and_folders_are_found_labelled_and_prepared(tmp_path: Path) -> Non
     by_kit = {(s.kit, s.instrument) for s in samples}
     assert ("Test Kit", "kick") in by_kit and ("Test Kit", "snare") in by_kit and ("Test Kit", "hat") in by_kit
     kit_samples = [s for s in samples if s.kit == "Test Kit"]
-    assert sorted(s.path.name for s in kit_samples) == ["bd_hard.wav", "bd_soft.wav", "hh.wav", "sn.wav"], \
-        "every layer of each instrument, and no crash cymbal"
+    assert sorted(s.path.name for s in kit_samples) == ["bd_hard.wav", "bd_soft.wav", "crash.wav", "hh.wav",
+                                                        "sn.wav"], "every layer of each instrument"
     assert all(s.license == "CC0" for s in kit_samples)
+    velocity = {s.path.name: s.velocity for s in kit_samples}
+    assert velocity["bd_soft.wav"] == 0.25 and velocity["bd_hard.wav"] == 0.75, \
+        "a layer's velocity is its range's middle"
+    assert velocity["sn.wav"] == DEFAULT_VELOCITY, "a lone layer is a firm hit"
     mine = [s for s in samples if s.kit == "mine"]
     assert len(mine) == 9 and "mystery" not in {s.name for s in mine}
     train_part, held = split_held_out(samples, ["TestKit"])
     assert {s.kit for s in held} == {"Test Kit"} and len(train_part) == 9
 
     data = load_drum_set(samples, sample_rate=22050, channels=1, length=8192)
-    assert data.audio.shape == (13, 1, 8192) and data.classes == ("kick", "snare", "hat")
-    assert data.counts() == {"kick": 5, "snare": 4, "hat": 4}
-    for clip in data.audio:
+    assert data.audio.shape == (14, 1, 8192) and data.classes == ("kick", "snare", "hat", "crash")
+    assert data.counts() == {"kick": 5, "snare": 4, "hat": 4, "crash": 1}
+    head_db = [20 * np.log10(np.sqrt(np.mean(clip[0, :2205] ** 2))) for clip in data.audio]
+    for clip, s, level in zip(data.audio, data.samples, head_db):
         peak = np.abs(clip[0])
         # onset-aligned: the hit starts within the 2 ms pre-roll (the files start with 10-30 ms of silence)
         assert int(np.argmax(peak > 0.03 * peak.max())) < int(0.003 * 22050)
-        head_rms_db = 20 * np.log10(np.sqrt(np.mean(clip[0, :2205] ** 2)))
-        assert head_rms_db <= TARGET_RMS_DB + 0.1 and peak.max() <= 0.981
-        assert head_rms_db > TARGET_RMS_DB - 0.1 or peak.max() > 0.97, "loudness-normalised or at the ceiling"
+        assert level <= TARGET_RMS_DB + 0.1 and peak.max() <= 0.981
+        if s.path.name != "bd_soft.wav":
+            assert level > TARGET_RMS_DB - 0.1 or peak.max() > 0.97, "loudness-normalised or at the ceiling"
+    # The two layers of one drum share one gain: the soft one stays as much quieter as the kit plays it
+    # (its file's level times its layer gain of 0.5), not normalised up to the hard one.
+    import soundfile as sf
+
+    def file_db(name: str, gain: float) -> float:
+        audio, _ = sf.read(str(tmp_path / "kits" / "TestKit" / name), dtype="float32")
+        audio = audio[np.argmax(np.abs(audio) > 0.03 * np.abs(audio).max()):] * gain
+        return 20 * np.log10(np.sqrt(np.mean(audio[: int(0.1 * 44100)] ** 2)))
+
+    names = [s.path.name for s in data.samples]
+    soft, hard = head_db[names.index("bd_soft.wav")], head_db[names.index("bd_hard.wav")]
+    assert hard > TARGET_RMS_DB - 0.1 and soft < hard - 1.0
+    assert abs((soft - hard) - (file_db("bd_soft.wav", 0.5) - file_db("bd_hard.wav", 1.0))) < 0.5
+    assert np.allclose(sorted(data.velocities[data.labels == 0]), [0.25, 0.75, 0.8, 0.8, 0.8])
 
 
 def _arch_file(tmp_path: Path) -> Path:
@@ -191,3 +220,85 @@ def test_asking_for_a_gpu_that_is_not_there_is_a_clear_error(tmp_path: Path) -> 
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 1 and "sees no CUDA GPU" in run.stderr, run.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_velocity_conditioning_changes_the_sound_and_survives_the_model_folder(tmp_path: Path) -> None:
+    data = write_sample_folder(tmp_path / "samples")
+    arch = json.loads(_arch_file(tmp_path).read_text())
+    result = train(TrainSettings(data=[str(data)], out=str(tmp_path / "run"), arch=arch, steps=2, batch=2,
+                                 held_out=[], threads=1), progress=False)
+    gen = load_generator(result.model_dir, name="drums")
+    assert gen.info.velocity and gen.net.velocity_embedding.shape == (VELOCITY_KNOTS, 1024)
+    assert "Conditioned on velocity" in (result.model_dir / "MODEL_CARD.md").read_text()
+    with torch.no_grad():  # training moves the knots apart over thousands of steps; here by hand
+        gen.net.velocity_embedding.copy_(torch.randn_like(gen.net.velocity_embedding) * 3)
+    soft, hard, soft_again = (gen.generate(7, 4, instrument="snare", velocity=v) for v in (0.3, 0.95, 0.3))
+    assert np.array_equal(soft, soft_again)
+    assert float(np.abs(soft - hard).max()) > 1e-3
+    batch = gen.generate_batch([7, 7], 4, instruments=["snare", "snare"], velocities=[0.3, 0.95])
+    assert np.allclose(batch[0], soft, atol=1e-5) and np.allclose(batch[1], hard, atol=1e-5), \
+        "each clip of a batch has its own velocity"
+    default = gen.generate(7, 4, instrument="snare")
+    assert np.array_equal(default, gen.generate(7, 4, instrument="snare", velocity=DEFAULT_VELOCITY))
+    with pytest.raises(ValueError, match="velocity must be 0-1"):
+        gen.generate(7, 4, instrument="snare", velocity=1.5)
+
+
+def test_transfer_grows_a_model_with_a_new_first_level_from_a_smaller_one(tmp_path: Path) -> None:
+    data = write_sample_folder(tmp_path / "samples")
+    source = train(TrainSettings(data=[str(data)], out=str(tmp_path / "src"), steps=2, batch=2, held_out=[],
+                                 threads=1, classes=["kick", "hat"],
+                                 arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET}),
+                   progress=False)
+    bigger = dict(TINY_UNET, channels=[8] + list(TINY_UNET["channels"]), factors=[1] + list(TINY_UNET["factors"]),
+                  items=[1] + list(TINY_UNET["items"]), attentions=[0] + list(TINY_UNET["attentions"]))
+    grown = train(TrainSettings(data=[str(data)], out=str(tmp_path / "grown"), steps=1, batch=2, held_out=[],
+                                threads=1, lr=1e-9, warmup=1, transfer=str(source.model_dir),
+                                classes=["kick", "snare", "hat", "open_hat"],
+                                arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": bigger}),
+                  progress=False)
+    src = load_generator(source.model_dir, name="src")
+    new = load_generator(grown.model_dir, name="new")
+    assert new.classes == ["kick", "snare", "hat", "open_hat"]
+    assert len(new.arch.channels) == len(TINY_UNET["channels"]) + 1
+    a, b = src.net.net.state_dict(), new.net.net.state_dict()
+    same = [k for k in a if k.replace("blocks.2.net.block", "blocks.2.net.block.blocks.3.block", 1) in b
+            and torch.allclose(a[k].float(), b[k.replace("blocks.2.net.block", "blocks.2.net.block.blocks.3.block", 1)
+                                                 ].float(), atol=1e-3)]
+    assert len(same) > len(a) * 0.8, f"the old levels sit one level down ({len(same)} of {len(a)} tensors)"
+    rows = new.net.class_embedding.weight.detach()
+    old = src.net.class_embedding.weight.detach()
+    assert torch.allclose(rows[0], old[0], atol=1e-2) and torch.allclose(rows[2], old[1], atol=1e-2), "by name"
+    assert 0.05 < float((rows[3] - old[1]).abs().mean()) < 1.0, "open_hat starts near the hat, not on it"
+    card = json.loads((grown.model_dir / "config.json").read_text())["card"]
+    assert card["origin"].startswith("grown from") and "open_hat<-hat" in card["origin"]
+
+
+def test_a_companded_model_hands_back_plain_audio_and_a_bad_power_is_refused(tmp_path: Path) -> None:
+    """amplitude_power 0.5: the network works on sign(x)*sqrt(|x|); what it hands back is audio again."""
+    from models.diffusion import ModelLoadError, compress, expand
+
+    x = torch.tensor([-0.5, -1e-4, 0.0, 2.5e-3, 0.81])
+    assert torch.allclose(expand(compress(x, 0.5), 0.5), x, atol=1e-7)
+    assert torch.allclose(compress(x, 0.5), torch.tensor([-0.7071, -0.01, 0.0, 0.05, 0.9]), atol=1e-4)
+    data = write_sample_folder(tmp_path / "samples")
+    arch = json.loads(_arch_file(tmp_path).read_text())
+    plain = train(TrainSettings(data=[str(data)], out=str(tmp_path / "plain"), arch=arch, steps=1, batch=2,
+                                held_out=[], threads=1), progress=False)
+    companded = train(TrainSettings(data=[str(data)], out=str(tmp_path / "comp"), arch=arch, steps=1, batch=2,
+                                    held_out=[], threads=1, amplitude_power=0.5), progress=False)
+    config = json.loads((companded.model_dir / "config.json").read_text())
+    assert config["amplitude_power"] == 0.5 and "amplitude_power" not in json.loads(
+        (plain.model_dir / "config.json").read_text())
+    assert config["data_scale"] < json.loads((plain.model_dir / "config.json").read_text())["data_scale"], \
+        "companded audio has a larger spread, so it is scaled less"
+    gen = load_generator(companded.model_dir, name="c")
+    assert gen.info.amplitude_power == 0.5
+    source = np.zeros((1, TINY_LENGTH), np.float32)
+    source[0, :400] = np.linspace(0.5, 0.0, 400)
+    assert np.allclose(gen.vary(source, 3, 0.0, instrument="kick"), source, atol=1e-6), \
+        "a variation at strength 0 gives back the source itself"
+    config["amplitude_power"] = 1.5
+    (companded.model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="amplitude_power must be within"):
+        load_generator(companded.model_dir, name="c")

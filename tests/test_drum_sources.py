@@ -1,0 +1,95 @@
+"""`make data`'s sources: lmms-common and sonic-pi-samples as manifests, GM soundfont kits rendered
+with fluidsynth at several velocities, and the manifests read back as labelled, layered samples."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from drum_samples import synth
+from helpers import GENBRIDGE, REPO
+
+from models.drum_data import DEFAULT_VELOCITY, find_samples, load_drum_set, split_held_out
+from models.drum_sources import (
+    GM_DRUM_NOTES,
+    MANIFEST,
+    lmms_manifest,
+    render_soundfont,
+    sonic_pi_manifest,
+    velocity_from_name,
+)
+
+TIMGM = Path("/usr/share/sounds/sf2/TimGM6mb.sf2")
+needs_fluidsynth = pytest.mark.skipif(
+    shutil.which("fluidsynth") is None or not TIMGM.is_file(),
+    reason="fluidsynth and timgm6mb-soundfont are not installed (make test installs them)")
+
+
+def _write(folder: Path, names: dict[str, str], suffix: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, kind in names.items():
+        level = 0.2 if "soft" in name else 0.8
+        sf.write(folder / f"{name}{suffix}", synth(kind, 1) * level, 44100, format="OGG" if suffix == ".ogg" else None)
+
+
+def test_lmms_and_sonic_pi_folders_become_labelled_manifests(tmp_path: Path) -> None:
+    lmms = tmp_path / "lmms"
+    _write(lmms, {"kick_soft01": "kick", "hihat_opened01": "hat", "sidestick01": "snare", "zap01": "hat",
+                  "ride01": "hat"}, ".ogg")
+    sonic = tmp_path / "sonic"
+    _write(sonic, {"drum_snare_soft": "snare", "drum_snare_hard": "snare", "drum_cymbal_closed": "hat",
+                   "elec_blip": "hat", "ambi_choir": "hat", "bd_808": "kick"}, ".flac")
+    out = tmp_path / "out"
+    lmms_manifest(out, lmms)
+    sonic_pi_manifest(out, sonic)
+    samples = {s.name: s for s in find_samples([out])}
+    assert {n: s.instrument for n, s in samples.items()} == {
+        "kick_soft01": "kick", "hihat_opened01": "open_hat", "sidestick01": "rim", "ride01": "ride",
+        "drum_snare_soft": "snare", "drum_snare_hard": "snare", "drum_cymbal_closed": "hat", "bd_808": "kick"}, \
+        "synth blips, ambiences and zaps are not drums"
+    assert samples["kick_soft01"].package == "lmms-common" and samples["bd_808"].package == "sonic-pi-samples"
+    assert samples["drum_snare_soft"].velocity < 0.4 < 0.9 < samples["drum_snare_hard"].velocity
+    assert samples["bd_808"].velocity == DEFAULT_VELOCITY
+    assert samples["drum_snare_soft"].group == samples["drum_snare_hard"].group != ""
+    data = load_drum_set([samples["drum_snare_soft"], samples["drum_snare_hard"]], sample_rate=22050, channels=1,
+                         length=8192)
+    soft, hard = (20 * np.log10(np.sqrt(np.mean(c[0, :2205] ** 2))) for c in data.audio)
+    assert abs((hard - soft) - 20 * np.log10(0.8 / 0.2)) < 0.5, "a soft/hard pair keeps its 12 dB"
+    assert velocity_from_name("Kick Lite 1") < 0.5 and velocity_from_name("snare_hard") > 0.9
+
+
+@needs_fluidsynth
+def test_a_soundfont_kit_renders_every_gm_drum_note_at_each_velocity(tmp_path: Path) -> None:
+    manifests = render_soundfont(TIMGM, "timgm6mb-soundfont", tmp_path, "GPL-2", kits={0: "Standard"},
+                                 velocities=(40, 120))
+    assert len(manifests) == 1
+    entries = json.loads(manifests[0].read_text())["samples"]
+    assert {(e["name"].split()[-1], round(e["velocity"] * 127)) for e in entries} >= {("36", 40), ("36", 120),
+                                                                                     ("38", 40), ("46", 120)}
+    assert {e["instrument"] for e in entries} >= {"kick", "snare", "hat", "open_hat", "crash", "ride", "tom", "rim"}
+    assert all(e["instrument"] == GM_DRUM_NOTES[int(e["name"].split()[-1])] for e in entries)
+    samples = find_samples([tmp_path])
+    assert {s.package for s in samples} == {"timgm6mb-soundfont"}
+    assert split_held_out(samples, ["timgm6mb-soundfont"])[0] == [], "a whole package can be held out"
+    kick = [s for s in samples if s.name.endswith("note 36")]
+    data = load_drum_set(kick, sample_rate=22050, channels=1, length=16384)
+    by_velocity = dict(zip((round(v * 127) for v in data.velocities), data.audio))
+    soft, hard = (20 * np.log10(np.sqrt(np.mean(by_velocity[v][0, :2205] ** 2))) for v in (40, 120))
+    assert hard - soft > 6, "the soft hit of the same note is rendered (and kept) quieter"
+    again = render_soundfont(TIMGM, "timgm6mb-soundfont", tmp_path, "GPL-2", kits={0: "Standard"}, velocities=(40, 120))
+    assert again == manifests, "a kit already rendered is kept"
+
+
+@needs_fluidsynth
+def test_cli_data_writes_manifests_and_reports_them(tmp_path: Path) -> None:
+    run = subprocess.run([*GENBRIDGE, "data", "-o", str(tmp_path / "drums")], cwd=REPO, capture_output=True,
+                         text=True, timeout=900)
+    assert run.returncode == 0, run.stderr
+    manifests = sorted((tmp_path / "drums").rglob(MANIFEST))
+    assert manifests and "sample manifests" in run.stdout
+    assert any("TimGM6mb" in str(m) for m in manifests)
