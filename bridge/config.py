@@ -121,6 +121,21 @@ class EngineConfig:
     #: across the instruments that share a model; 1 makes them one by one. Plays that wait and
     #: explicit generate requests are never batched: they want their one clip soonest.
     refill_batch: int = field(default=4, metadata=_check(lambda v: 1 <= v <= 64, "1-64"))
+    #: MIDI velocities (1-127) at which an instrument's fresh clips are made when its model is
+    #: conditioned on velocity (a soft hit is a darker, shorter sound, not only a quieter one):
+    #: its pool is split into one band per velocity, each keeping ``instruments.NAME.pool`` clips,
+    #: and a hit takes from the band nearest its velocity (a tie: the harder band; a dry band: the
+    #: nearest band with a clip, still fresh, before the dry policy). A single value is one pool
+    #: made at that velocity; [] one pool at the model's default velocity. A model that ignores
+    #: velocity always has one pool. Why three: soft, medium and hard (the default model's four
+    #: velocity knots span 0-127) with every hit from 20 up within 20 velocity steps of its band.
+    #: Why ``pool`` per band: a run of hits at one velocity gets the cover a whole pool gave before;
+    #: the price is 3x the clips to make at start-up - 108 for the 9 default instruments at pool 4,
+    #: dealt so every band gets one clip (the model's default velocity's band first) before any gets
+    #: a second. Measured (bench/fresh_ratio.py, 2 cores shared with a training run): every band
+    #: had a clip at 12 s, all were full at 42 s, then 120 of 120 hits at 3 hits/s came fresh from
+    #: their own band (docs/ARCHITECTURE.md, "Measured reasons").
+    velocity_bands: list[int] = field(default_factory=lambda: list(DEFAULT_VELOCITY_BANDS))
     #: What ``drum/play`` does when an instrument's pool is empty: replay the last clip
     #: (instant, fresh=0) or wait for a new one.
     dry_policy: str = field(default="replay", metadata=_check(lambda v: v in ("replay", "wait"), "'replay' or 'wait'"))
@@ -204,7 +219,8 @@ class ModelConfig:
 @dataclass
 class InstrumentConfig:
     model: str = "default"
-    #: How many never-played clips to keep ready.
+    #: How many never-played clips to keep ready: per velocity band when the model is conditioned
+    #: on velocity (engine.velocity_bands), else for the instrument.
     pool: int = field(default=4, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
     #: Sampling steps for this instrument; 0 means the model's setting.
     steps: int = field(default=0, metadata=_check(lambda v: 0 <= v <= 1000, "0-1000"))
@@ -222,11 +238,22 @@ class InstrumentConfig:
 
 #: General MIDI drum map (and Ableton Drum Rack's pads 36-51) for the default instruments and
 #: the ones a kit usually adds; notes mapped to an instrument the config lacks play nothing.
+#: Crash 2 (57) and ride 2 (59) play crash and ride; China (52), splash (55) and ride bell (53)
+#: are sounds of their own that none of the default instruments is, so they stay unmapped.
 GM_DRUM_NOTES = {
     "35": "kick", "36": "kick", "37": "rim", "38": "snare", "39": "clap", "40": "snare",
-    "42": "hat", "44": "hat", "46": "open_hat", "49": "crash", "51": "ride",
+    "42": "hat", "44": "hat", "46": "open_hat", "49": "crash", "51": "ride", "57": "crash", "59": "ride",
     "41": "tom", "43": "tom", "45": "tom", "47": "tom", "48": "tom", "50": "tom",
 }
+
+#: The instruments a config without [instruments] serves: the default model's classes but
+#: "perc" (a catch-all class, no pad of a kit).
+DEFAULT_INSTRUMENTS = ("kick", "snare", "hat", "open_hat", "clap", "tom", "rim", "crash", "ride")
+#: The choke group of the default hats: a closed hat cuts a ringing open hat (and an open hat the
+#: closed one), as on a real hi-hat.
+HAT_CHOKE_GROUP = 1
+#: engine.velocity_bands' default (MIDI velocities).
+DEFAULT_VELOCITY_BANDS = (40, 80, 120)
 
 CC_TARGETS = ("steps", "gain", "policy")
 
@@ -328,7 +355,10 @@ class TempoConfig:
 
 
 def _default_instruments() -> dict[str, InstrumentConfig]:
-    return {name: InstrumentConfig() for name in ("kick", "snare", "hat")}
+    """What a config without [instruments] serves. A config that lists instruments gets exactly
+    those, with each option's default (choke_group 0: list it to choke hats)."""
+    return {name: InstrumentConfig(choke_group=HAT_CHOKE_GROUP if name in ("hat", "open_hat") else 0)
+            for name in DEFAULT_INSTRUMENTS}
 
 
 @dataclass
@@ -364,6 +394,14 @@ class Config:
             raise ConfigError("server.allow", f"listening on {self.server.host} (beyond this machine) needs an "
                               "allow-list of client networks, e.g. allow = [\"192.168.1.0/24\"]")
         """Cross-field checks that a single option cannot express."""
+        bands = self.engine.velocity_bands
+        for i, v in enumerate(bands):
+            if not 1 <= v <= 127:
+                raise ConfigError(f"engine.velocity_bands[{i}]", f"expected a MIDI velocity 1-127, got {v!r}")
+        if len(set(bands)) != len(bands):
+            raise ConfigError("engine.velocity_bands", f"velocities repeat: {bands}")
+        if len(bands) > 16:
+            raise ConfigError("engine.velocity_bands", f"at most 16 bands, got {len(bands)}")
         if not self.instruments:
             raise ConfigError("instruments", "at least one instrument is needed")
         for name, inst in self.instruments.items():

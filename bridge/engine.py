@@ -29,7 +29,7 @@ from bridge.config import Config
 from bridge.folder_writer import FolderWriter
 from bridge.jobs import Counters, EngineError, Job, JobIds, Priority, Task, checked_params
 from bridge.pool_restore import restore_pools
-from bridge.pools import ClipPool
+from bridge.pools import Band, ClipPool
 from bridge.scheduling import next_dispatch
 from bridge.sinks.folder import FolderError, PooledFileGone
 from bridge.worker_handle import WorkerFactory, WorkerHandle, WorkerSpec, drum_worker_spec
@@ -96,8 +96,10 @@ class Engine:
         #: resamples it to the device rate there, once, not in the callback).
         self.prepare = prepare
         self.started_at = time.time()
+        # laid out in the configured velocity bands until each model says whether it is conditioned
+        # on velocity (its ready message): clips restored from an earlier run keep their bands
         self.pools: dict[str, ClipPool] = {
-            name: ClipPool(name, inst.pool) for name, inst in config.instruments.items()
+            name: ClipPool(name, inst.pool, self._configured_bands()) for name, inst in config.instruments.items()
         }
         self.waiters: dict[str, deque[asyncio.Future[Clip]]] = {name: deque() for name in config.instruments}
         # Every model an instrument or a kit names gets a warm worker: switching kits mid-set
@@ -157,6 +159,33 @@ class Engine:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
+    def _configured_bands(self) -> list[float | None]:
+        """engine.velocity_bands as velocities 0-1 ([None]: one pool at the model's default)."""
+        return [v / 127 for v in sorted(self.config.engine.velocity_bands)] or [None]
+
+    def _band_layout(self, instrument: str) -> tuple[list[float | None], float | None]:
+        """The bands an instrument's pool has with the model it plays now, and the velocity that
+        counts as the model's default: the configured bands for a model conditioned on velocity
+        (``capabilities.velocity``), one pool for any other."""
+        info = self.slots[self.config.instruments[instrument].model].info
+        if not info.get("capabilities", {}).get("velocity"):
+            return [None], None
+        default = info.get("details", {}).get("default_velocity")
+        return self._configured_bands(), float(default) if isinstance(default, (int, float)) else None
+
+    def _lay_out(self, instrument: str) -> None:
+        self.pools[instrument].set_bands(*self._band_layout(instrument))
+
+    def lacks(self, instrument: str) -> str:
+        """Why the instrument's model cannot make it ("" when it can): a class-conditioned model
+        makes only its classes, and asking it for another fails every refill it is batched with."""
+        slot = self.slots[self.config.instruments[instrument].model]
+        classes = slot.info.get("classes")
+        if classes and instrument not in classes:
+            return (f"model {slot.name!r} makes {', '.join(classes)}, not {instrument!r}: give "
+                    f"instruments.{instrument} another model, or leave it out of [instruments]")
+        return ""
+
     def protected_paths(self) -> list[Path]:
         """Files the folder sweep must keep: the clip each dry pool would replay."""
         return [p.last_played.path for p in self.pools.values()
@@ -171,6 +200,9 @@ class Engine:
         slot = self.slots[self.config.instruments[name].model]
         if slot.state == "failed":
             raise EngineError(f"model {slot.name!r} for {name} failed to load: {slot.error}")
+        lacking = self.lacks(name)
+        if lacking:
+            raise EngineError(lacking)
         return pool, slot
 
     def _generating_slot(self, instrument: str) -> ModelSlot:
@@ -182,10 +214,11 @@ class Engine:
         return slot
 
     async def play(self, instrument: str, velocity: float = 1.0) -> PlayResult:
-        """Hand out a never-played clip; on a dry pool apply the configured policy."""
+        """Hand out a never-played clip - from the velocity band nearest ``velocity`` (0-1) when the
+        pool has bands, else the nearest band holding one; on a dry pool apply the configured policy."""
         pool, slot = self._instrument(instrument)
         before = pool.last_played
-        clip = pool.take_fresh()
+        clip = pool.take_fresh(velocity)
         if clip is not None:
             path = await self._publish(pool, clip, before)
             self._pump(slot)
@@ -198,7 +231,8 @@ class Engine:
         # "wait" policy, or a cold start with nothing to replay: the next clip is ours.
         fut: asyncio.Future[Clip] = asyncio.get_running_loop().create_future()
         self.waiters[instrument].append(fut)
-        self._enqueue(slot, Priority.PLAY_WAIT, instrument, [self._random_seed()], self.params_of(instrument))
+        self._enqueue(slot, Priority.PLAY_WAIT, instrument, [self._random_seed()], self.params_of(instrument),
+                      velocity=pool.band_for(velocity).velocity)
         try:
             clip = await asyncio.wait_for(fut, self.config.engine.wait_timeout_s)
         except asyncio.TimeoutError:
@@ -219,11 +253,12 @@ class Engine:
         return checked_params(get_family(slot.spec.family), params, slot.info)
 
     def generate(self, instrument: str, count: int = 1, seed: int | None = None,
-                 params: dict[str, Any] | None = None, *,
+                 params: dict[str, Any] | None = None, *, velocity: float | None = None,
                  on_clip: Callable[[Clip], None] | None = None,
                  on_done: Callable[[Job], None] | None = None,
                  on_error: Callable[[Job, str], None] | None = None) -> Job:
-        """Queue ``count`` new clips (seeds seed, seed+1, ...); callbacks report each one."""
+        """Queue ``count`` new clips (seeds seed, seed+1, ...) at ``velocity`` (0-1; None: the
+        model's default); callbacks report each one."""
         slot = self._generating_slot(instrument)
         limit = self.config.server.max_count
         if not 1 <= count <= limit:
@@ -235,16 +270,17 @@ class Engine:
                 raise EngineError(f"seed must be 0-{MAX_SEED - count} for count {count}, got {seed}")
             seeds = [seed + k for k in range(count)]
         checked = self._checked(slot, self.params_of(instrument, params))
-        return self._enqueue(slot, Priority.GENERATE, instrument, seeds, checked,
+        return self._enqueue(slot, Priority.GENERATE, instrument, seeds, checked, velocity=_velocity(velocity),
                              on_clip=on_clip, on_done=on_done, on_error=on_error)
 
     def vary(self, instrument: str, source: str, strength: float, seed: int | None = None,
-             params: dict[str, Any] | None = None, *,
+             params: dict[str, Any] | None = None, *, velocity: float | None = None,
              on_clip: Callable[[Clip], None] | None = None,
              on_done: Callable[[Job], None] | None = None,
              on_error: Callable[[Job, str], None] | None = None) -> Job:
         """Queue a variation of ``source`` ("last": the instrument's last played clip; else a
-        file inside the shared folder) at ``strength`` (0 = the source, 1 = a new clip)."""
+        file inside the shared folder) at ``strength`` (0 = the source, 1 = a new clip), denoised
+        at ``velocity`` (0-1; None: the model's default)."""
         from bridge.sources import SourceError, fit_source, read_source, resolve_inside
 
         pool, slot = self._instrument(instrument)
@@ -273,7 +309,7 @@ class Engine:
         except SourceError as exc:
             raise EngineError(str(exc)) from None
         return self._enqueue(slot, Priority.GENERATE, instrument, [seed],
-                             checked | {"source": audio, "source_name": name},
+                             checked | {"source": audio, "source_name": name}, velocity=_velocity(velocity),
                              on_clip=on_clip, on_done=on_done, on_error=on_error, kind="vary")
 
     def cancel(self, job_id: int) -> Job:
@@ -302,8 +338,8 @@ class Engine:
                 continue
             inst.model = model
             pool = self.pools[instrument]
-            pool.clips.clear()
-            pool.last_played = None
+            pool.clear()
+            self._lay_out(instrument)  # the new model's bands (one pool if it ignores velocity)
             self.sink.discard_pool_files(instrument)
             log.info("kit %s: %s now plays model %s", kit, instrument, model)
         self.kit = kit
@@ -312,12 +348,13 @@ class Engine:
         return dict(mapping)
 
     def _enqueue(self, slot: ModelSlot, priority: Priority, instrument: str, seeds: list[int],
-                 params: dict[str, Any], **callbacks: Any) -> Job:
+                 params: dict[str, Any], velocity: float | None = None, **callbacks: Any) -> Job:
         if len(slot.queue) >= self.config.engine.queue_limit:
             self.counters.add("refused_busy")
             raise EngineError(f"model {slot.name!r} is busy: {len(slot.queue)} requests queued "
                               f"(engine.queue_limit)")
-        job = Job(self.job_ids.next(), priority, instrument, deque(seeds), params, len(seeds), **callbacks)
+        job = Job(self.job_ids.next(), priority, instrument, deque(seeds), params, len(seeds), velocity=velocity,
+                  **callbacks)
         self.jobs[job.id] = job
         slot.queue.append(job)
         self._pump(slot)
@@ -334,25 +371,29 @@ class Engine:
             return
         # refills wait out a backoff after failures; plays and jobs never do
         pools = ([] if slot.refill_retry is not None else
-                 [p for name, p in self.pools.items() if self.config.instruments[name].model == slot.name])
+                 [p for name, p in self.pools.items()
+                  if self.config.instruments[name].model == slot.name and not self.lacks(name)])
         batch = self.config.engine.refill_batch if slot.info.get("capabilities", {}).get("batches", True) else 1
         dispatch = next_dispatch(slot.queue, pools, self.params_of, min(batch, slot.refill_limit or batch))
         job = dispatch.job if dispatch is not None else None
         if job is not None:
-            tasks = [Task(next(self._task_ids), job.instrument, job.seeds.popleft(), job)]
+            tasks = [Task(next(self._task_ids), job.instrument, job.seeds.popleft(), job, job.velocity)]
             job.running += 1
         slot.queue = [j for j in slot.queue if j.seeds and not j.cancelled]
         if dispatch is None:
             return
         if job is None:
-            tasks = [Task(next(self._task_ids), inst, self._random_seed(), None) for inst in dispatch.instruments]
+            tasks = [Task(next(self._task_ids), inst, self._random_seed(), None, band.velocity, band)
+                     for inst, band in zip(dispatch.instruments, dispatch.bands, strict=True)]
             for task in tasks:
-                self.pools[task.instrument].in_flight += 1
+                assert task.band is not None
+                task.band.in_flight += 1
         slot.running = {t.id: t for t in tasks}
         slot.dispatched = len(tasks)
         assert slot.worker is not None
         slot.worker.send({"op": "render", "params": dispatch.params,
-                          "tasks": [{"task": t.id, "seed": t.seed, "instrument": t.instrument} for t in tasks]})
+                          "tasks": [{"task": t.id, "seed": t.seed, "instrument": t.instrument, "velocity": t.velocity}
+                                    for t in tasks]})
 
     def _task_over(self, slot: ModelSlot, task_id: Any, keep_reservation: bool = False) -> Task | None:
         """Clear the worker's current task. A refill's place in the pool stays reserved
@@ -363,8 +404,8 @@ class Engine:
             return None
         if task.job is not None:
             task.job.running -= 1
-        elif not keep_reservation:
-            self.pools[task.instrument].in_flight -= 1
+        elif not keep_reservation and task.band is not None:
+            task.band.in_flight -= 1
         return task
 
     def _on_message(self, slot: ModelSlot, msg: dict[str, Any]) -> None:
@@ -375,6 +416,11 @@ class Engine:
             slot.state, slot.info, slot.error = "ready", msg["info"], ""
             slot.memory = msg.get("memory") or {}
             log.info("model %r ready: %s", slot.name, describe_model(slot.info))
+            for name, inst in self.config.instruments.items():
+                if inst.model == slot.name:
+                    self._lay_out(name)
+                    if self.lacks(name):
+                        log.error("instrument %s cannot play: %s", name, self.lacks(name))
         elif op == "unreachable":  # a remote worker's cluster is gone: its pools replay until it is back
             slot.state, slot.error = "unreachable", str(msg.get("error"))
             log.error("model %r: %s", slot.name, slot.error)
@@ -479,12 +525,15 @@ class Engine:
         if job is not None:
             job.delivered += 1
             self._maybe_finish(job)
-        await self._deliver_fresh(task.instrument, clip, reserved=job is None)
+        await self._deliver_fresh(task.instrument, clip, reserved=job is None, band=task.band)
 
-    async def _deliver_fresh(self, instrument: str, clip: Clip, reserved: bool, waited_s: float = 0.0) -> None:
-        """A new clip for an instrument: to a waiting play if there is one, else into the pool.
+    async def _deliver_fresh(self, instrument: str, clip: Clip, reserved: bool, waited_s: float = 0.0,
+                             band: Band | None = None) -> None:
+        """A new clip for an instrument: to a waiting play if there is one (whatever band the play
+        is for: a fresh clip now beats the exact one later), else into the pool - ``band``, the
+        one a refill was asked for, or the band of the velocity it was made at.
 
-        ``reserved``: the clip is a refill whose pool place is counted in ``in_flight`` until now.
+        ``reserved``: the clip is a refill whose place in ``band`` is counted in ``in_flight`` until now.
         A refill the folder refuses (a full disk, a read-only remount) keeps that place and waits
         in memory (counted in ``writer.held``) to be offered again after ``WRITE_RETRY_S``,
         doubling to ``WRITE_RETRY_MAX_S``: no clip is lost and none is rendered in vain while the
@@ -511,7 +560,7 @@ class Engine:
                 await self.writer.run(self.sink.return_to_pool, clip)
             else:
                 await self.writer.run(self._prepared(self.sink.write_to_pool), clip)
-            pool.add(clip)
+            pool.add(clip, band)
         except Exception as exc:
             message = self._write_failure(clip, exc, count=not held)
             if fut is not None and not fut.done():  # the waiting play hears why, now, not at its timeout
@@ -520,15 +569,15 @@ class Engine:
             if not held:
                 log.error("cannot store a %s clip%s: %s", instrument, " (it waits in memory)" if keep else "", message)
             if keep:
-                self._store_later(instrument, clip, waited_s)
+                self._store_later(instrument, clip, waited_s, band)
         finally:
             if held and not keep:
                 self.writer.held[instrument] -= 1
-            if reserved and not keep:
-                pool.in_flight -= 1
+            if reserved and not keep and band is not None:
+                band.in_flight -= 1
             self._pump(self.slots[self.config.instruments[instrument].model])
 
-    def _store_later(self, instrument: str, clip: Clip, waited_s: float) -> None:
+    def _store_later(self, instrument: str, clip: Clip, waited_s: float, band: Band | None) -> None:
         """Offer a refill the folder refused again after a backoff; it keeps its pool place."""
         assert self._loop is not None
         delay = WRITE_RETRY_S if waited_s <= 0 else min(WRITE_RETRY_MAX_S, waited_s * 2)
@@ -537,7 +586,7 @@ class Engine:
 
         def retry() -> None:
             if not self._stopping:
-                self._spawn(self._deliver_fresh(instrument, clip, True, delay))
+                self._spawn(self._deliver_fresh(instrument, clip, True, delay, band))
 
         self._loop.call_later(delay, retry)
 
@@ -566,9 +615,7 @@ class Engine:
             # back to the front of its pool, unheard - unless the pool moved on during the rewrite's
             # await (a kit switch, another play): then it is only not played
             if pool.last_played is clip and clip.meta.get("model") == self.config.instruments[clip.instrument].model:
-                pool.clips.appendleft(clip)
-                pool.stats.served_fresh -= 1
-                pool.last_played = before
+                pool.put_back(clip, before)
             self.counters.add("write_errors")
             raise EngineError(str(exc) if isinstance(exc, FolderError)
                               else f"cannot move the clip into the shared folder: {exc}") from exc
@@ -642,7 +689,8 @@ class Engine:
                        # refills made but refused by the folder keep their pool place: not "generating"
                        "generating": pool.in_flight - self.writer.held.get(name, 0),
                        "held": self.writer.held.get(name, 0),
-                       "waiting_plays": sum(not f.done() for f in self.waiters[name])}
+                       "waiting_plays": sum(not f.done() for f in self.waiters[name]),
+                       "error": self.lacks(name) or None}
                 for name, pool in self.pools.items()
             },
             "models": {name: model_status(s) for name, s in self.slots.items()},
@@ -653,6 +701,12 @@ class Engine:
                               for job in self.jobs.values() if job.priority == Priority.GENERATE][:100]},
             "counters": self.counters.to_json(),
         }
+
+
+def _velocity(velocity: float | None) -> float | None:
+    if velocity is not None and not 0.0 <= float(velocity) <= 1.0:
+        raise EngineError(f"velocity must be 0-1, got {velocity!r}")
+    return None if velocity is None else float(velocity)
 
 
 def model_status(slot: ModelSlot) -> dict[str, Any]:

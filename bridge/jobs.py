@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bridge.clip import Clip
+from bridge.pools import Band
 
 
 class EngineError(Exception):
@@ -59,6 +60,9 @@ class Job:
     failed: bool = False
     #: What a GENERATE job makes ("generate" or "vary"), for status.
     kind: str = "generate"
+    #: The velocity (0-1) its clips are made at; None: the model's default. A model not
+    #: conditioned on velocity ignores it.
+    velocity: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -73,6 +77,10 @@ class Task:
     instrument: str
     seed: int
     job: Job | None  # None: a pool refill
+    #: The velocity (0-1) it is made at (None: the model's default).
+    velocity: float | None = None
+    #: A refill's pool band: where its place is reserved (``in_flight``) and its clip goes.
+    band: Band | None = None
 
 
 class JobIds:

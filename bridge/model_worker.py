@@ -9,7 +9,8 @@ This body knows no family: it loads whatever :func:`models.generator.get_family`
 what the engine sends through :func:`bridge.rendering.render_clips`, and reports. Messages
 (dicts over a multiprocessing Pipe):
 
-    engine -> worker: {"op": "render", "tasks": [{"task", "seed", "instrument"}...], "params"}
+    engine -> worker: {"op": "render", "tasks": [{"task", "seed", "instrument", "velocity"}...], "params"}
+                      (velocity 0-1, or None/absent: the model's default)
                       {"op": "cancel", "task"}   {"op": "stop"}
     worker -> engine: {"op": "ready", "info", "memory"}    {"op": "fatal", "error"}
                       ({"op": "starting"} comes from the worker's handle when a restart begins)
@@ -99,7 +100,8 @@ def worker_main(conn: Connection, spec: dict[str, Any], log_level: int = logging
             continue  # a cancel for a task that already finished
         tasks = msg["tasks"]
         ids = {t["task"] for t in tasks}
-        requests = [RenderRequest(int(t["task"]), int(t["seed"]), t.get("instrument")) for t in tasks]
+        requests = [RenderRequest(int(t["task"]), int(t["seed"]), t.get("instrument"),
+                                  None if t.get("velocity") is None else float(t["velocity"])) for t in tasks]
 
         def on_step(done: int, total: int) -> bool:
             nonlocal stopping

@@ -21,13 +21,14 @@ def restore_pools(sink: FolderSink, pools: dict[str, ClipPool], model_of: Callab
     """Fill ``pools`` from ``sink``'s pool folders; ``model_of(instrument)`` = (model name, signature).
 
     Runs on the folder writer's thread before any worker starts (a worker refilling meanwhile
-    would overfill the pools); ``prepare`` lays each clip out for the audio device.
+    would overfill the pools); ``prepare`` lays each clip out for the audio device. Each band of a
+    pool keeps up to its target (a clip's band is the one nearest the velocity its sidecar names).
     """
     for name, pool in pools.items():
         model, signature = model_of(name)
         kept = dropped = 0
         for wav, meta in sink.pooled_files(name):
-            if meta.get("model") == model and meta.get("model_signature") == signature and kept < pool.target:
+            if meta.get("model") == model and meta.get("model_signature") == signature and pool.has_room_for(meta):
                 try:
                     clip = sink.read_clip(wav, meta)
                     if prepare is not None:
@@ -35,8 +36,7 @@ def restore_pools(sink: FolderSink, pools: dict[str, ClipPool], model_of: Callab
                 except Exception as exc:
                     log.warning("cannot restore %s: %s", wav, exc)
                 else:
-                    pool.clips.append(clip)
-                    pool.stats.restored += 1
+                    pool.restore(clip)  # into the velocity band it was made for
                     kept += 1
                     continue
             wav.unlink(missing_ok=True)

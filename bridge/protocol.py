@@ -162,6 +162,14 @@ def _steps(doc: str) -> Arg:
     return Arg("steps", "int", required=False, default=0, minimum=0, maximum=1000, doc=doc)
 
 
+def _made_at_velocity() -> Arg:
+    """How hard the clips of a generate or vary are played, for a model conditioned on velocity
+    (keyword-only: added after v1 froze the positional forms)."""
+    return Arg("velocity", "velocity", required=False, default=None, keyword_only=True,
+               doc="0-127, or 0.0-1.0 as a float: the velocity the clips are made at, for a model "
+                   "conditioned on velocity (a soft hit is a darker, shorter sound); none = the model's default")
+
+
 #: The grids a start may be quantised to ("" = the configured one).
 GRID_CHOICES = ("", *GRIDS)
 _PLAY_CHOICES = ("", "off", "chunks", "done")
@@ -213,9 +221,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         (_INSTRUMENT,
          Arg("count", "int", required=False, default=1, minimum=1, doc="clips to make"),
          _seed("first seed; clip k uses seed + k; -1 for random"),
-         _steps("sampling steps; 0 for the instrument's setting")),
+         _steps("sampling steps; 0 for the instrument's setting"),
+         _made_at_velocity()),
         ("job/started", "drum/ready", "job/done"),
-        "generate new clips now (ahead of pool refills); one drum/ready per clip",
+        "generate new clips now (ahead of pool refills); one drum/ready per clip; velocity makes them for "
+        "that velocity (a model conditioned on velocity)",
         examples=(("snare", 3, 7),),
     ),
     Endpoint(
@@ -226,9 +236,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
          Arg("strength", "float", minimum=0.0, maximum=1.0,
              doc="0 returns the source, 1 ignores it; 0.3-0.6 keeps its character"),
          _seed("-1 for random; the same seed, source and strength give the same clip"),
-         _steps("steps for a full denoise; a variation runs strength x steps")),
+         _steps("steps for a full denoise; a variation runs strength x steps"),
+         _made_at_velocity()),
         ("job/started", "drum/ready", "job/done"),
-        "a variation of a clip: re-noise it to the strength and denoise from there",
+        "a variation of a clip: re-noise it to the strength and denoise from there (at velocity, if given)",
         examples=(("kick", "last", 0.4), ("snare", "session/snare-0001.wav", 0.5, 7)),
     ),
     Endpoint(

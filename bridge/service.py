@@ -118,6 +118,8 @@ class Service:
 
     async def _drum_play(self, request: Request, reply: ReplyFn) -> None:
         v = request.values
+        # the velocity 0-1 (protocol.velocity_to_gain is linear): it picks the pool's band, the
+        # audio handle makes it a gain (audio.velocity_exponent)
         result = await self.engine.play(v["instrument"], v["velocity"])
         if self.audio is not None:
             inst = self.engine.config.instruments.get(result.instrument)
@@ -142,7 +144,7 @@ class Service:
 
         seed = None if v["seed"] is None or v["seed"] < 0 else v["seed"]
         job = self.engine.generate(v["instrument"], v["count"], seed, {"steps": v["steps"]},
-                                   on_clip=on_clip, on_done=on_done, on_error=on_error)
+                                   velocity=v.get("velocity"), on_clip=on_clip, on_done=on_done, on_error=on_error)
         reply_with(reply, "job/started", rid, job.id, job.instrument, job.total)
 
     async def _drum_vary(self, request: Request, reply: ReplyFn) -> None:
@@ -151,7 +153,7 @@ class Service:
         address = request.address
         seed = None if v["seed"] is None or v["seed"] < 0 else v["seed"]
         job = self.engine.vary(
-            v["instrument"], v["source"], v["strength"], seed, {"steps": v["steps"]},
+            v["instrument"], v["source"], v["strength"], seed, {"steps": v["steps"]}, velocity=v.get("velocity"),
             on_clip=lambda clip: reply_with(reply, "drum/ready", rid, clip.instrument, str(clip.path)),
             on_done=lambda job: reply_with(reply, "job/done", rid, job.id, job.delivered, str(job.last_path or "")),
             on_error=lambda job, message: error_reply(reply, rid, address, f"job {job.id}: {message}"),

@@ -59,6 +59,38 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
 
 
+def build_tiny_velocity_model(folder: Path, classes: tuple[str, ...] = ("kick", "snare", "hat"), seed: int = 3,
+                              default_steps: int = 4) -> Path:
+    """A class- and velocity-conditioned genbridge model folder, written as ``genbridge train``
+    writes one. Its embeddings are random and large (as training makes them in time), so another
+    class or velocity is clearly another clip."""
+    import torch
+
+    from models.diffusion import (
+        CLASS_EMBEDDING_KEY,
+        VELOCITY_EMBEDDING_KEY,
+        ConditionedUNet,
+        build_network,
+        save_model_folder,
+    )
+
+    arch = tiny_arch()
+    model = ConditionedUNet(build_network(arch, init_seed=seed), len(classes), velocity_knots=4)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.class_embedding.weight.copy_(torch.randn(model.class_embedding.weight.shape, generator=gen) * 3)
+        model.velocity_embedding.copy_(torch.randn(model.velocity_embedding.shape, generator=gen) * 3)
+    return save_model_folder(folder, model.net, arch, default_steps=default_steps,
+                             extra_config={"classes": list(classes)},
+                             extra_tensors={CLASS_EMBEDDING_KEY: model.class_embedding.weight.detach(),
+                                            VELOCITY_EMBEDDING_KEY: model.velocity_embedding.detach()})
+
+
+@pytest.fixture(scope="session")
+def tiny_velocity_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_velocity_model(tmp_path_factory.mktemp("models") / "tiny-velocity")
+
+
 def write_config(path: Path, model_path: Path | str, *, pool: int = 3, steps: int = 0, dry_policy: str = "replay",
                  instruments: tuple[str, ...] = ("kick", "snare", "hat"), subtype: str = "PCM_24",
                  extra: str = "", audio: str = 'device = "none"', engine: str = "", model: str = "") -> Path:

@@ -30,6 +30,9 @@ def _serve(tmp_path: Path, toml: str, *extra: str) -> subprocess.CompletedProces
     ("[finishing]\nenabled = 1\n", "finishing.enabled"),
     ('[output]\nsubtype = "MP3"\n', "output.subtype"),
     ("server = 3\n", "server"),
+    ("[engine]\nvelocity_bands = [40, 128]\n", "engine.velocity_bands[1]"),
+    ("[engine]\nvelocity_bands = [80, 80]\n", "engine.velocity_bands"),
+    ('[engine]\nvelocity_bands = ["soft"]\n', "engine.velocity_bands[0]"),
 ])
 def test_invalid_config_names_the_key_and_exits_2(tmp_path: Path, toml: str, key: str) -> None:
     result = _serve(tmp_path, toml)
@@ -59,12 +62,31 @@ def test_taken_port_is_a_clear_error_exit_1(tmp_path: Path) -> None:
 def test_defaults_and_overrides() -> None:
     config = load_config(None)
     assert (config.server.host, config.server.osc_port) == ("127.0.0.1", 9000)
-    assert set(config.instruments) == {"kick", "snare", "hat"}
+    assert list(config.instruments) == ["kick", "snare", "hat", "open_hat", "clap", "tom", "rim", "crash", "ride"]
     assert config.models["default"].resolved_path() == REPO / "models" / "default"
+    assert config.engine.velocity_bands == [40, 80, 120]
     apply_overrides(config, host="0.0.0.0", osc_port=9100, out="/tmp/x", audio_device="none")
     assert (config.server.host, config.server.osc_port, config.output.dir) == ("0.0.0.0", 9100, "/tmp/x")
     with pytest.raises(ConfigError, match="server.osc_port"):
         apply_overrides(config, osc_port=0)
+
+
+def test_the_default_kit_chokes_the_open_hat_with_the_closed_and_maps_gm_notes() -> None:
+    """No [instruments]: nine pads, the hats in one choke group (a closed hat cuts a ringing open
+    one); a config that lists its instruments gets those alone, unchoked unless it says so."""
+    config = load_config(None)
+    groups = {name: inst.choke_group for name, inst in config.instruments.items()}
+    assert groups["hat"] == groups["open_hat"] != 0
+    assert all(group == 0 for name, group in groups.items() if name not in ("hat", "open_hat"))
+    assert all(inst.model == "default" and inst.pool == 4 for inst in config.instruments.values())
+    notes = config.midi.notes
+    assert (notes["42"], notes["46"], notes["49"], notes["57"], notes["51"], notes["59"]) == (
+        "hat", "open_hat", "crash", "crash", "ride", "ride")
+    assert "52" not in notes and "55" not in notes
+    assert set(notes.values()) <= set(config.instruments), "every GM note plays a default pad"
+    listed = config_from_mapping({"instruments": {"kick": {}, "snare": {}, "hat": {}}})
+    assert list(listed.instruments) == ["kick", "snare", "hat"]
+    assert listed.instruments["hat"].choke_group == 0
 
 
 def test_instruments_map_to_their_own_models(tiny_model: Path) -> None:

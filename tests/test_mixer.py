@@ -53,6 +53,26 @@ def test_choke_fades_the_other_voice_within_the_fade_time() -> None:
     assert m.stats.voices_choked == 1
 
 
+def test_in_the_default_kit_a_closed_hat_cuts_a_ringing_open_hat() -> None:
+    """The default config's choke groups as the audio handle sends them (``choke``: the
+    instrument's choke_group): an open hat rings until a closed hat starts, then fades out within
+    fade_ms while the closed hat plays on; a kick meanwhile cuts nothing."""
+    from bridge.config import load_config
+
+    instruments = load_config(None).instruments
+    m = Mixer(SR, fade_ms=5.0)
+    m.trigger(Trigger(_const(SR, 0.4), np.ones(2, np.float32), choke_group=instruments["open_hat"].choke_group))
+    m.trigger(Trigger(_const(SR, 0.1), np.ones(2, np.float32), start_frame=500,
+                      choke_group=instruments["kick"].choke_group))
+    m.trigger(Trigger(_const(2000, 0.2), np.ones(2, np.float32), start_frame=1000,
+                      choke_group=instruments["hat"].choke_group))
+    out = _run(m, 4096)[:, 0]
+    assert np.allclose(out[:500], 0.4) and np.allclose(out[500:1000], 0.5), "the kick cut nothing"
+    fade = m.fade_len
+    assert np.allclose(out[1000 + fade : 3000], 0.3), "after the fade: the kick and the closed hat, no open hat"
+    assert m.stats.voices_choked == 1
+
+
 def test_voice_limit_steals_the_oldest_with_a_fade() -> None:
     m = Mixer(SR, max_voices=4, fade_ms=2.0, limiter_threshold=0.99)
     for k in range(5):

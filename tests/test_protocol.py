@@ -9,7 +9,7 @@ from bridge.protocol import ENDPOINTS, REPLIES, ProtocolError, parse, velocity_t
 
 def test_trailing_id_is_taken_only_after_all_positional_arguments() -> None:
     assert parse("/genbridge/drum/generate", ["snare", 3]).values == {"instrument": "snare", "count": 3, "seed": None,
-                                                                      "steps": 0}
+                                                                      "steps": 0, "velocity": None}
     assert parse("/genbridge/drum/generate", ["snare", 3]).request_id == 0
     req = parse("/genbridge/drum/generate", ["snare", 3, 7, 0, "abc"])
     assert req.request_id == "abc" and req.values["seed"] == 7
@@ -18,7 +18,8 @@ def test_trailing_id_is_taken_only_after_all_positional_arguments() -> None:
 
 def test_pd_floats_are_accepted_where_ints_are_expected() -> None:
     req = parse("/genbridge/drum/generate", ["kick", 3.0, 7.0, 5.0, 12.0])
-    assert req.values == {"instrument": "kick", "count": 3, "seed": 7, "steps": 5} and req.request_id == 12
+    assert req.values == {"instrument": "kick", "count": 3, "seed": 7, "steps": 5, "velocity": None}
+    assert req.request_id == 12
     assert isinstance(req.values["count"], int) and isinstance(req.request_id, int)
     with pytest.raises(ProtocolError, match="count must be an integer"):
         parse("/genbridge/drum/generate", ["kick", 3.5])

@@ -341,7 +341,7 @@ def test_keyword_only_arguments_must_be_optional() -> None:
 
 def test_keyword_form_reads_names_in_any_order() -> None:
     request = parse("/genbridge/kw/drum/generate", ["snare", "id", 42, "steps", 7])
-    assert request.values == {"instrument": "snare", "count": 1, "seed": None, "steps": 7}
+    assert request.values == {"instrument": "snare", "count": 1, "seed": None, "steps": 7, "velocity": None}
     assert request.request_id == 42
     same = parse("/genbridge/kw/drum/generate", ["snare", "steps", 7.0, "seed", 5, "id", 42.0, "count", 1])
     assert same == parse("/genbridge/drum/generate", ["snare", 1, 5, 7, 42])
@@ -366,7 +366,7 @@ def test_every_request_has_a_keyword_form() -> None:
 
 @pytest.mark.parametrize("args, match, request_id", [
     (["snare", "bogus", 1, "id", 5], r"unknown keyword 'bogus': /genbridge/kw/drum/generate accepts count, seed, "
-                                      r"steps, id", 5),
+                                      r"steps, velocity, id", 5),
     (["snare", "instrument", "kick", "id", "p"], r"instrument is required: it comes first", "p"),
     (["snare", 3, "id", 5], r"expected a keyword name, got 3", 5),
     (["snare", "steps", 7, "steps", 8, "id", "twice"], r"'steps' given twice", "twice"),

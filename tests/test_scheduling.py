@@ -15,8 +15,8 @@ def job(id: int, priority: Priority, instrument: str = "kick", seeds: int = 1) -
 
 def pool(instrument: str, target: int, ready: int = 0, in_flight: int = 0) -> ClipPool:
     p = ClipPool(instrument, target)
-    p.clips.extend([object()] * ready)  # type: ignore[list-item]
-    p.in_flight = in_flight
+    p.bands[0].clips.extend([object()] * ready)  # type: ignore[list-item]
+    p.bands[0].in_flight = in_flight
     return p
 
 

@@ -292,9 +292,17 @@ function updatePad(cell, info, models, index) {
   cell.dataset.tone = model ? tone(model.state) : "neutral";
   pad.title = [`${cell.dataset.instrument}${info.model ? " · model " + info.model : ""}`,
     `pool ${ready}/${target}, generating ${num(info.generating)}`,
+    bandsText(info.bands),
+    info.error ?? null,
     `served fresh ${num(info.served_fresh)}, replayed ${num(info.served_replay)}, waited ${num(info.served_waited)}`,
     num(info.waiting_plays) ? `${info.waiting_plays} plays waiting` : null].filter(Boolean).join("\n");
   $(".generate", cell).title = `make ${generateCount()} more ${cell.dataset.instrument} clips`;
+}
+
+// A pool split into velocity bands (a model conditioned on velocity): each band's level.
+function bandsText(bands) {
+  if (!Array.isArray(bands) || bands.length < 2) return null;
+  return "velocity " + bands.map((b) => `${b.velocity}: ${num(b.ready)}/${num(b.target)}`).join(", ");
 }
 
 // Restart the flash animation even on a fast roll of hits.
