@@ -42,12 +42,12 @@ data: setup
 	$(VENV)/bin/genbridge data -o data/drums
 
 # Retrain the shipped default (models/default/MODEL_CARD.md): grown from the previous default
-# (models/drums-v1) by --transfer, 6000 steps at batch 8 on 2 CPU cores (about an hour; a progress
+# (models/drums-v1) by --transfer, 6000 steps at batch 8 on 2 CPU cores (about 80 minutes; a progress
 # bar on a terminal, a log line a minute otherwise). Resumes from runs/default/checkpoint.pt.
 TRAIN_STEPS ?= 6000
 train-default: setup data
 	OMP_WAIT_POLICY=PASSIVE $(VENV)/bin/genbridge train /usr/share/hydrogen/data/drumkits data/drums -o runs/default \
-		--transfer models/drums-v1 --steps $(TRAIN_STEPS) --batch 8 --lr 2e-4 --balance 1 --default-steps 8 \
+		--transfer models/drums-v1 --amplitude-power 0.5 --steps $(TRAIN_STEPS) --batch 8 --lr 2e-4 --balance 1 --default-steps 8 \
 		--snapshot-every 1000 --checkpoint-minutes 4 --threads 2 --name default
 
 bench: setup system-deps data

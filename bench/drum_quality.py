@@ -1,9 +1,10 @@
 """Does a drum model make the drums it is asked for? Generated clips against held-out real ones.
 
 1. Recognition: a classifier (log band energies over time, random forest) is trained on the
-   real *training* kits; it must name each generated clip as the instrument asked for. Its rate
-   on the held-out real kits is printed beside it: a generated rate is only as good as the
-   classifier's rate on real drums it never saw, so the gate asks for both (>= 90 % and within
+   real *training* kits (finished like every clip here); it must name each generated clip as
+   the instrument asked for. Its rate on the held-out real kits is printed beside it: a
+   generated rate is only as good as the classifier's rate on real drums it never saw, so the
+   gate asks for both (>= 90 % and within
    5 points of the real clips' own rate). Noise bursts are classified as a baseline.
 2. Features: per instrument, medians [q1..q3] for held-out real clips, generated clips and the
    noise-burst baseline: spectral centroid, attack time, decay time (to -30 dB under the peak),
@@ -207,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     held_packages = sorted({s.package or "other" for s in held_set.samples})
     print(f"classifier: {len(train_set.labels)} training clips; held out: {len(held_set.labels)} clips of "
           f"{len(held_kits)} kits from {', '.join(held_packages)}")
-    clf = DrumClassifier(train_set.classes).fit(train_set.audio, train_set.labels, rate)
     finishing = FinishingSettings()
 
     def finished(clips: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         return [finish_clip(c, rate, finishing)[0] for c in clips]
+
+    # Trained on finished clips, as it is asked about finished ones (held-out open hats: 69% named
+    # against 22% when trained on unfinished clips).
+    clf = DrumClassifier(train_set.classes).fit(np.stack(finished(train_set.audio)), train_set.labels, rate)
 
     rng = np.random.default_rng(0)
     generated: dict[str, list[np.ndarray]] = {}

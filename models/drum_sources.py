@@ -42,13 +42,14 @@ SONIC_PI_PREFIXES = ("bd_", "sn_", "drum_", "elec_", "hat_", "perc_")
 #: Sonic Pi's elec_ sounds that are synth blips, not drums.
 SONIC_PI_NOT_DRUMS = re.compile(r"elec_(beep|blip|blup|bong|chime|flip|ping|plip|pop|twang|twip|bell|tick)")
 
-#: (Debian package, soundfont file, copyright file) of each General MIDI soundfont with drum kits.
-#: fluid-soundfont-gs is left out: its FluidR3_GS.sf2 holds one drum kit, "SFX" (effects).
+#: (Debian package, soundfont file, license as the package's copyright file states it) of each
+#: General MIDI soundfont with drum kits. fluid-soundfont-gs is left out: its FluidR3_GS.sf2
+#: holds one drum kit, "SFX" (effects).
 SOUNDFONTS = (
-    ("fluid-soundfont-gm", Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), "fluid-soundfont-gm"),
+    ("fluid-soundfont-gm", Path("/usr/share/sounds/sf2/FluidR3_GM.sf2"), "MIT"),
     ("musescore-general-soundfont", Path("/usr/share/sounds/sf3/MuseScore_General_Full.sf3"),
-     "musescore-general-soundfont"),
-    ("timgm6mb-soundfont", Path("/usr/share/sounds/sf2/TimGM6mb.sf2"), "timgm6mb-soundfont"),
+     "MIT (parts public domain or CC0)"),
+    ("timgm6mb-soundfont", Path("/usr/share/sounds/sf2/TimGM6mb.sf2"), "GPL-2"),
 )
 #: The drum kits (bank 128 programs) rendered from each soundfont: the GM2/GS kit set. The
 #: numbered variations ("Standard 1".."7") of FluidR3 re-use the base kit's samples.
@@ -234,10 +235,9 @@ def prepare_all(out: Path, progress: Callable[[str], None] | None = None) -> lis
     """Every source above that is installed, into ``out``; returns the manifests written."""
     out = Path(out)
     manifests = [m for m in (lmms_manifest(out), sonic_pi_manifest(out)) if m]
-    for package, font, doc in SOUNDFONTS:
+    for package, font, license in SOUNDFONTS:
         if font.is_file():
-            manifests += render_soundfont(font, package, out / "soundfonts", _copyright(doc) or "see the package",
-                                          progress=progress)
+            manifests += render_soundfont(font, package, out / "soundfonts", license, progress=progress)
         else:
             log.warning("%s not installed (%s missing): skipped", package, font)
     return manifests

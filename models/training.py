@@ -55,10 +55,10 @@ log = logging.getLogger(__name__)
 #: A first level of 8 channels at the full rate, then the earlier default's six levels below it.
 #: Why: the earlier default's first level ran at half rate and came back by nearest-neighbour
 #: upsampling and one convolution, so everything above 5.5 kHz was a mirror image of what lay
-#: below it - the hiss its kicks carried up to Nyquist (docs/ARCHITECTURE.md, "Why drums
-#: hissed"). 8 channels at the full rate cost 16% of the refill speed at batch 4 (126 ms per
-#: network pass against 107, measured with /tmp-free bench/oneshot_throughput.py), where the
-#: same six levels at full rate cost twice.
+#: below it - the hiss its kicks carried up to Nyquist (docs/ARCHITECTURE.md, "Why the drums
+#: hissed, and what fixed it"). 8 channels at the full rate cost 16% of the refill speed at
+#: batch 4 (126 ms per network pass against 107, 2 threads), where the same six levels at full
+#: rate cost twice.
 DEFAULT_ARCH = {
     "in_channels": 1,
     "channels": [8, 16, 32, 64, 128, 128, 256],
