@@ -281,14 +281,6 @@ def onset_frame(audio: np.ndarray, sample_rate: int, threshold_db: float = ONSET
     return max(0, int(above[0]) - int(PRE_ROLL_S * sample_rate)) if len(above) else 0
 
 
-def loudness_normalise(audio: np.ndarray, sample_rate: int, target_rms_db: float = TARGET_RMS_DB) -> np.ndarray:
-    """Scale so the RMS of the first 100 ms (the hit) sits at ``target_rms_db``, then pull the
-    gain down if a peak would exceed the ceiling: a quiet velocity layer and a loud one end up
-    equally loud, and a hat (high crest factor) is not made as loud as a kick by its peak."""
-    gain = _normalise_gain(audio, sample_rate, target_rms_db)
-    return (audio * gain).astype(np.float32)
-
-
 def fit_length(audio: np.ndarray, length: int, sample_rate: int, fade_s: float = 0.03,
                ring_fade_s: float = 0.25, ring_db: float = -40.0) -> np.ndarray:
     """Crop to ``length`` with a raised-cosine fade, or pad with silence. The fade is ``fade_s``
@@ -307,14 +299,6 @@ def fit_length(audio: np.ndarray, length: int, sample_rate: int, fade_s: float =
     else:
         out[:, :frames] = audio
     return out
-
-
-def prepare_sample(path: Path, sample_rate: int, channels: int, length: int) -> np.ndarray:
-    """read -> onset-align -> loudness-normalise -> crop/pad: one clip, normalised on its own
-    (:func:`load_drum_set` normalises a kit's layers together)."""
-    audio = read_audio(path, sample_rate, channels)
-    audio = audio[:, onset_frame(audio, sample_rate):]
-    return fit_length(loudness_normalise(audio, sample_rate), length, sample_rate)
 
 
 def _aligned(path: Path, sample_rate: int, channels: int, gain: float) -> np.ndarray:
@@ -391,7 +375,8 @@ def load_drum_set(samples: Sequence[Sample], *, sample_rate: int, channels: int,
 
 
 def _normalise_gain(audio: np.ndarray, sample_rate: int, target_rms_db: float = TARGET_RMS_DB) -> float:
-    """The gain :func:`loudness_normalise` would apply to ``audio``."""
+    """The gain that brings the RMS of the first 100 ms (the hit) to ``target_rms_db``, pulled down if a
+    peak would exceed the ceiling: a hat (high crest factor) is not made as loud as a kick by its peak."""
     head = audio[:, : max(1, int(0.1 * sample_rate))]
     rms = float(np.sqrt(np.mean(np.square(head, dtype=np.float64))))
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from conftest import TINY_LENGTH, TINY_RATE, pools_full, write_config
 from helpers import assert_valid_clip
+from test_engine_inprocess import until
 
 from bridge.config import config_from_mapping
 from bridge.engine import Engine, EngineError
@@ -97,12 +98,6 @@ def make_engine(tmp_path: Path, model: Path, *, velocity: bool = True, classes: 
     return Engine(config, writer, workers=factory), made, writer
 
 
-async def until(predicate: Any, what: str) -> None:
-    for _ in range(2000):
-        if predicate():
-            return
-        await asyncio.sleep(0.005)  # the writer thread's files land between loop turns
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _full(engine: Engine) -> bool:
