@@ -84,6 +84,10 @@ class Sample:
     gain: float = 1.0
     #: The Debian package the file comes from ("hydrogen-drumkits"; "" for a user's folder).
     package: str = ""
+    #: A velocity layer rendered by a synthesiser (a soundfont note played at several velocities),
+    #: not a recording of that hit: it changes the level, and the sample only where the font has
+    #: velocity zones (bench/drum_quality.py shows such layers apart from recorded ones).
+    rendered: bool = False
 
 
 def _strip_ns(tag: str) -> str:
@@ -204,7 +208,7 @@ def read_manifest(path: Path) -> list[Sample]:
             continue
         out.append(Sample(file, e["instrument"], data.get("kit", path.parent.name), e.get("name", file.stem),
                           data.get("license", ""), float(e.get("velocity", DEFAULT_VELOCITY)),
-                          e.get("group", ""), 1.0, data.get("package", "")))
+                          e.get("group", ""), 1.0, data.get("package", ""), bool(data.get("rendered", False))))
     return out
 
 

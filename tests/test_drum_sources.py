@@ -54,7 +54,7 @@ def test_lmms_and_sonic_pi_folders_become_labelled_manifests(tmp_path: Path) -> 
         "synth blips, ambiences and zaps are not drums"
     assert samples["kick_soft01"].package == "lmms-common" and samples["bd_808"].package == "sonic-pi-samples"
     assert samples["drum_snare_soft"].velocity < 0.4 < 0.9 < samples["drum_snare_hard"].velocity
-    assert samples["bd_808"].velocity == DEFAULT_VELOCITY
+    assert samples["bd_808"].velocity == DEFAULT_VELOCITY and not samples["bd_808"].rendered
     assert samples["drum_snare_soft"].group == samples["drum_snare_hard"].group != ""
     data = load_drum_set([samples["drum_snare_soft"], samples["drum_snare_hard"]], sample_rate=22050, channels=1,
                          length=8192)
@@ -76,6 +76,7 @@ def test_a_soundfont_kit_renders_every_gm_drum_note_at_each_velocity(tmp_path: P
     samples = find_samples([tmp_path])
     assert {s.package for s in samples} == {"timgm6mb-soundfont"}
     assert split_held_out(samples, ["timgm6mb-soundfont"])[0] == [], "a whole package can be held out"
+    assert all(s.rendered for s in samples), "rendered layers are marked apart from recorded ones"
     kick = [s for s in samples if s.name.endswith("note 36")]
     data = load_drum_set(kick, sample_rate=22050, channels=1, length=16384)
     by_velocity = dict(zip((round(v * 127) for v in data.velocities), data.audio))
@@ -83,6 +84,11 @@ def test_a_soundfont_kit_renders_every_gm_drum_note_at_each_velocity(tmp_path: P
     assert hard - soft > 6, "the soft hit of the same note is rendered (and kept) quieter"
     again = render_soundfont(TIMGM, "timgm6mb-soundfont", tmp_path, "GPL-2", kits={0: "Standard"}, velocities=(40, 120))
     assert again == manifests, "a kit already rendered is kept"
+    older = json.loads(manifests[0].read_text())
+    del older["rendered"]
+    manifests[0].write_text(json.dumps(older))
+    render_soundfont(TIMGM, "timgm6mb-soundfont", tmp_path, "GPL-2", kits={0: "Standard"}, velocities=(40, 120))
+    assert all(s.rendered for s in find_samples([tmp_path])), "a kit rendered before the mark existed gets it"
 
 
 @needs_fluidsynth
