@@ -56,6 +56,12 @@ class MixerStats:
     peak: float = 0.0
 
 
+def velocity_gain(velocity: float, exponent: float) -> float:
+    """A hit's playback gain for a velocity 0-1: velocity ** exponent (audio.velocity_exponent;
+    2, the default, puts MIDI 40 19 dB under MIDI 120, as the soundfont kits play them)."""
+    return float(max(0.0, min(1.0, velocity)) ** exponent)
+
+
 def balance_gains(channels: int, gain: float, pan: float) -> np.ndarray:
     """Per-channel gains for a pan of -1 (left) .. 1 (right): unity at centre, no boost."""
     gains = np.full(channels, gain, dtype=np.float32)

@@ -93,6 +93,7 @@ DECAY_DB = 30.0
 #: "Audible length" threshold for clips at their kit's level (models.drum_data normalises a
 #: group's loudest layer to -18 dB RMS): 42 dB under a full hit, where it is gone in a mix.
 AUDIBLE_DBFS = -60.0
+AUDIBLE_BELOW_HIT_DB = 42.0
 HIT_S = 0.1
 
 
@@ -142,10 +143,12 @@ class VelocityFeatures:
         return {k: round(float(v), 2) for k, v in self.__dict__.items()}
 
 
-def velocity_features(clip: np.ndarray, sample_rate: int) -> VelocityFeatures:
+def velocity_features(clip: np.ndarray, sample_rate: int, audible_dbfs: float = AUDIBLE_DBFS) -> VelocityFeatures:
     """:class:`VelocityFeatures` of one clip. The centroid is the hit's (its first 100 ms), not
     the whole clip's: a soft layer's tail is mostly its recording's noise floor, which would
-    make it look brighter than it sounds."""
+    make it look brighter than it sounds. ``audible_dbfs``: where the audible length ends (a
+    soft and a hard hit of one drum are measured against the hard hit's level less
+    :data:`AUDIBLE_BELOW_HIT_DB`)."""
     mono = clip.mean(axis=0) if clip.ndim == 2 else clip
     head = mono[: int(HIT_S * sample_rate)].astype(np.float64)
     power = _stft_power(head)
@@ -153,7 +156,7 @@ def velocity_features(clip: np.ndarray, sample_rate: int) -> VelocityFeatures:
     centroid = float((power * freqs[None, :]).sum() / max(power.sum(), 1e-20))
     level = 20 * np.log10(max(float(np.sqrt(np.mean(np.square(head)))), 1e-10))
     env = envelope_db(clip, sample_rate)
-    above = np.nonzero(env > AUDIBLE_DBFS)[0]
+    above = np.nonzero(env > audible_dbfs)[0]
     return VelocityFeatures(level, centroid, (int(above[-1]) + 1) * 2.0 if len(above) else 0.0)
 
 

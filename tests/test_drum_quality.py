@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import TINY_LENGTH, TINY_RATE, TINY_UNET
 from drum_samples import synth, write_hydrogen_kit, write_sample_folder
 from helpers import GENBRIDGE, REPO
@@ -78,3 +79,30 @@ def test_cli_render_draws_a_sheet_of_clips(tmp_path: Path) -> None:
     missing = subprocess.run([*GENBRIDGE, "render", str(tmp_path / "nope.wav"), "-o", str(out)], cwd=REPO,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "nope.wav" in missing.stderr
+
+
+def test_velocity_pairs_measure_what_a_soft_hit_changes_and_the_gate_follows_the_real_layers() -> None:
+    """A soft hit that is the hard one 20 dB down (a soundfont's velocity, where the font has no
+    velocity zones) is as bright and dies sooner under the hard hit's level; the gate asks a
+    model's ratios to be near the real layers', not only below 1."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from drum_quality import _pair_ratios, _velocity_pass
+
+    t = np.arange(16384) / 22050
+    rng = np.random.default_rng(0)
+    hard = (0.3 * rng.normal(size=t.size) * np.exp(-t * 20))[None, :].astype(np.float32)
+    dark = np.convolve(hard[0], np.ones(8) / 8, mode="same")[None, :].astype(np.float32)
+    level_only = _pair_ratios([(hard * 0.1, hard)], 22050)
+    assert level_only["level_db"] == pytest.approx(-20, abs=0.1)
+    assert level_only["centroid_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert level_only["audible_ratio"] < 0.8
+    darker = _pair_ratios([(dark * 0.1, hard)], 22050)
+    assert darker["centroid_ratio"] < 0.7
+    reference = {"centroid_ratio": 0.9, "audible_ratio": 0.5}
+    assert _velocity_pass({"centroid_ratio": 0.85, "audible_ratio": 0.55}, {"audible_ratio": 0.9}, reference)
+    assert not _velocity_pass({"centroid_ratio": 0.85, "audible_ratio": 0.9}, {"audible_ratio": 0.9}, reference), \
+        "shorter, but by far less than the real layers"
+    assert not _velocity_pass({"centroid_ratio": 1.02, "audible_ratio": 0.5}, {"audible_ratio": 0.9}, reference), \
+        "the real layers are darker: so must it be"
+    assert not _velocity_pass({"centroid_ratio": 0.85, "audible_ratio": 0.5}, {"audible_ratio": 1.0}, reference), \
+        "its length must not be the playback gain's alone"

@@ -21,7 +21,7 @@ from bridge.audio_process import AudioUnavailable, audio_main
 from bridge.clip import Clip
 from bridge.config import AudioConfig, InstrumentConfig
 from bridge.liveness import LivenessPolicy
-from bridge.mixer import balance_gains
+from bridge.mixer import balance_gains, velocity_gain
 from bridge.supervisor import RestartPolicy, SupervisedChild
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class AudioOutput:
         clip.playable_rate = rate
 
     def velocity_gain(self, velocity: float) -> float:
-        return float(max(0.0, min(1.0, velocity)) ** self.config.velocity_exponent)
+        return velocity_gain(velocity, self.config.velocity_exponent)
 
     def play(self, clip: Clip, instrument: str, velocity: float, at: float | None = None, chain: int = 0) -> bool:
         """Play a clip at monotonic time ``at`` (None: the next buffer); False without a device.
