@@ -595,8 +595,8 @@ def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, cla
            f"{describe_lowpass(settings.output_lowpass)}."] if settings.output_lowpass else []),
         f"- Training clips: {len(data.labels)} {json.dumps(data.counts())}, by package "
         f"{json.dumps(data.per_package())}; held out for evaluation: {', '.join(held_kits) or 'none'}.",
-        *([f"- Conditioned on velocity ({model.velocity_embedding.shape[0]} knots over 0-1): a soft hit is a "
-           "darker, shorter sound, not only a quieter one."] if classes and model.velocity_embedding is not None
+        *([f"- Conditioned on velocity ({model.velocity_embedding.shape[0]} knots over 0-1): a soft hit sounds "
+           "as the data's soft layers do, not only quieter."] if classes and model.velocity_embedding is not None
           else []),
         "",
         "## Data licenses",

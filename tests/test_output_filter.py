@@ -121,9 +121,10 @@ def test_the_default_has_no_high_cut_and_less_hiss_and_a_lower_floor_than_the_pr
     new, old = (load_generator(REPO / "models" / name, name=name) for name in ("default", "drums-v1"))
     assert new.info.output_lowpass_hz == {} and new.info.amplitude_power == 0.5
     old.info.output_lowpass_hz = {}  # the previous network's raw clips
-    seeds, rate = [3, 4, 5, 6], new.sample_rate
-    new_kicks = new.generate_batch(seeds, instruments=["kick"] * 4)
-    old_kicks = old.generate_batch(seeds, instruments=["kick"] * 4)
+    # 16 seeds: a median of 4 raw tails swings by 8 dB from one set of seeds to the next.
+    seeds, rate = list(range(3, 19)), new.sample_rate
+    new_kicks = new.generate_batch(seeds, instruments=["kick"] * len(seeds))
+    old_kicks = old.generate_batch(seeds, instruments=["kick"] * len(seeds))
     new_hf = np.median([_band_db(k, rate, 9000, rate / 2) for k in new_kicks])
     old_hf = np.median([_band_db(k, rate, 9000, rate / 2) for k in old_kicks])
     assert new_hf < old_hf - 8, f"energy above 9 kHz: {new_hf:.1f} dB against the previous default's {old_hf:.1f}"

@@ -1,11 +1,11 @@
 """Velocity in the timbre: a model conditioned on velocity gets an instrument's fresh clips per band.
 
-A soft hit of such a model is a darker, shorter sound, so a clip made for a hard hit is the wrong
-one for a soft hit: each band (engine.velocity_bands) keeps its own fresh clips, a hit takes from
-the band nearest its velocity (OSC's drum/play velocity, a MIDI note's), refills go to the
-emptiest band, and a model that ignores velocity keeps the one pool it always had. Most tests
-hand the engine an in-process worker (no processes); the last drives the daemon with a real tiny
-velocity-conditioned model over OSC.
+A soft hit of such a model is its own sound (made as the data's soft layers sound), so a clip
+made for a hard hit is the wrong one for a soft hit: each band (engine.velocity_bands) keeps its
+own fresh clips, a hit takes from the band nearest its velocity (OSC's drum/play velocity, a
+MIDI note's), refills go to the emptiest band, and a model that ignores velocity keeps the one
+pool it always had. Most tests hand the engine an in-process worker (no processes); the last
+drives the daemon with a real tiny velocity-conditioned model over OSC.
 """
 
 from __future__ import annotations
