@@ -15,13 +15,12 @@
    against the real layers of one drum at those velocities (soft: <= 53, hard: >= 108) in
    every kit, held out or not (this asks how velocity changes a real drum, not whether the
    model knows a kit), pair by pair: the hit's level, its brightness (centroid of the first
-   100 ms) and how long it stays audible (to -60 dBFS at the kit's level). Recorded layers
-   (Hydrogen's, sonic-pi's) and soundfont renders (one sample at several velocities, changed
-   only where the font has velocity zones) are also shown apart. On clips as the daemon plays
-   them: finished, at the level the model made them (finishing's peak normalisation undone;
-   the playback gain comes from the velocity alone). The same figures before finishing are
-   printed beside them: there a generated clip's length is mostly where its noise floor last
-   rose over -60 dBFS.
+   100 ms) and how long it stays audible (to 42 dB under the pair's hard hit). Real layers at
+   their kit's level, finished; recorded layers (Hydrogen's, sonic-pi's) and soundfont renders
+   (one sample at several velocities, changed only where the font has velocity zones) are also
+   shown apart. Generated hits as the daemon plays them (finished, at the velocity's playback
+   gain), at the network's own level (finishing's normalisation undone), and unfinished (where
+   a clip's length is mostly where its noise floor last rose over the threshold).
 4. Per velocity band (soft / medium / hard), the recognition rates again.
 5. Speed: one-shots per second at the refill batch (torch, and onnxruntime unless --no-onnx).
 
@@ -136,7 +135,7 @@ def _pair_ratios(pairs: list[tuple[np.ndarray, np.ndarray]], rate: int) -> dict[
 def _layer_pairs(data: DrumSet, k: int, rendered: bool) -> list[tuple[np.ndarray, np.ndarray]]:
     """(softest, hardest) layer of each drum of class k that has a soft (<= 53) and a hard
     (>= 108) layer: recorded layers, or (``rendered``) soundfont notes rendered at several
-    velocities, which change only the level."""
+    velocities, which change the level, and the sample only where a font has velocity zones."""
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(data.samples):
         if s.group and data.labels[i] == k and s.rendered == rendered:
