@@ -257,20 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     def finished(clips: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         return [finish_clip(c, rate, finishing)[0] for c in clips]
 
-    def played(clips: list[np.ndarray], velocity: float) -> list[np.ndarray]:
-        """What the daemon plays for a hit at ``velocity``: finished (peak-normalised), at the
-        velocity's playback gain (audio.velocity_exponent's default)."""
-        gain = np.float32(velocity_gain(velocity, AudioConfig().velocity_exponent))
-        return [c * gain for c in finished(clips)]
-
-    def finished_at_level(clips: list[np.ndarray]) -> list[np.ndarray]:
-        """Finished, with the normalisation gain divided out again: at the level the model (or
-        the kit) gave the hit."""
+    def finished_with_gain(clips: list[np.ndarray]) -> list[tuple[np.ndarray, np.float32]]:
+        """Each clip finished (peak-normalised) and the linear gain that normalisation applied."""
         out = []
         for c in clips:
             clip, report = finish_clip(c, rate, finishing)
-            out.append(clip / np.float32(10 ** (report.get("gain_db", 0.0) / 20)))
+            out.append((clip, np.float32(10 ** (report.get("gain_db", 0.0) / 20))))
         return out
+
+    def at_level(clips: list[np.ndarray]) -> list[np.ndarray]:
+        """Finished, with the normalisation gain divided out again: at the level the model (or
+        the kit) gave the hit."""
+        return [clip / gain for clip, gain in finished_with_gain(clips)]
 
     # Trained on finished clips, as it is asked about finished ones (held-out open hats: 69% named
     # against 22% when trained on unfinished clips).
@@ -333,14 +331,16 @@ def main(argv: list[str] | None = None) -> int:
             soft_g, _ = _generate(gen, inst, [SOFT] * args.n, 5000, steps, sampler, args.batch)
             hard_g, _ = _generate(gen, inst, [HARD] * args.n, 5000, steps, sampler, args.batch)
             g_raw = _pair_ratios(list(zip(soft_g, hard_g)), rate)
-            g_own = _pair_ratios(list(zip(finished_at_level(soft_g), finished_at_level(hard_g))), rate)
-            g = _pair_ratios(list(zip(played(soft_g, SOFT), played(hard_g, HARD))), rate)
-
-            def at_level(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-                return [tuple(finished_at_level([a, b])) for a, b in pairs]
-
-            recorded = at_level(_layer_pairs(held_set, k, False) + _layer_pairs(train_set, k, False))
-            rendered = at_level(_layer_pairs(held_set, k, True) + _layer_pairs(train_set, k, True))
+            # Finished once; at the network's own level, and as played (at the velocity's gain).
+            soft_f, hard_f = finished_with_gain(soft_g), finished_with_gain(hard_g)
+            g_own = _pair_ratios([(s_ / gs, h / gh) for (s_, gs), (h, gh) in zip(soft_f, hard_f)], rate)
+            exponent = AudioConfig().velocity_exponent
+            soft_gain, hard_gain = (np.float32(velocity_gain(v, exponent)) for v in (SOFT, HARD))
+            g = _pair_ratios([(s_ * soft_gain, h * hard_gain) for (s_, _), (h, _) in zip(soft_f, hard_f)], rate)
+            recorded_pairs = _layer_pairs(held_set, k, False) + _layer_pairs(train_set, k, False)
+            rendered_pairs = _layer_pairs(held_set, k, True) + _layer_pairs(train_set, k, True)
+            recorded = [tuple(at_level([a, b])) for a, b in recorded_pairs]
+            rendered = [tuple(at_level([a, b])) for a, b in rendered_pairs]
             reference = _pair_ratios(recorded + rendered, rate)
             velocity = {"generated": g, "generated_own_level": g_own, "generated_unfinished": g_raw,
                         "recorded_layers": _pair_ratios(recorded, rate),
