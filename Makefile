@@ -29,11 +29,12 @@ system-deps:
 test: setup system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The default model's training and evaluation data, all from Debian packages (about 400 MB):
+# The default model's training and evaluation data, all from Debian packages (about 460 MB):
 # hydrogen-drumkits, lmms-common's and sonic-pi-samples' drum one-shots, and the drum kits of the
 # General MIDI soundfonts, rendered with fluidsynth at four velocities into data/drums
-# (models/drum_sources.py). Installs only what is missing; renders only kits not yet rendered.
-DATA_PACKAGES := hydrogen-drumkits lmms-common sonic-pi-samples fluid-soundfont-gm fluid-soundfont-gs \
+# (models/drum_sources.py); hydrogen-data's kits and avldrums.lv2-soundfont's AVL fonts for
+# evaluation only (held out). Installs only what is missing; renders only kits not yet rendered.
+DATA_PACKAGES := hydrogen-drumkits hydrogen-data avldrums.lv2-soundfont lmms-common sonic-pi-samples fluid-soundfont-gm fluid-soundfont-gs \
 	musescore-general-soundfont timgm6mb-soundfont fluidsynth
 data: setup
 	@missing=$$(for p in $(DATA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

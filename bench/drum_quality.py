@@ -6,6 +6,12 @@
    generated rate is only as good as the classifier's rate on real drums it never saw, so the
    gate asks for both (>= 90 % and within
    5 points of the real clips' own rate). Noise bursts are classified as a baseline.
+   Held-out clips that are a training recording again (normalised cross-correlation >= 0.95
+   with a training clip of the same instrument, ``models.drum_data.near_copies``) are dropped
+   first and counted by package: hydrogen-data's GMRockKit is hydrogen-drumkits' The Black
+   Pearl 1.0, and TimGM6mb's acoustic kick and toms are lmms-common's. A recording that
+   several held-out kits share (TimGM6mb's seven kits reuse samples) then counts once per
+   velocity (``repeats``).
 2. Features: per instrument, medians [q1..q3] for held-out real clips, generated clips and the
    noise-burst baseline: spectral centroid, attack time, decay time (to -30 dB under the peak),
    tail noise floor (RMS of the last 10 %, dBFS). Every clip goes through the daemon's
@@ -16,7 +22,7 @@
    every kit, held out or not (this asks how velocity changes a real drum, not whether the
    model knows a kit), pair by pair: the hit's level, its brightness (centroid of the first
    100 ms) and how long it stays audible (to 42 dB under the pair's hard hit). Real layers at
-   their kit's level, finished; recorded layers (Hydrogen's, sonic-pi's) and soundfont renders
+   their kit's level, finished; recorded layers (Hydrogen's, sonic-pi's, the AVL fonts') and GM soundfont renders
    (one sample at several velocities, changed only where the font has velocity zones) are also
    shown apart. Generated hits as the daemon plays them (finished, at the velocity's playback
    gain), at the network's own level (finishing's normalisation undone), and unfinished (where
@@ -62,9 +68,12 @@ from models.drum_data import (  # noqa: E402
     DEFAULT_HELD_OUT,
     DEFAULT_VELOCITY,
     HYDROGEN_KITS,
+    NEAR_COPY_CORRELATION,
     DrumSet,
     find_samples,
     load_drum_set,
+    near_copies,
+    repeats,
     split_held_out,
 )
 from models.drum_eval import (  # noqa: E402
@@ -248,10 +257,26 @@ def main(argv: list[str] | None = None) -> int:
     train_set = load_drum_set(train_s, sample_rate=rate, channels=channels, length=length, classes=classes)
     held_set = load_drum_set(held_s or train_s, sample_rate=rate, channels=channels, length=length,
                              classes=train_set.classes)
+    # Held-out clips that are training recordings again prove nothing about unseen drums.
+    # A recording that two held-out kits share counts once.
+    copies = near_copies(held_set, train_set) if held_s else np.zeros(len(held_set.labels), dtype=bool)
+    dropped: dict[str, int] = {}
+    for i in np.nonzero(copies)[0]:
+        pkg = held_set.samples[i].package or "other"
+        dropped[pkg] = dropped.get(pkg, 0) + 1
+    held_set = held_set.subset(~copies)
+    repeated = repeats(held_set)
+    dropped_repeats: dict[str, int] = {}
+    for i in np.nonzero(repeated)[0]:
+        pkg = held_set.samples[i].package or "other"
+        dropped_repeats[pkg] = dropped_repeats.get(pkg, 0) + 1
+    held_set = held_set.subset(~repeated)
     held_kits = sorted({s.kit for s in held_set.samples})
     held_packages = sorted({s.package or "other" for s in held_set.samples})
     print(f"classifier: {len(train_set.labels)} training clips; held out: {len(held_set.labels)} clips of "
-          f"{len(held_kits)} kits from {', '.join(held_packages)}")
+          f"{len(held_kits)} kits from {', '.join(held_packages)} ({held_set.per_package()}); dropped as "
+          f"copies of training recordings (correlation >= {NEAR_COPY_CORRELATION}): {dropped or 'none'}; as repeats "
+          f"of another held-out clip at its velocity: {dropped_repeats or 'none'}")
     finishing = FinishingSettings()
 
     def finished(clips: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -416,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sheet: {render_sheet(clips, args.sheet, per_column=3, title=f'{args.model}: {steps} steps {sampler}')}")
     path = save(args.name, {"model": args.model, "steps": steps, "sampler": sampler, "n": args.n,
                             "info": gen.info.to_json(), "held_out_kits": held_kits, "held_out_packages": held_packages,
+                            "held_out_clips_by_package": held_set.per_package(), "dropped_near_copies": dropped,
+                            "dropped_repeats": dropped_repeats,
                             "instruments": results, "noise_classified": base_counts,
                             "generation_s_per_clip": gen_s / max(gen_n, 1), "oneshots_per_s": speed})
     print(f"results: {path}")

@@ -19,7 +19,8 @@ from bridge.protocol import MAX_MUSIC_SECONDS, MAX_TAKES
 
 #: Kept in sync with models.drum_data.DEFAULT_HELD_OUT (imported lazily: it pulls numpy only,
 #: but the CLI's startup should not depend on the model packages).
-DEFAULT_HELD_OUT_KITS = ("Millo_MultiLayered3", "VariBreaks", "timgm6mb-soundfont")
+DEFAULT_HELD_OUT_KITS = ("Millo_MultiLayered3", "VariBreaks", "timgm6mb-soundfont", "hydrogen-data",
+                         "avldrums.lv2-soundfont")
 
 log = logging.getLogger("genbridge")
 

@@ -12,8 +12,15 @@ Soundfont kits are rendered with the ``fluidsynth`` program (Debian's fluidsynth
 Python binding needed): one MIDI file per kit plays every drum note of the General MIDI map at
 several velocities, 1.5 s apart, and the render is cut into one file per hit. Their manifests
 say ``"rendered": true`` (Sample.rendered). Measured at 40 against 127 (bench/drum_quality.py),
-the fonts' velocity changes the level by 17-20 dB and the sound only where a font has velocity
+the GM fonts' velocity changes the level by 17-20 dB and the sound only where a font has velocity
 zones: the hit centroid of snares x0.89, of kicks and hats x1.00.
+
+avldrums.lv2-soundfont's two AVL Drumkits (Black Pearl, Red Zeppelin) are soundfonts too, but of
+another kind: one melodic preset (bank 0, program 0) whose every drum holds five *recorded*
+velocity layers, the way the avldrums.lv2 plugin (itself built on fluidsynth) plays them. They
+are rendered the same way on a melodic channel, labelled by :data:`AVL_NOTES` (read off the
+fonts' own sample names, which differ from the GM map at 48, 50, 52, 58 and 60), and their
+manifests are not marked rendered: a soft note plays another recording, as in a Hydrogen kit.
 """
 
 from __future__ import annotations
@@ -52,6 +59,19 @@ SOUNDFONTS = (
      "MIT (parts public domain or CC0)"),
     ("timgm6mb-soundfont", Path("/usr/share/sounds/sf2/TimGM6mb.sf2"), "GPL-2"),
 )
+#: The AVL Drumkits fonts of avldrums.lv2-soundfont, and their license (the package's copyright
+#: file, stanza ``Files: sf2/*``; the rest of the package is the plugin's code).
+AVL_PACKAGE = "avldrums.lv2-soundfont"
+AVL_LICENSE = "CC-BY-SA-3.0 (2015 Glen MacArthur)"
+AVL_FONTS = (Path("/usr/share/sounds/sf2/Black_Pearl_4_LV2.sf2"), Path("/usr/share/sounds/sf2/Red_Zeppelin_4_LV2.sf2"))
+#: Their notes -> our instrument, from the fonts' sample names ("36-Pearl22Kick-1".."-5"; both
+#: fonts share the map). Left out: 48 hat swish, 50/52/58 cymbal chokes, 53 ride bell, 55 splash,
+#: 60 china (the GM map's tom, tom, -, -, -, -, perc there).
+AVL_NOTES = {
+    36: "kick", 37: "rim", 38: "snare", 39: "clap", 40: "snare", 41: "tom", 42: "hat", 43: "tom", 44: "hat",
+    45: "tom", 46: "open_hat", 47: "tom", 49: "crash", 51: "ride", 54: "perc", 56: "perc", 57: "crash",
+    59: "ride", 64: "perc",
+}
 #: The drum kits (bank 128 programs) rendered from each soundfont: the GM2/GS kit set. The
 #: numbered variations ("Standard 1".."7") of FluidR3 re-use the base kit's samples.
 SOUNDFONT_KITS = {0: "Standard", 8: "Room", 16: "Power", 24: "Electronic", 25: "TR-808", 32: "Jazz", 40: "Brush"}
@@ -165,9 +185,10 @@ def sonic_pi_manifest(out: Path, source: Path = SONIC_PI_SAMPLES) -> Path | None
                           license=_copyright("sonic-pi-samples") or "CC0-1.0", entries=entries)
 
 
-def _kit_midi(path: Path, program: int, notes: Iterable[int], velocities: Sequence[int]) -> list[tuple[int, int]]:
-    """A MIDI file playing each note at each velocity on the drum channel, NOTE_SPACING_S apart,
-    with kit ``program`` selected; returns the (note, velocity) order."""
+def _kit_midi(path: Path, program: int, notes: Iterable[int], velocities: Sequence[int],
+              channel: int = 9) -> list[tuple[int, int]]:
+    """A MIDI file playing each note at each velocity on ``channel`` (the GM drum channel unless
+    told), NOTE_SPACING_S apart, with ``program`` selected; returns the (note, velocity) order."""
     import mido
 
     ticks = 480  # 120 BPM: a beat is 0.5 s
@@ -176,27 +197,28 @@ def _kit_midi(path: Path, program: int, notes: Iterable[int], velocities: Sequen
     track = mido.MidiTrack()
     midi.tracks.append(track)
     track.append(mido.MetaMessage("set_tempo", tempo=500000, time=0))
-    track.append(mido.Message("control_change", channel=9, control=0, value=0, time=0))
-    track.append(mido.Message("program_change", channel=9, program=program, time=0))
+    track.append(mido.Message("control_change", channel=channel, control=0, value=0, time=0))
+    track.append(mido.Message("program_change", channel=channel, program=program, time=0))
     order = []
     gate = ticks // 10
     for i, (note, velocity) in enumerate((n, v) for n in notes for v in velocities):
-        track.append(mido.Message("note_on", channel=9, note=note, velocity=velocity,
+        track.append(mido.Message("note_on", channel=channel, note=note, velocity=velocity,
                                   time=ticks if i == 0 else per_hit - gate))
-        track.append(mido.Message("note_off", channel=9, note=note, velocity=0, time=gate))
+        track.append(mido.Message("note_off", channel=channel, note=note, velocity=0, time=gate))
         order.append((note, velocity))
     track.append(mido.MetaMessage("end_of_track", time=per_hit))
     midi.save(str(path))
     return order
 
 
-def soundfont_kits(font: Path) -> dict[int, str]:
-    """The drum kits (bank 128 programs -> names) a soundfont holds, asked of fluidsynth."""
+def soundfont_kits(font: Path, bank: int = 128) -> dict[int, str]:
+    """The presets (programs -> names) of one bank of a soundfont, asked of fluidsynth: bank 128
+    holds a GM font's drum kits."""
     result = subprocess.run(["fluidsynth", "-n", "-a", "file", "-o", "audio.file.name=/dev/null", str(font)],
                             input="inst 1\nquit\n", capture_output=True, text=True, timeout=300)
     kits = {}
     for line in result.stdout.splitlines():
-        m = re.match(r"^128-(\d{3}) (.+)$", line.strip())
+        m = re.match(rf"^{bank:03d}-(\d{{3}}) (.+)$", line.strip())
         if m:
             kits[int(m.group(1))] = m.group(2).strip()
     return kits
@@ -204,20 +226,27 @@ def soundfont_kits(font: Path) -> dict[int, str]:
 
 def render_soundfont(font: Path, package: str, out: Path, license: str,
                      kits: dict[int, str] | None = None, velocities: Sequence[int] = SOUNDFONT_VELOCITIES,
-                     progress: Callable[[str], None] | None = None) -> list[Path]:
+                     progress: Callable[[str], None] | None = None, notes: dict[int, str] | None = None,
+                     melodic: bool = False) -> list[Path]:
     """Render each of the font's kits in :data:`SOUNDFONT_KITS` into ``out/<font>/<kit>/`` (one
-    WAV per note and velocity, plus its manifest); kits whose manifest exists are kept."""
+    WAV per note and velocity, plus its manifest); kits whose manifest exists are kept.
+
+    ``notes`` labels the notes (default :data:`GM_DRUM_NOTES`). ``melodic``: the kit is a bank 0
+    preset played on channel 0 whose velocities choose recorded layers (the AVL fonts), so its
+    manifest is not marked rendered."""
     import soundfile as sf
 
     if shutil.which("fluidsynth") is None:
         raise RuntimeError("fluidsynth is not installed (make data installs it)")
-    present = soundfont_kits(font)
+    notes = notes or GM_DRUM_NOTES
+    present = soundfont_kits(font, 0 if melodic else 128)
     wanted = {p: n for p, n in (kits or SOUNDFONT_KITS).items() if p in present}
     manifests = []
     for program, kit_name in wanted.items():
         kit_dir = out / font.stem / f"{program:03d}-{present[program].replace('/', '-')}"
         if (kit_dir / MANIFEST).is_file():
-            _mark_rendered(kit_dir / MANIFEST)
+            if not melodic:
+                _mark_rendered(kit_dir / MANIFEST)
             manifests.append(kit_dir / MANIFEST)
             continue
         if progress:
@@ -225,7 +254,7 @@ def render_soundfont(font: Path, package: str, out: Path, license: str,
         kit_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             mid, wav = Path(tmp) / "kit.mid", Path(tmp) / "kit.wav"
-            order = _kit_midi(mid, program, sorted(GM_DRUM_NOTES), velocities)
+            order = _kit_midi(mid, program, sorted(notes), velocities, channel=0 if melodic else 9)
             subprocess.run(["fluidsynth", "-ni", "-q", "-F", str(wav), "-r", str(RENDER_RATE), "-g", "0.5",
                             "-R", "0", "-C", "0", str(font), str(mid)], check=True, capture_output=True,
                            timeout=600)
@@ -239,10 +268,10 @@ def render_soundfont(font: Path, package: str, out: Path, license: str,
                 continue
             name = f"n{note:02d}-v{velocity:03d}"
             sf.write(str(kit_dir / f"{name}.wav"), hit, rate, subtype="PCM_16")
-            entries.append(ManifestEntry(f"{name}.wav", GM_DRUM_NOTES[note], f"{kit_name} note {note}",
+            entries.append(ManifestEntry(f"{name}.wav", notes[note], f"{kit_name} note {note}",
                                          velocity / 127, f"{font.stem}/{program}/{note}"))
         manifests.append(write_manifest(kit_dir, kit=f"{font.stem} {present[program]}", package=package,
-                                        license=license, entries=entries, rendered=True))
+                                        license=license, entries=entries, rendered=not melodic))
     return manifests
 
 
@@ -255,4 +284,10 @@ def prepare_all(out: Path, progress: Callable[[str], None] | None = None) -> lis
             manifests += render_soundfont(font, package, out / "soundfonts", license, progress=progress)
         else:
             log.warning("%s not installed (%s missing): skipped", package, font)
+    for font in AVL_FONTS:
+        if font.is_file():
+            manifests += render_soundfont(font, AVL_PACKAGE, out / "soundfonts", AVL_LICENSE, kits={0: font.stem},
+                                          progress=progress, notes=AVL_NOTES, melodic=True)
+        else:
+            log.warning("%s not installed (%s missing): skipped", AVL_PACKAGE, font)
     return manifests

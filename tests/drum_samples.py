@@ -59,10 +59,12 @@ KIT_XML = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def write_hydrogen_kit(folder: Path) -> Path:
+def write_hydrogen_kit(folder: Path, first_variant: int = 0) -> Path:
+    """A small layered kit; ``first_variant`` > 0 makes its drums other recordings than
+    :func:`write_sample_folder`'s (whose variants are 0-2)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "drumkit.xml").write_text(KIT_XML)
     for name, inst, v in (("bd_soft", "kick", 0), ("bd_hard", "kick", 1), ("sn", "snare", 0),
                           ("hh", "hat", 0), ("crash", "hat", 2)):
-        sf.write(folder / f"{name}.wav", synth(inst, v), RATE)
+        sf.write(folder / f"{name}.wav", synth(inst, v + first_variant), RATE)
     return folder

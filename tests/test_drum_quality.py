@@ -38,13 +38,14 @@ def test_classifier_names_held_out_synthetic_drums() -> None:
 def test_benchmark_runs_on_a_trained_model_and_writes_its_table(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_sample_folder(data / "mine")
-    write_hydrogen_kit(data / "HeldKit")
-    result = train(TrainSettings(data=[str(data)], out=str(tmp_path / "run"), held_out=["HeldKit"],
+    write_hydrogen_kit(data / "HeldKit", first_variant=3)
+    write_hydrogen_kit(data / "CopyKit")  # the training folder's recordings again
+    result = train(TrainSettings(data=[str(data)], out=str(tmp_path / "run"), held_out=["HeldKit", "CopyKit"],
                                  arch={"sample_rate": TINY_RATE, "length": TINY_LENGTH, "unet": TINY_UNET},
                                  steps=2, batch=2, threads=1), progress=False)
     sheet = tmp_path / "sheet.png"
     run = subprocess.run([sys.executable, "bench/drum_quality.py", "--model", str(result.model_dir), "--n", "3",
-                          "--steps", "3", "--data", str(data), "--hold-out", "HeldKit", "--threads", "1",
+                          "--steps", "3", "--data", str(data), "--hold-out", "HeldKit,CopyKit", "--threads", "1",
                           "--sheet", str(sheet), "--name", "test_drum_quality", "--no-onnx"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert run.returncode in (0, 1), run.stderr  # 1 = the gate failed, which a 2-step model must
@@ -53,6 +54,8 @@ def test_benchmark_runs_on_a_trained_model_and_writes_its_table(tmp_path: Path) 
     results = json.loads((REPO / "bench" / "results" / "test_drum_quality.json").read_text())
     assert set(results["instruments"]) == {"kick", "snare", "hat"}
     kick = results["instruments"]["kick"]
+    # CopyKit's two kick layers, its snare and its closed hat (its crash is no class of this model).
+    assert results["dropped_near_copies"] == {"other": 4}, "a held-out kit's copies of training recordings count not"
     assert kick["held_out_real_clips"] == 2 and kick["held_out_real_accuracy"] == 1.0
     assert set(kick["features"]) == {"real", "generated", "noise"}
     assert set(kick["bands"]) == {"soft", "medium", "hard"} and kick["velocity"]["generated"] is not None

@@ -14,8 +14,19 @@ import soundfile as sf
 from drum_samples import synth
 from helpers import GENBRIDGE, REPO
 
-from models.drum_data import DEFAULT_VELOCITY, find_samples, load_drum_set, split_held_out
+from models.drum_data import (
+    DEFAULT_HELD_OUT,
+    DEFAULT_VELOCITY,
+    DrumSet,
+    debian_packages,
+    find_samples,
+    load_drum_set,
+    near_copies,
+    repeats,
+    split_held_out,
+)
 from models.drum_sources import (
+    AVL_NOTES,
     GM_DRUM_NOTES,
     MANIFEST,
     lmms_manifest,
@@ -99,3 +110,53 @@ def test_cli_data_writes_manifests_and_reports_them(tmp_path: Path) -> None:
     manifests = sorted((tmp_path / "drums").rglob(MANIFEST))
     assert manifests and "sample manifests" in run.stdout
     assert any("TimGM6mb" in str(m) for m in manifests)
+
+
+@needs_fluidsynth
+def test_a_melodic_preset_renders_on_channel_one_and_its_velocities_count_as_recorded_layers(tmp_path: Path) -> None:
+    """The AVL fonts' way: a bank 0 preset whose notes are labelled by the font's own map. TimGM6mb's
+    bank 0 program 0 (a piano) stands in for them; CI does not install avldrums.lv2-soundfont."""
+    manifests = render_soundfont(TIMGM, "timgm6mb-soundfont", tmp_path, "GPL-2", kits={0: "piano"},
+                                 velocities=(40, 120), notes={60: "perc", 64: "perc"}, melodic=True)
+    entries = json.loads(manifests[0].read_text())["samples"]
+    assert sorted((e["name"].split()[-1], round(e["velocity"] * 127)) for e in entries) == [
+        ("60", 40), ("60", 120), ("64", 40), ("64", 120)], "every note at each velocity sounded on channel 1"
+    samples = find_samples([tmp_path])
+    assert not any(s.rendered for s in samples), "a melodic font's velocities are its recorded layers"
+    assert len({s.group for s in samples}) == 2
+    assert AVL_NOTES[36] == "kick" and 48 not in AVL_NOTES and 50 not in AVL_NOTES, \
+        "AVL's 48 (hat swish) and 50 (crash choke) are not the GM map's toms"
+
+
+def test_near_copies_and_repeats_find_one_recording_again_at_another_level_and_lag() -> None:
+    rate, length = 22050, 8192
+
+    def clip(kind: str, variant: int) -> np.ndarray:
+        audio = synth(kind, variant, rate)[:length]
+        return np.pad(audio, (0, length - len(audio)))[None].astype(np.float32)
+
+    classes = ("kick", "snare")
+    train = DrumSet(np.stack([clip("kick", 1), clip("snare", 1)]), np.array([0, 1]), classes, [None, None])
+    again = np.roll(clip("kick", 1), 7, axis=-1) * 0.3  # the training kick, quieter and 7 frames later
+    held = DrumSet(np.stack([again, clip("kick", 3), clip("snare", 2), again]), np.array([0, 0, 1, 1]),
+                   classes, [None] * 4)
+    assert near_copies(held, train).tolist() == [True, False, False, False], \
+        "only the same recording of the same instrument is a copy"
+    assert len(held.subset(~near_copies(held, train)).labels) == 3
+    kicks = DrumSet(np.stack([clip("kick", 2), clip("kick", 2) * 0.5, clip("kick", 2) * 0.2, clip("kick", 4)]),
+                    np.zeros(4, dtype=np.int64), classes, [None] * 4, np.array([0.8, 0.8, 0.3, 0.8], np.float32))
+    assert repeats(kicks).tolist() == [False, True, False, False], \
+        "a recording two kits share counts once per velocity; its other velocities and other drums stay"
+
+
+def test_kits_are_attributed_to_the_debian_package_that_installed_them() -> None:
+    if shutil.which("dpkg-query") is None:
+        pytest.skip("not a Debian system")
+    found = debian_packages([Path("/usr/bin/dpkg"), Path("/no/such/path")])
+    assert found == {Path("/usr/bin/dpkg"): "dpkg"}
+
+
+def test_the_cli_holds_out_the_same_kits_as_the_trainer() -> None:
+    from bridge.cli import DEFAULT_HELD_OUT_KITS
+
+    assert DEFAULT_HELD_OUT_KITS == DEFAULT_HELD_OUT
