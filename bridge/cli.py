@@ -94,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--hold-out", default=",".join(DEFAULT_HELD_OUT_KITS),
                    help="comma-separated kit names kept out of training, for evaluation ('' for none)")
     t.add_argument("--threads", type=int, default=0, help="torch threads (default: up to 4)")
-    t.add_argument("--fp32", action="store_true", help="train in fp32 (default: bf16 autocast, 1.3x faster)")
+    t.add_argument("--fp32", action="store_true",
+                   help="train in fp32 (default: bf16 autocast where the GPU or CPU has native bf16, "
+                   "1.3x faster there; fp32 on a CPU without it, where emulated bf16 is 10x slower)")
     t.add_argument("--device", default="auto", help="where the network trains: auto (a CUDA GPU when torch "
                    "sees one, else the CPU), cpu, cuda or cuda:N")
     t.add_argument("--balance", type=float, default=0.0, metavar="0..1",

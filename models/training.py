@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.devices import NATIVE_BF16_FLAGS, native_bf16
 from models.diffusion import (
     CLASS_EMBEDDING_KEY,
     VELOCITY_EMBEDDING_KEY,
@@ -124,6 +125,7 @@ class TrainSettings:
     #: equally often; in between, clip weights go as count ** -balance. The kits hold 47 kicks
     #: against 132 percussion clips: without it the rarest instruments are learned last.
     balance: float = 0.0
+    #: bf16 autocast; train() falls back to fp32 on a CPU without native bf16 (devices.native_bf16).
     bf16: bool = True
     #: Filled in by :func:`train`: the machine the run trains on, for the card.
     machine: str = ""
@@ -408,6 +410,10 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
              ", ".join(held_kits) or "none")
 
     device = resolve_device(settings.device)
+    if settings.bf16 and not native_bf16(device):
+        log.warning("this CPU has no native bf16 (%s): training in fp32, which is faster here",
+                    "/".join(sorted(NATIVE_BF16_FLAGS)))
+        settings.bf16 = False
     weights = clip_weights(data.labels, settings.balance)  # checks the range, even for 0
     weights = weights if settings.balance > 0 else None  # 0: uniform draws, as runs before it drew
     model.to(device)
