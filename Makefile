@@ -34,8 +34,8 @@ test: setup system-deps
 # General MIDI soundfonts, rendered with fluidsynth at four velocities into data/drums
 # (models/drum_sources.py); hydrogen-data's kits and avldrums.lv2-soundfont's AVL fonts for
 # evaluation only (held out). Installs only what is missing; renders only kits not yet rendered.
-DATA_PACKAGES := hydrogen-drumkits hydrogen-data avldrums.lv2-soundfont lmms-common sonic-pi-samples fluid-soundfont-gm fluid-soundfont-gs \
-	musescore-general-soundfont timgm6mb-soundfont fluidsynth
+DATA_PACKAGES := hydrogen-drumkits hydrogen-data avldrums.lv2-soundfont lmms-common sonic-pi-samples \
+	fluid-soundfont-gm fluid-soundfont-gs musescore-general-soundfont timgm6mb-soundfont fluidsynth
 data: setup
 	@missing=$$(for p in $(DATA_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \

@@ -22,9 +22,9 @@
    every kit, held out or not (this asks how velocity changes a real drum, not whether the
    model knows a kit), pair by pair: the hit's level, its brightness (centroid of the first
    100 ms) and how long it stays audible (to 42 dB under the pair's hard hit). Real layers at
-   their kit's level, finished; recorded layers (Hydrogen's, sonic-pi's, the AVL fonts') and GM soundfont renders
-   (one sample at several velocities, changed only where the font has velocity zones) are also
-   shown apart. Generated hits as the daemon plays them (finished, at the velocity's playback
+   their kit's level, finished; recorded layers (Hydrogen's, sonic-pi's, the AVL fonts') and GM
+   soundfont renders (one sample at several velocities, changed only where the font has velocity
+   zones) are also shown apart. Generated hits as the daemon plays them (finished, at the velocity's playback
    gain), at the network's own level (finishing's normalisation undone), and unfinished (where
    a clip's length is mostly where its noise floor last rose over the threshold).
 4. Per velocity band (soft / medium / hard), the recognition rates again.
@@ -260,16 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     # Held-out clips that are training recordings again prove nothing about unseen drums.
     # A recording that two held-out kits share counts once.
     copies = near_copies(held_set, train_set) if held_s else np.zeros(len(held_set.labels), dtype=bool)
-    dropped: dict[str, int] = {}
-    for i in np.nonzero(copies)[0]:
-        pkg = held_set.samples[i].package or "other"
-        dropped[pkg] = dropped.get(pkg, 0) + 1
+    dropped = held_set.subset(copies).per_package()
     held_set = held_set.subset(~copies)
     repeated = repeats(held_set)
-    dropped_repeats: dict[str, int] = {}
-    for i in np.nonzero(repeated)[0]:
-        pkg = held_set.samples[i].package or "other"
-        dropped_repeats[pkg] = dropped_repeats.get(pkg, 0) + 1
+    dropped_repeats = held_set.subset(repeated).per_package()
     held_set = held_set.subset(~repeated)
     held_kits = sorted({s.kit for s in held_set.samples})
     held_packages = sorted({s.package or "other" for s in held_set.samples})
