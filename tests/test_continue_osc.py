@@ -119,22 +119,27 @@ def test_two_takes_of_a_continuation_are_two_jobs_and_two_files(tmp_path: Path, 
     assert len({done[j].args[3] for j in done}) == 2 and not np.array_equal(takes[0], takes[1])
 
 
-@pytest.mark.parametrize("args, message", [
+#: Bad continuation requests and the words their error must hold; "last" comes after the others,
+#: which must not have made a continuation.
+BAD_CONTINUE_REQUESTS = [
     (("/etc/passwd", 2.0), "outside the shared folder"),
     (("missing.wav", 2.0), "no such file"),
     (("prompt.wav", 500.0), "seconds"),
     (("prompt.wav", 2.0, "funky drums"), "text encoder"),
     (("last", 2.0), "no continuation has been made yet"),
-])
-def test_bad_continue_requests_get_clear_errors(tmp_path: Path, start_daemon, args, message) -> None:
-    daemon, client = start_daemon(_config(tmp_path))
+]
+
+
+def test_bad_continue_requests_get_clear_errors(tmp_path: Path, start_daemon) -> None:
+    daemon, client = start_daemon(_config(tmp_path))  # one daemon: each bad request must leave it as it was
     _prompt(daemon.out)
     client.wait_until(lambda s: s.get("continuation", {}).get("state") == "ready", what="the MusicGen worker")
-    client.send("/genbridge/continue", *args)
-    r = client.expect("/genbridge/error")
-    assert message in r.args[2], r.args
-    with pytest.raises(socket.timeout):
-        client.expect("/genbridge/job/queued", timeout=0.3)
+    for args, message in BAD_CONTINUE_REQUESTS:
+        client.send("/genbridge/continue", *args)
+        r = client.expect("/genbridge/error")
+        assert message in r.args[2], (args, r.args)
+        with pytest.raises(socket.timeout):
+            client.expect("/genbridge/job/queued", timeout=0.3)
 
 
 def test_bars_give_the_exact_length_and_a_loop_wraps_without_a_click(tmp_path: Path, start_daemon) -> None:

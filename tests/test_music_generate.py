@@ -94,22 +94,26 @@ def test_two_takes_of_a_description_are_two_jobs_with_their_own_files(tmp_path: 
     assert status["done"] == 2 and status["running"] is None and status["running_jobs"] == []
 
 
-@pytest.mark.parametrize("args, message", [
+#: Bad text-to-music requests and the words their error must hold.
+BAD_MUSIC_REQUESTS = [
     (("funky drums", 2.0, 9, 1), "takes must be <= 8"),
     (("funky drums", 0.0, 1, 1), "seconds must be >= 0.1"),
     (("funky drums", 200.0, 1, 1), "continuation.max_seconds"),
     (("funky drums", 2.0, 0, 1), "takes must be >= 1"),
-])
-def test_bad_music_requests_get_an_error_and_queue_nothing(tmp_path: Path, start_daemon, args, message) -> None:
-    daemon, client = start_daemon(_config(tmp_path))
+]
+
+
+def test_bad_music_requests_get_an_error_and_queue_nothing(tmp_path: Path, start_daemon) -> None:
+    daemon, client = start_daemon(_config(tmp_path))  # one daemon: each bad request must leave it as it was
     _ready(client)
-    client.send("/genbridge/music/generate", *args, "bad")
-    r = client.expect("/genbridge/error")  # on the sender's port
-    assert r.args[0] == "bad" and r.args[1] == "/genbridge/music/generate" and message in r.args[2], r.args
-    with pytest.raises(socket.timeout):
-        client.expect("/genbridge/job/queued", timeout=0.3)
-    status = client.status()["continuation"]
-    assert status["queued"] == [] and status["running"] is None and status["done"] == 0
+    for n, (args, message) in enumerate(BAD_MUSIC_REQUESTS):
+        client.send("/genbridge/music/generate", *args, f"bad{n}")
+        r = client.expect("/genbridge/error")  # on the sender's port
+        assert r.args[0] == f"bad{n}" and r.args[1] == "/genbridge/music/generate" and message in r.args[2], r.args
+        with pytest.raises(socket.timeout):
+            client.expect("/genbridge/job/queued", timeout=0.3)
+        status = client.status()["continuation"]
+        assert status["queued"] == [] and status["running"] is None and status["done"] == 0, (args, status)
 
 
 def test_a_description_without_a_tokenizer_is_refused_and_no_words_still_make_music(tmp_path: Path,
