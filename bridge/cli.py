@@ -416,7 +416,7 @@ def _train(args: argparse.Namespace) -> int:
 
     configure_threads_env(args.threads or 4)
     from models.diffusion import ModelLoadError
-    from models.training import TrainSettings, train
+    from models.training import TrainingStopped, TrainSettings, train
 
     try:
         arch = _read_arch(args.arch) if args.arch else None
@@ -447,6 +447,9 @@ def _train(args: argparse.Namespace) -> int:
     except (ModelLoadError, ValueError, FileNotFoundError) as exc:
         log.error("%s", exc)
         return 1
+    except TrainingStopped as stopped:
+        log.warning("%s: run the same command again to go on", stopped)
+        return 130
     except KeyboardInterrupt:
         log.warning("interrupted; the last checkpoint in %s resumes the run", args.out)
         return 130

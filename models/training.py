@@ -22,11 +22,14 @@ import logging
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -252,6 +255,46 @@ def _save_atomic(obj: Any, path: Path) -> None:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run between two steps, after writing its checkpoint, so no
+    step is lost (a run killed outright loses those since its last periodic checkpoint): the same
+    command resumes exactly at the step it stopped."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped at step {step}; {checkpoint} resumes the run")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class _StopRequest:
+    """Set by SIGINT or SIGTERM while a run trains. A signal stops the run at the next step
+    boundary, where the model, optimiser and random state agree, so its checkpoint resumes
+    exactly; the first signal puts the old handlers back, so a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @contextmanager
+    def installed(self) -> Iterator[_StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # signals reach only the main thread: a run in another thread is stopped by its caller
+            return
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def request(signum: int, frame: Any) -> None:
+            self.signal = signum
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+        for sig in old:
+            signal.signal(sig, request)
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 @dataclass
@@ -486,45 +529,55 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step", disable=not show,
                dynamic_ncols=True)
     model.train()
-    last_ckpt = time.monotonic()
-    last_log = time.monotonic()
-    t_start = time.monotonic() - elapsed
-    running = float(np.mean(losses[-50:])) if losses else float("nan")
-    while step < settings.steps:
-        if weights is None:
-            idx = torch.randint(len(labels), (settings.batch,), generator=gen)
-        else:
-            idx = torch.multinomial(weights, settings.batch, replacement=True, generator=gen)
-        x0 = compress(augment(audio[idx.to(device)], gen), settings.amplitude_power) * settings.data_scale
-        loss = v_loss(model, x0, labels[idx] if classes else None, gen, settings.bf16, noise_gen,
-                      velocities[idx] if velocities is not None and classes else None, settings.emphasis)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.update_parameters(model)
-        step += 1
-        value = loss.detach().item()
-        losses.append(round(value, 5))
-        running = value if math.isnan(running) else 0.98 * running + 0.02 * value
-        elapsed = time.monotonic() - t_start
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.4f}")
-        now = time.monotonic()
-        if not show and now - last_log > 60:
-            rate = (step - resumed_from) / max(1e-9, elapsed - (resume or {}).get("elapsed_s", 0.0))
-            log.info("step %d/%d loss %.4f %.2f steps/s ETA %.0f min", step, settings.steps, running,
-                     rate, (settings.steps - step) / max(rate, 1e-9) / 60)
-            last_log = now
-        if settings.snapshot_every and step % settings.snapshot_every == 0:
-            folder = out / "snapshots" / f"step-{step:06d}"
-            write_model_folder(folder, _on_cpu(ema.module), arch, classes, settings, data, held_kits,
-                               _snapshot_origin(origin, step, settings.steps),
-                               step=step, wall_s=elapsed, final_loss=float(np.mean(losses[-100:])))
-        if now - last_ckpt > settings.checkpoint_minutes * 60:
-            checkpoint()
-            last_ckpt = now
+    stop = _StopRequest()
+    with stop.installed():
+        log.info("training steps %d-%d on %s; Ctrl-C or SIGTERM stops at the next step and saves a checkpoint",
+                 step + 1, settings.steps, device)
+        last_ckpt = time.monotonic()
+        last_log = time.monotonic()
+        t_start = time.monotonic() - elapsed
+        running = float(np.mean(losses[-50:])) if losses else float("nan")
+        while step < settings.steps:
+            if weights is None:
+                idx = torch.randint(len(labels), (settings.batch,), generator=gen)
+            else:
+                idx = torch.multinomial(weights, settings.batch, replacement=True, generator=gen)
+            x0 = compress(augment(audio[idx.to(device)], gen), settings.amplitude_power) * settings.data_scale
+            loss = v_loss(model, x0, labels[idx] if classes else None, gen, settings.bf16, noise_gen,
+                          velocities[idx] if velocities is not None and classes else None, settings.emphasis)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            ema.update_parameters(model)
+            step += 1
+            value = loss.detach().item()
+            losses.append(round(value, 5))
+            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+            elapsed = time.monotonic() - t_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{running:.4f}")
+            now = time.monotonic()
+            if not show and now - last_log > 60:
+                rate = (step - resumed_from) / max(1e-9, elapsed - (resume or {}).get("elapsed_s", 0.0))
+                log.info("step %d/%d loss %.4f %.2f steps/s ETA %.0f min", step, settings.steps, running,
+                         rate, (settings.steps - step) / max(rate, 1e-9) / 60)
+                last_log = now
+            if settings.snapshot_every and step % settings.snapshot_every == 0:
+                folder = out / "snapshots" / f"step-{step:06d}"
+                write_model_folder(folder, _on_cpu(ema.module), arch, classes, settings, data, held_kits,
+                                   _snapshot_origin(origin, step, settings.steps),
+                                   step=step, wall_s=elapsed, final_loss=float(np.mean(losses[-100:])))
+            if now - last_ckpt > settings.checkpoint_minutes * 60:
+                checkpoint()
+                last_ckpt = now
+            if stop.signal is not None:
+                bar.close()
+                checkpoint()
+                log.warning("stopped by signal %d at step %d/%d; checkpoint written to %s", stop.signal, step,
+                            settings.steps, ckpt_path)
+                raise TrainingStopped(step, ckpt_path)
     bar.close()
     checkpoint()
     final_loss = float(np.mean(losses[-100:])) if losses else float("nan")

@@ -4,6 +4,7 @@ folder the daemon serves, class conditioning, and fine-tuning a tiny-audio-diffu
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
@@ -128,6 +129,39 @@ def test_cli_trains_resumes_and_the_daemon_serves_the_model(tmp_path: Path, star
         meta = assert_valid_clip(reply.args[2], sample_rate=TINY_RATE, frames=TINY_LENGTH, channels=1)
         assert meta["instrument"] == inst and meta["trained"] is True
         assert meta["output_lowpass_hz"] == (3000.0 if inst == "kick" else None), "the sidecar says what was cut"
+
+
+def _train_until_signalled(command: list[str], sig: int) -> tuple[int, str]:
+    """Start ``genbridge train``, send ``sig`` once it is training, and return its exit code and log."""
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the run says when it trains (the signal handlers are in place by then)
+        seen.append(line)
+        if "stops at the next step" in line:
+            proc.send_signal(sig)
+            break
+    rest = proc.stderr.read()
+    return proc.wait(timeout=120), "".join(seen) + rest
+
+
+def test_ctrl_c_or_sigterm_stops_at_a_step_saves_it_and_the_same_command_goes_on(tmp_path: Path) -> None:
+    data = write_sample_folder(tmp_path / "samples")
+    run = tmp_path / "run"
+    command = [*GENBRIDGE, "train", str(data), "-o", str(run), "--arch", str(_arch_file(tmp_path)),
+               "--batch", "2", "--threads", "1", "--hold-out", "", "--steps", "100000"]
+    rc, log = _train_until_signalled(command, signal.SIGINT)
+    assert rc == 130, log
+    first = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert first["step"] >= 1 and f"stopped at step {first['step']};" in log, log
+    assert "run the same command again" in log and not (run / "model").exists()
+
+    rc, log = _train_until_signalled(command, signal.SIGTERM)  # what a supervisor or `kill` sends
+    assert rc == 130 and f"resuming {run / 'checkpoint.pt'} at step {first['step']}" in log, log
+    second = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert second["step"] > first["step"] and f"stopped at step {second['step']};" in log, log
+    assert len(second["losses"]) == second["step"], "every step up to the stop was kept"
+    assert second["losses"][:first["step"]] == first["losses"], "the second run went on from the first"
 
 
 def test_a_changed_run_does_not_resume_silently(tmp_path: Path) -> None:
