@@ -4,6 +4,8 @@ folder the daemon serves, class conditioning, and fine-tuning a tiny-audio-diffu
 from __future__ import annotations
 
 import json
+import os
+import pty
 import signal
 import subprocess
 from pathlib import Path
@@ -162,6 +164,28 @@ def test_ctrl_c_or_sigterm_stops_at_a_step_saves_it_and_the_same_command_goes_on
     assert second["step"] > first["step"] and f"stopped at step {second['step']};" in log, log
     assert len(second["losses"]) == second["step"], "every step up to the stop was kept"
     assert second["losses"][:first["step"]] == first["losses"], "the second run went on from the first"
+
+
+def test_a_run_on_a_terminal_shows_a_progress_bar_even_one_nobody_sized(tmp_path: Path) -> None:
+    data = write_sample_folder(tmp_path / "samples")
+    command = [*GENBRIDGE, "train", str(data), "-o", str(tmp_path / "run"), "--arch", str(_arch_file(tmp_path)),
+               "--batch", "2", "--threads", "1", "--hold-out", "", "--steps", "3"]
+    master, terminal = pty.openpty()  # a new pseudo-terminal reports 0 columns until someone sizes it
+    proc = subprocess.Popen(command, cwd=REPO, stdin=terminal, stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the run closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, shown.decode(errors="replace")
+    bars = [line for line in shown.decode(errors="replace").split("\r") if line.startswith("train:")]
+    assert bars and "3/3" in bars[-1] and "100%" in bars[-1] and "loss=" in bars[-1], bars
 
 
 def test_a_changed_run_does_not_resume_silently(tmp_path: Path) -> None:
