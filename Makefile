@@ -8,8 +8,9 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist). Most tests wait on a daemon, a JACK server or a Ray cluster, not
-# on the CPU, so two processes halve the suite on a 2-core machine (docs/ARCHITECTURE.md, "Tests").
-# PYTEST_WORKERS=0 runs it in one process.
+# on the CPU, so two processes halve the suite on a 2-core machine (docs/ARCHITECTURE.md, "Measured
+# reasons"); tests marked with one xdist_group (Ray, Link, the Pd patches) share machine-wide state
+# and run one after another in one process. PYTEST_WORKERS=0 runs everything in one (for -s, --pdb).
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup serve test system-deps bench data train-default screenshot
@@ -31,7 +32,7 @@ system-deps:
 	bash .ci/system-deps.sh
 
 test: setup system-deps
-	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # The default model's training and evaluation data, all from Debian packages (about 460 MB):
 # hydrogen-drumkits, lmms-common's and sonic-pi-samples' drum one-shots, and the drum kits of the

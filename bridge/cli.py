@@ -449,7 +449,7 @@ def _train(args: argparse.Namespace) -> int:
         return 1
     except TrainingStopped as stopped:
         log.warning("%s: run the same command again to go on", stopped)
-        return 130
+        return 128 + stopped.signal  # the shell's code for a command its signal ended
     except KeyboardInterrupt:
         log.warning("interrupted; the last checkpoint in %s resumes the run", args.out)
         return 130

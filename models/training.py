@@ -262,16 +262,19 @@ class TrainingStopped(KeyboardInterrupt):
     step is lost (a run killed outright loses those since its last periodic checkpoint): the same
     command resumes exactly at the step it stopped."""
 
-    def __init__(self, step: int, checkpoint: Path) -> None:
-        super().__init__(f"stopped at step {step}; {checkpoint} resumes the run")
+    def __init__(self, step: int, steps: int, checkpoint: Path, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}/{steps}; "
+                         f"{checkpoint} resumes the run")
         self.step = step
         self.checkpoint = checkpoint
+        self.signal = signum
 
 
 class _StopRequest:
     """Set by SIGINT or SIGTERM while a run trains. A signal stops the run at the next step
     boundary, where the model, optimiser and random state agree, so its checkpoint resumes
-    exactly; the first signal puts the old handlers back, so a second one stops at once."""
+    exactly; the first signal puts the old handlers back, so a second one stops at once. A
+    signal the process ignores (a job started with nohup or in the background) stays ignored."""
 
     def __init__(self) -> None:
         self.signal: int | None = None
@@ -279,9 +282,10 @@ class _StopRequest:
     @contextmanager
     def installed(self) -> Iterator[_StopRequest]:
         if threading.current_thread() is not threading.main_thread():
-            yield self  # signals reach only the main thread: a run in another thread is stopped by its caller
+            yield self  # Python delivers signals to the main thread only: a run off it is not stopped this way
             return
-        old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        old = {sig: handler for sig in (signal.SIGINT, signal.SIGTERM)
+               if (handler := signal.getsignal(sig)) is not None and handler is not signal.SIG_IGN}
 
         def request(signum: int, frame: Any) -> None:
             self.signal = signum
@@ -569,15 +573,13 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
                 write_model_folder(folder, _on_cpu(ema.module), arch, classes, settings, data, held_kits,
                                    _snapshot_origin(origin, step, settings.steps),
                                    step=step, wall_s=elapsed, final_loss=float(np.mean(losses[-100:])))
+            if stop.signal is not None and step < settings.steps:  # on the last step: finish as usual
+                bar.close()
+                checkpoint()
+                raise TrainingStopped(step, settings.steps, ckpt_path, stop.signal)
             if now - last_ckpt > settings.checkpoint_minutes * 60:
                 checkpoint()
                 last_ckpt = now
-            if stop.signal is not None:
-                bar.close()
-                checkpoint()
-                log.warning("stopped by signal %d at step %d/%d; checkpoint written to %s", stop.signal, step,
-                            settings.steps, ckpt_path)
-                raise TrainingStopped(step, ckpt_path)
     bar.close()
     checkpoint()
     final_loss = float(np.mean(losses[-100:])) if losses else float("nan")

@@ -18,6 +18,10 @@ sys.path.insert(0, str(REPO / "max_patches"))
 import check_patches  # noqa: E402
 import make_patches  # noqa: E402
 
+#: Run one after another in one pytest-xdist process (make test: --dist loadgroup): the patches
+#: talk to the daemon on their fixed ports (9000, 9001, 9002).
+pytestmark = pytest.mark.xdist_group("pd")
+
 
 def test_every_patch_sends_only_what_the_table_accepts() -> None:
     patches = check_patches.all_patches()

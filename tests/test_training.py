@@ -8,6 +8,7 @@ import os
 import pty
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -134,17 +135,25 @@ def test_cli_trains_resumes_and_the_daemon_serves_the_model(tmp_path: Path, star
 
 
 def _train_until_signalled(command: list[str], sig: int) -> tuple[int, str]:
-    """Start ``genbridge train``, send ``sig`` once it is training, and return its exit code and log."""
+    """Start ``genbridge train``, send ``sig`` once it is training, and return its exit code and log.
+    A run that never says it trains, or ignores the signal, is killed after 120 s (the test fails)."""
     proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen = []
-    assert proc.stderr is not None
-    for line in proc.stderr:  # the run says when it trains (the signal handlers are in place by then)
-        seen.append(line)
-        if "stops at the next step" in line:
-            proc.send_signal(sig)
-            break
-    rest = proc.stderr.read()
-    return proc.wait(timeout=120), "".join(seen) + rest
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        seen = []
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the run says when it trains (the signal handlers are in place by then)
+            seen.append(line)
+            if "stops at the next step" in line:
+                proc.send_signal(sig)
+                break
+        seen.append(proc.stderr.read())
+        return proc.wait(), "".join(seen)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()
 
 
 def test_ctrl_c_or_sigterm_stops_at_a_step_saves_it_and_the_same_command_goes_on(tmp_path: Path) -> None:
@@ -153,15 +162,15 @@ def test_ctrl_c_or_sigterm_stops_at_a_step_saves_it_and_the_same_command_goes_on
     command = [*GENBRIDGE, "train", str(data), "-o", str(run), "--arch", str(_arch_file(tmp_path)),
                "--batch", "2", "--threads", "1", "--hold-out", "", "--steps", "100000"]
     rc, log = _train_until_signalled(command, signal.SIGINT)
-    assert rc == 130, log
+    assert rc == 128 + signal.SIGINT, log
     first = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert first["step"] >= 1 and f"stopped at step {first['step']};" in log, log
+    assert first["step"] >= 1 and f"stopped by SIGINT at step {first['step']}/100000;" in log, log
     assert "run the same command again" in log and not (run / "model").exists()
 
     rc, log = _train_until_signalled(command, signal.SIGTERM)  # what a supervisor or `kill` sends
-    assert rc == 130 and f"resuming {run / 'checkpoint.pt'} at step {first['step']}" in log, log
+    assert rc == 128 + signal.SIGTERM and f"resuming {run / 'checkpoint.pt'} at step {first['step']}" in log, log
     second = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert second["step"] > first["step"] and f"stopped at step {second['step']};" in log, log
+    assert second["step"] > first["step"] and f"stopped by SIGTERM at step {second['step']}/" in log, log
     assert len(second["losses"]) == second["step"], "every step up to the stop was kept"
     assert second["losses"][:first["step"]] == first["losses"], "the second run went on from the first"
 
@@ -171,19 +180,32 @@ def test_a_run_on_a_terminal_shows_a_progress_bar_even_one_nobody_sized(tmp_path
     command = [*GENBRIDGE, "train", str(data), "-o", str(tmp_path / "run"), "--arch", str(_arch_file(tmp_path)),
                "--batch", "2", "--threads", "1", "--hold-out", "", "--steps", "3"]
     master, terminal = pty.openpty()  # a new pseudo-terminal reports 0 columns until someone sizes it
-    proc = subprocess.Popen(command, cwd=REPO, stdin=terminal, stdout=terminal, stderr=terminal)
-    os.close(terminal)
     shown = b""
-    while True:
+    try:
+        proc = subprocess.Popen(command, cwd=REPO, stdin=terminal, stdout=terminal, stderr=terminal)
+        os.close(terminal)
+        terminal = -1
+        watchdog = threading.Timer(120, proc.kill)  # a run that never ends closes the terminal too
+        watchdog.start()
         try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the run closed the terminal
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(master)
-    assert proc.wait(timeout=60) == 0, shown.decode(errors="replace")
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the run closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            rc = proc.wait()
+        finally:
+            watchdog.cancel()
+            proc.kill()
+            proc.wait()
+    finally:
+        os.close(master)
+        if terminal >= 0:
+            os.close(terminal)
+    assert rc == 0, shown.decode(errors="replace")
     bars = [line for line in shown.decode(errors="replace").split("\r") if line.startswith("train:")]
     assert bars and "3/3" in bars[-1] and "100%" in bars[-1] and "loss=" in bars[-1], bars
 
