@@ -9,8 +9,8 @@ ARGS ?=
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist). Most tests wait on a daemon, a JACK server or a Ray cluster, not
 # on the CPU, so two processes halve the suite on a 2-core machine (docs/ARCHITECTURE.md, "Measured
-# reasons"); tests marked with one xdist_group (Ray, Link, the Pd patches) share machine-wide state
-# and run one after another in one process. PYTEST_WORKERS=0 runs everything in one (for -s, --pdb).
+# reasons"); tests marked machine_wide (Ray, Link, the Pd patches) share state of the machine and
+# take turns on a lock (tests/conftest.py). PYTEST_WORKERS=0 runs everything in one (for -s, --pdb).
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup serve test system-deps bench data train-default screenshot
@@ -32,7 +32,7 @@ system-deps:
 	bash .ci/system-deps.sh
 
 test: setup system-deps
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The default model's training and evaluation data, all from Debian packages (about 460 MB):
 # hydrogen-drumkits, lmms-common's and sonic-pi-samples' drum one-shots, and the drum kits of the

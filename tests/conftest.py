@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -14,6 +17,22 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as the daemon's workers run: never a hub request
 
 from helpers import Daemon, OscClient  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def machine_wide(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked ``machine_wide("ray")`` holds an exclusive lock named so from before its
+    fixtures start until after they stop, so no two such tests run at once on this machine,
+    whichever pytest-xdist process runs them: a Ray cluster, an Ableton Link session and the
+    patches' fixed ports are the machine's, not a test's. (xdist's own ``xdist_group`` does not
+    group under pytest 9: it renames ``item._nodeid``, which pytest 9 no longer reads.)"""
+    names = sorted({str(mark.args[0]) for mark in request.node.iter_markers("machine_wide")})
+    with ExitStack() as held:
+        for name in names:
+            lock = held.enter_context(open(Path(tempfile.gettempdir()) / f"genbridge-tests-{name}.lock", "w"))
+            fcntl.flock(lock, fcntl.LOCK_EX)  # waits for the other process's test to end
+        yield
+
 
 #: A U-Net small enough to sample in milliseconds, but with every block type the public
 #: tiny-audio-diffusion architecture uses (resnets, downsampling, attention).

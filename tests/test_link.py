@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from conftest import write_config
 
-#: Run one after another in one pytest-xdist process (make test: --dist loadgroup): Link peers on
-#: one machine join one session, so another test's peer would change the peer count and the tempo.
-pytestmark = pytest.mark.xdist_group("link")
+#: One test at a time on this machine, whichever test process runs it (tests/conftest.py):
+#: Link peers on one machine join one session, so another test's peer would change the peer count
+#: and the tempo.
+pytestmark = pytest.mark.machine_wide("link")
 
 pytest.importorskip("aalink")
 

@@ -18,9 +18,9 @@ sys.path.insert(0, str(REPO / "max_patches"))
 import check_patches  # noqa: E402
 import make_patches  # noqa: E402
 
-#: Run one after another in one pytest-xdist process (make test: --dist loadgroup): the patches
-#: talk to the daemon on their fixed ports (9000, 9001, 9002).
-pytestmark = pytest.mark.xdist_group("pd")
+#: One test at a time on this machine, whichever test process runs it (tests/conftest.py):
+#: the patches talk to the daemon on their fixed ports (9000, 9001, 9002).
+pytestmark = pytest.mark.machine_wide("pd")
 
 
 def test_every_patch_sends_only_what_the_table_accepts() -> None:

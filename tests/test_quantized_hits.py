@@ -15,9 +15,10 @@ from jack_peer import RATE, Recorder
 from test_link import LinkPeer
 from test_live_audio import AUDIO, _fresh_status, align, expected
 
-#: Run one after another in one pytest-xdist process (make test: --dist loadgroup): Link peers on
-#: one machine join one session, so another test's peer would change the peer count and the tempo.
-pytestmark = pytest.mark.xdist_group("link")
+#: One test at a time on this machine, whichever test process runs it (tests/conftest.py):
+#: Link peers on one machine join one session, so another test's peer would change the peer count
+#: and the tempo.
+pytestmark = pytest.mark.machine_wide("link")
 
 pytest.importorskip("aalink")
 

@@ -17,9 +17,10 @@ from conftest import TINY_LENGTH, TINY_RATE, pools_full, write_config
 from helpers import Daemon, OscClient, assert_valid_clip
 from ray_peer import RAY, RayCluster
 
-#: Run one after another in one pytest-xdist process (make test: --dist loadgroup): `ray stop
-#: --force` stops every Ray process of the machine, and two head nodes would share Ray's fixed ports.
-pytestmark = pytest.mark.xdist_group("ray")
+#: One test at a time on this machine, whichever test process runs it (tests/conftest.py):
+#: `ray stop --force` stops every Ray process of the machine, and two head nodes would share Ray's
+#: fixed ports.
+pytestmark = pytest.mark.machine_wide("ray")
 
 
 @pytest.fixture
