@@ -134,10 +134,19 @@ def test_cli_trains_resumes_and_the_daemon_serves_the_model(tmp_path: Path, star
         assert meta["output_lowpass_hz"] == (3000.0 if inst == "kick" else None), "the sidecar says what was cut"
 
 
+def _signals_as_on_a_terminal() -> None:
+    """A job a non-interactive shell starts with ``&`` (as CI's runner may) inherits SIGINT
+    ignored, and a run keeps an ignored signal ignored; the run under test starts as one typed
+    at a terminal does, with both signals at their defaults."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _train_until_signalled(command: list[str], sig: int) -> tuple[int, str]:
     """Start ``genbridge train``, send ``sig`` once it is training, and return its exit code and log.
     A run that never says it trains, or ignores the signal, is killed after 120 s (the test fails)."""
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_signals_as_on_a_terminal)
     watchdog = threading.Timer(120, proc.kill)
     watchdog.start()
     try:
