@@ -135,10 +135,11 @@ def _pair_ratios(pairs: list[tuple[np.ndarray, np.ndarray]], rate: int) -> dict[
         threshold = fh.level_db - AUDIBLE_BELOW_HIT_DB
         fh, fs = velocity_features(hard, rate, threshold), velocity_features(soft, rate, threshold)
         rows.append((fs.level_db - fh.level_db, fs.hit_centroid_hz / max(fh.hit_centroid_hz, 1e-9),
-                     fs.audible_ms / max(fh.audible_ms, 1e-9)))
+                     fs.audible_ms / max(fh.audible_ms, 1e-9), fs.high_share_db - fh.high_share_db))
     a = np.array(rows)
     return {"level_db": float(np.median(a[:, 0])), "centroid_ratio": float(np.median(a[:, 1])),
-            "audible_ratio": float(np.median(a[:, 2])), "pairs": len(rows)}
+            "audible_ratio": float(np.median(a[:, 2])), "high_share_db": float(np.median(a[:, 3])),
+            "pairs": len(rows)}
 
 
 def _layer_pairs(data: DrumSet, k: int, rendered: bool) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -178,8 +179,8 @@ def _velocity_pass(g: dict | None, own: dict | None, reference: dict | None) -> 
 def _velocity_cell(r: dict | None) -> str:
     if not r:
         return "-"
-    return (f"{r['level_db']:+.1f} dB, centroid x{r['centroid_ratio']:.2f}, audible x{r['audible_ratio']:.2f} "
-            f"({r['pairs']})")
+    return (f"{r['level_db']:+.1f} dB, centroid x{r['centroid_ratio']:.2f}, audible x{r['audible_ratio']:.2f}, "
+            f">4k {r['high_share_db']:+.1f} dB ({r['pairs']})")
 
 
 def _speed(gen: DiffusionGenerator, model_path: Path, batch: int, steps: int, sampler: str, threads: int,
@@ -411,7 +412,9 @@ def main(argv: list[str] | None = None) -> int:
     if vel_rows:
         print()
         print("velocity 40 against 120, pair by pair (soft minus hard level; soft / hard hit centroid and "
-              f"audible length, to {AUDIBLE_BELOW_HIT_DB:.0f} dB under the hard hit; pairs). Generated: as played "
+              f"audible length, to {AUDIBLE_BELOW_HIT_DB:.0f} dB under the hard hit; soft minus hard share of the "
+              "hit's energy above 4 kHz, which rises where a floor does not fall with velocity; pairs). "
+              "Generated: as played "
               "(finished, at the velocity's gain), at the network's own level, and unfinished; real layers at "
               f"their kit's level. The gate: as played, both ratios within x{VELOCITY_RATIO_SLACK} of all real "
               "layers', darker / shorter where those clearly are, and shorter at the network's own level:")

@@ -133,6 +133,11 @@ def drum_features(clip: np.ndarray, sample_rate: int) -> DrumFeatures:
     return DrumFeatures(centroid, attack, decay, 20 * np.log10(max(rms, 1e-6)))
 
 
+#: Where :attr:`VelocityFeatures.high_share_db` starts: above a kick's beater click and a snare's
+#: body, where the previous defaults' hiss sat (docs/ARCHITECTURE.md, "Why the drums hissed").
+HIGH_BAND_HZ = 4000.0
+
+
 @dataclass
 class VelocityFeatures:
     """What changes between a soft and a hard hit of one drum, on clips at their kit's level
@@ -141,6 +146,9 @@ class VelocityFeatures:
     level_db: float  # RMS of the first HIT_S, dBFS
     hit_centroid_hz: float  # spectral centroid of the first HIT_S
     audible_ms: float  # until the envelope stays under AUDIBLE_DBFS
+    #: The first HIT_S's energy above HIGH_BAND_HZ, dB of all of it: a soft hit whose share
+    #: rises while its level falls carries a floor (hiss) that does not fall with velocity.
+    high_share_db: float = float("nan")
 
     def to_json(self) -> dict[str, float]:
         return {k: round(float(v), 2) for k, v in self.__dict__.items()}
@@ -158,9 +166,11 @@ def velocity_features(clip: np.ndarray, sample_rate: int, audible_dbfs: float = 
     freqs = np.fft.rfftfreq(N_FFT, 1 / sample_rate)
     centroid = float((power * freqs[None, :]).sum() / max(power.sum(), 1e-20))
     level = 20 * np.log10(max(float(np.sqrt(np.mean(np.square(head)))), 1e-10))
+    high = float(power[:, freqs > HIGH_BAND_HZ].sum()) / max(float(power.sum()), 1e-20)
     env = envelope_db(clip, sample_rate)
     above = np.nonzero(env > audible_dbfs)[0]
-    return VelocityFeatures(level, centroid, (int(above[-1]) + 1) * 2.0 if len(above) else 0.0)
+    return VelocityFeatures(level, centroid, (int(above[-1]) + 1) * 2.0 if len(above) else 0.0,
+                            10 * np.log10(max(high, 1e-12)))
 
 
 def summarise(features: Sequence[DrumFeatures]) -> dict[str, Any]:

@@ -99,8 +99,12 @@ def test_velocity_pairs_measure_what_a_soft_hit_changes_and_the_gate_follows_the
     assert level_only["level_db"] == pytest.approx(-20, abs=0.1)
     assert level_only["centroid_ratio"] == pytest.approx(1.0, abs=0.01)
     assert level_only["audible_ratio"] < 0.8
+    assert level_only["high_share_db"] == pytest.approx(0.0, abs=0.01), "a level alone moves no energy up or down"
     darker = _pair_ratios([(dark * 0.1, hard)], 22050)
-    assert darker["centroid_ratio"] < 0.7
+    assert darker["centroid_ratio"] < 0.7 and darker["high_share_db"] < -10
+    hiss = 0.003 * rng.normal(size=(1, t.size)).astype(np.float32)  # a floor that does not fall with the hit
+    floored = _pair_ratios([(dark * 0.1 + hiss, dark + hiss)], 22050)
+    assert floored["high_share_db"] > 3, "the soft hit's floor is a larger share of it"
     reference = {"centroid_ratio": 0.9, "audible_ratio": 0.5}
     assert _velocity_pass({"centroid_ratio": 0.85, "audible_ratio": 0.55}, {"audible_ratio": 0.9}, reference)
     assert not _velocity_pass({"centroid_ratio": 0.85, "audible_ratio": 0.9}, {"audible_ratio": 0.9}, reference), \
