@@ -139,7 +139,12 @@ quantum = 1
 
             def corr(d: int, part: np.ndarray = part) -> float:
                 seg = rec.audio[position + d : position + d + len(part)]
-                return float(np.corrcoef(seg.ravel(), part.ravel())[0, 1]) if len(seg) == len(part) else -1.0
+                if len(seg) != len(part) or not float(np.std(seg)) > 0.0:
+                    # past the end, or silence where the part should sound (a dropped block, or a
+                    # gap): no match. Its correlation would be NaN, and max() and the checks below
+                    # cannot rank a NaN, so one dropped block failed the test as a gap would.
+                    return -1.0
+                return float(np.corrcoef(seg.ravel(), part.ravel())[0, 1])
 
             best = max(offsets, key=corr)
             if corr(best) <= 0.99 and spoiled < dropped:
