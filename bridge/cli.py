@@ -240,6 +240,7 @@ def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, 
     from models.diffusion import ModelLoadError
     from models.generator import GeneratorError, LoadSpec, Progress, RenderRequest, get_family
     from models.musicgen import MusicgenLoadError
+    from models.terminal import unsized_terminal_bar
 
     family = get_family(spec.family)
     try:
@@ -256,7 +257,7 @@ def _render_offline(spec: "WorkerSpec", params: dict, requests: list[tuple[int, 
     batches = [numbered] if one_call else [[r] for r in numbered]
     # One bar for the whole run: network steps where the family counts them (k clips x steps),
     # else percent of each render (a continuation reports fractions, one for all its takes).
-    with tqdm(total=len(batches), desc=desc, unit="step") as bar:
+    with tqdm(total=len(batches), desc=desc, unit="step", **unsized_terminal_bar()) as bar:
         for b, batch in enumerate(batches):
             def step(done: int, total: int) -> bool:
                 if total:
@@ -303,10 +304,11 @@ def _export(args: argparse.Namespace) -> int:
 
     from export.onnx import default_onnx_path, export_denoiser
     from models.diffusion import ModelLoadError
+    from models.terminal import unsized_terminal_bar
 
     model = ModelConfig(path=args.model).resolved_path()
     out = Path(args.out) if args.out else default_onnx_path(model)
-    with tqdm(total=4, desc="export onnx", bar_format="{desc}: {n}/{total} {postfix}") as bar:
+    with tqdm(total=4, desc="export onnx", bar_format="{desc}: {n}/{total} {postfix}", **unsized_terminal_bar()) as bar:
         def progress(msg: str) -> None:
             bar.set_postfix_str(msg)
             bar.update(1)

@@ -148,7 +148,7 @@ class VelocityFeatures:
     audible_ms: float  # until the envelope stays under AUDIBLE_DBFS
     #: The first HIT_S's energy above HIGH_BAND_HZ, dB of all of it: a soft hit whose share
     #: rises while its level falls carries a floor (hiss) that does not fall with velocity.
-    high_share_db: float = float("nan")
+    high_share_db: float
 
     def to_json(self) -> dict[str, float]:
         return {k: round(float(v), 2) for k, v in self.__dict__.items()}

@@ -52,6 +52,7 @@ from models.diffusion import (
 )
 from models.drum_data import DEFAULT_HELD_OUT, DrumSet, Sample, find_samples, load_drum_set, split_held_out
 from models.output_filter import EVERY_INSTRUMENT, describe_lowpass, parse_lowpass
+from models.terminal import unsized_terminal_bar
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +532,7 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step", disable=not show,
-               **_bar_width())
+               **(unsized_terminal_bar() or {"dynamic_ncols": True}))
     model.train()
     stop = _StopRequest()
     with stop.installed():
@@ -588,17 +589,6 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
                        step=step, wall_s=elapsed, final_loss=final_loss)
     log.info("wrote %s (%d steps, %.1f min, final loss %.4f)", model_dir, step, elapsed / 60, final_loss)
     return TrainResult(model_dir, step, final_loss, elapsed, resumed_from)
-
-
-def _bar_width() -> dict[str, Any]:
-    """tqdm draws nothing at all on a terminal that reports a size of 0 (a pseudo-terminal nobody
-    sized: ``script``, ``docker exec -t``, a CI runner's tty): it hides bars below the last of 0
-    rows. Such a terminal gets 80x24; a sized one follows its width."""
-    try:
-        size = os.get_terminal_size(sys.stderr.fileno())
-    except (OSError, ValueError):
-        return {"ncols": 80, "nrows": 24}
-    return {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 80, "nrows": 24}
 
 
 def _snapshot_origin(origin: str, step: int, steps: int) -> str:
