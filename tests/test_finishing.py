@@ -56,3 +56,21 @@ def test_silence_stays_silent_and_disabled_changes_nothing() -> None:
     raw = _hit(-35, dc=0.1)
     out, report = finish_clip(raw, SR, FinishingSettings(enabled=False))
     assert np.array_equal(out, raw) and report == {"enabled": False}
+
+
+def test_a_drum_still_ringing_at_the_clip_end_keeps_its_ring() -> None:
+    """A floor tom (100 Hz, tau 200 ms) rings past a 0.75 s clip: its last quarter, around -30 dB,
+    is its own decay, not a noise floor, and cutting where the decay nears it chops the ring."""
+    t = np.arange(int(SR * 0.75)) / SR
+    tom = (0.6 * np.sin(2 * np.pi * 100 * t) * np.exp(-t / 0.2)).astype(np.float32)[None, :]
+    out, report = finish_clip(tom, SR, FinishingSettings())
+    assert report["tail_cut_s"] is None, report
+    late = slice(int(0.6 * SR), int(0.72 * SR))  # before the 10 ms end fade
+    level = 20 * np.log10(np.sqrt(np.mean(out[:, late] ** 2)) / np.sqrt(np.mean(tom[:, late] ** 2)))
+    gain = report["gain_db"]
+    assert abs(level - gain) < 0.1, "the ring is only normalised, not faded"
+    # The same ring over a noise floor it reaches inside the clip is still trimmed at that floor.
+    noise = np.random.default_rng(2).standard_normal(t.shape).astype(np.float32) * 0.6 * 10 ** (-45 / 20)
+    short = (0.6 * np.sin(2 * np.pi * 100 * t) * np.exp(-t / 0.05)).astype(np.float32) + noise
+    _, report = finish_clip(short[None, :], SR, FinishingSettings())
+    assert report["tail_cut_s"] is not None and 0.2 < report["tail_cut_s"] < 0.5, report
