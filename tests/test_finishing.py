@@ -69,8 +69,21 @@ def test_a_drum_still_ringing_at_the_clip_end_keeps_its_ring() -> None:
     level = 20 * np.log10(np.sqrt(np.mean(out[:, late] ** 2)) / np.sqrt(np.mean(tom[:, late] ** 2)))
     gain = report["gain_db"]
     assert abs(level - gain) < 0.1, "the ring is only normalised, not faded"
-    # The same ring over a noise floor it reaches inside the clip is still trimmed at that floor.
+    _, report = finish_clip(tom, SR, FinishingSettings(tail_floor_max_fall_db_s=1e9))
+    assert report["tail_cut_s"] is not None, "with the check off the ring is cut, as before"
+
+
+def test_a_hit_that_reaches_its_noise_floor_late_or_ends_in_silence_is_still_trimmed() -> None:
+    """Hits that decay into a flat floor inside the clip, one quickly (tau 50 ms), one only near
+    the clip's end (tau 110 ms: the level is still falling into the floor at the cut), and one
+    whose floor ends in the digital silence of a padded sample: each floor is noise to trim."""
+    t = np.arange(int(SR * 0.75)) / SR
     noise = np.random.default_rng(2).standard_normal(t.shape).astype(np.float32) * 0.6 * 10 ** (-45 / 20)
-    short = (0.6 * np.sin(2 * np.pi * 100 * t) * np.exp(-t / 0.05)).astype(np.float32) + noise
-    _, report = finish_clip(short[None, :], SR, FinishingSettings())
-    assert report["tail_cut_s"] is not None and 0.2 < report["tail_cut_s"] < 0.5, report
+    for tau, lo, hi in ((0.05, 0.15, 0.5), (0.11, 0.3, 0.65)):
+        hit = (0.6 * np.sin(2 * np.pi * 100 * t) * np.exp(-t / tau)).astype(np.float32) + noise
+        _, report = finish_clip(hit[None, :], SR, FinishingSettings())
+        assert report["tail_cut_s"] is not None and lo < report["tail_cut_s"] < hi, (tau, report)
+    padded = (0.6 * np.sin(2 * np.pi * 100 * t) * np.exp(-t / 0.04)).astype(np.float32) + noise * 10 ** (-5 / 20)
+    padded[int(0.68 * SR):] = 0.0
+    _, report = finish_clip(padded[None, :], SR, FinishingSettings())
+    assert report["tail_cut_s"] is not None and report["tail_cut_s"] < 0.4, report
