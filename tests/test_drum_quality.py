@@ -113,3 +113,22 @@ def test_velocity_pairs_measure_what_a_soft_hit_changes_and_the_gate_follows_the
         "the real layers are darker: so must it be"
     assert not _velocity_pass({"centroid_ratio": 0.85, "audible_ratio": 0.5}, {"audible_ratio": 1.0}, reference), \
         "its length must not be the playback gain's alone"
+
+
+def test_classifier_benchmark_names_each_source_with_a_classifier_that_never_saw_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_sample_folder(data / "mine")
+    write_hydrogen_kit(data / "KitA", first_variant=3)
+    sources = f"{data / 'mine'},{data / 'KitA'}"
+    run = subprocess.run([sys.executable, "bench/drum_classifier.py", "--data", sources, "--hold-out", "",
+                          "--name", "test_drum_classifier"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert "unweighted" in run.stdout and "fonts apart" in run.stdout, run.stdout
+    results = json.loads((REPO / "bench" / "results" / "test_drum_classifier.json").read_text())
+    assert results["per_instrument"]["kick"] == 5 and results["per_instrument"]["snare"] == 4
+    balanced = results["recall"]["balanced"]
+    assert set(balanced) == {"kick", "snare", "hat", "crash", "mean"}
+    # A pitch-dropping sine is a kick to a classifier trained on other kits' kicks.
+    assert balanced["kick"] >= 0.8, balanced
+    assert set(results["balanced_by_source"]) == {"mine", "Test Kit"}, "one source a folder, one a kit"
