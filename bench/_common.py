@@ -33,6 +33,11 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def existing_sources(spec: str) -> list[str]:
+    """The comma-separated data sources of ``spec`` that exist (the drum benchmarks' --data)."""
+    return [d for d in spec.split(",") if d and Path(d).expanduser().exists()]
+
+
 def save(name: str, data: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": platform.machine(),

@@ -25,22 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from _common import save, table  # noqa: E402
+from _common import existing_sources, save, table  # noqa: E402
 
 from bridge.finishing import FinishingSettings, finish_clip  # noqa: E402
 from models.drum_data import (  # noqa: E402
     DEFAULT_HELD_OUT,
-    HYDROGEN_KITS,
+    DEFAULT_SOURCES,
     INSTRUMENTS,
     find_samples,
     load_drum_set,
     split_held_out,
 )
 from models.drum_eval import DrumClassifier  # noqa: E402
+from models.training import DEFAULT_LENGTH, DEFAULT_SAMPLE_RATE  # noqa: E402
 
 #: Sources that share recordings, left out together.
 SHARED_SAMPLES = {"fluid-soundfont-gm": "GM soundfonts", "musescore-general-soundfont": "GM soundfonts"}
-RATE, LENGTH = 22050, 16384
+#: Clips as the default model is trained on them.
+RATE, LENGTH = DEFAULT_SAMPLE_RATE, DEFAULT_LENGTH
 
 
 def leave_one_out(clips: np.ndarray, labels: np.ndarray, sources: np.ndarray, classes: list[str],
@@ -56,12 +58,12 @@ def leave_one_out(clips: np.ndarray, labels: np.ndarray, sources: np.ndarray, cl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=f"{HYDROGEN_KITS},data/drums", help="comma-separated data sources")
+    p.add_argument("--data", default=",".join(DEFAULT_SOURCES), help="comma-separated data sources")
     p.add_argument("--hold-out", default=",".join(DEFAULT_HELD_OUT),
                    help="kits the benchmark holds out (left out here too)")
     p.add_argument("--name", default="drum_classifier", help="results file name under bench/results/")
     args = p.parse_args(argv)
-    sources_found = [d for d in args.data.split(",") if d and Path(d).expanduser().exists()]
+    sources_found = existing_sources(args.data)
     if not sources_found:
         p.error(f"none of the data sources exist: {args.data} (run `make data`)")
     t0 = time.perf_counter()
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
           + ", ".join(f"{s} {v:.0%}" for s, v in by_source.items()))
     print(f"{time.perf_counter() - t0:.0f} s")
     path = save(args.name, {"clips": len(data.labels), "per_instrument": counts, "recall": recall,
-                                    "balanced_by_source": by_source})
+                            "balanced_by_source": by_source})
     print(f"results: {path}")
     return 0
 

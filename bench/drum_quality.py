@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import save, table  # noqa: E402
+from _common import existing_sources, save, table  # noqa: E402
 
 from bridge.config import AudioConfig, ModelConfig  # noqa: E402
 from bridge.finishing import FinishingSettings, finish_clip  # noqa: E402
@@ -66,8 +66,8 @@ from bridge.mixer import velocity_gain  # noqa: E402
 from models.diffusion import DiffusionGenerator, load_generator  # noqa: E402
 from models.drum_data import (  # noqa: E402
     DEFAULT_HELD_OUT,
+    DEFAULT_SOURCES,
     DEFAULT_VELOCITY,
-    HYDROGEN_KITS,
     NEAR_COPY_CORRELATION,
     DrumSet,
     find_samples,
@@ -96,7 +96,6 @@ SOFT_MAX, HARD_MIN = 53 / 127, 108 / 127
 BANDS = (("soft", 0.0, SOFT_MAX), ("medium", SOFT_MAX, HARD_MIN), ("hard", HARD_MIN, 1.01))
 #: "Roughly the same ratio": a generated soft/hard ratio within this factor of the real layers'.
 VELOCITY_RATIO_SLACK = 1.25
-DEFAULT_DATA = (str(HYDROGEN_KITS), "data/drums")
 
 
 def _fmt(s: dict) -> str:
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=40, help="generated clips per instrument (and per velocity)")
     p.add_argument("--steps", type=int, default=0, help="sampling steps (default: the model's)")
     p.add_argument("--sampler", default="", help="default: the model's")
-    p.add_argument("--data", default=",".join(DEFAULT_DATA), help="comma-separated data sources")
+    p.add_argument("--data", default=",".join(DEFAULT_SOURCES), help="comma-separated data sources")
     p.add_argument("--hold-out", default=",".join(DEFAULT_HELD_OUT))
     p.add_argument("--instruments", default="", help="default: every instrument the model makes")
     p.add_argument("--threads", type=int, default=2)
@@ -249,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{rate} Hz, {length} frames; {steps} steps {sampler}; velocity-conditioned={gen.info.velocity}; "
           f"output high-cut {describe_lowpass(gen.info.output_lowpass_hz) or 'none'}")
 
-    sources = [d for d in args.data.split(",") if d and Path(d).expanduser().exists()]
+    sources = existing_sources(args.data)
     if not sources:
         p.error(f"none of the data sources exist: {args.data} (run `make data`)")
     samples = find_samples(sources)

@@ -88,6 +88,8 @@ def find_tail_cut(audio: np.ndarray, sample_rate: int, s: FinishingSettings) -> 
 
 #: The last 40 ms are left out of the fall: clips (and models trained on them) end in a fade.
 _END_HOPS = 8
+#: A stretch shorter than this (40 ms) is too short to tell a fall from a floor's ripple.
+_MIN_FIT_HOPS = 8
 
 
 def _floor_stretch(env: np.ndarray, start: int, floor: float, margin_db: float) -> np.ndarray:
@@ -98,7 +100,7 @@ def _floor_stretch(env: np.ndarray, start: int, floor: float, margin_db: float) 
     end = len(env) - _END_HOPS
     at_floor = np.nonzero(env[start:end] <= floor)[0]
     first = start + int(at_floor[0]) if len(at_floor) else start
-    if end - first < 8:
+    if end - first < _MIN_FIT_HOPS:
         first = start
     return np.maximum(env[first:end], floor - 2 * margin_db)
 
@@ -106,8 +108,8 @@ def _floor_stretch(env: np.ndarray, start: int, floor: float, margin_db: float) 
 def _still_falling(env_db: np.ndarray, max_fall_db_s: float) -> bool:
     """Whether an envelope (dB per :data:`_HOP_S` hop) falls faster than ``max_fall_db_s``:
     the least-squares slope, so a noise floor's hop-to-hop ripple does not count. A stretch
-    shorter than 8 hops says nothing either way (and a cut there removes little)."""
-    if len(env_db) < 8:
+    shorter than :data:`_MIN_FIT_HOPS` says nothing either way (and a cut there removes little)."""
+    if len(env_db) < _MIN_FIT_HOPS:
         return False
     t = np.arange(len(env_db)) * _HOP_S
     return float(np.polyfit(t, env_db, 1)[0]) < -max_fall_db_s

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".aif", ".aiff", ".ogg")
 HYDROGEN_KITS = Path("/usr/share/hydrogen/data/drumkits")
+#: Where the default model's data lies after `make data`: Hydrogen's kits, and the manifests and
+#: soundfont renders `genbridge data` writes (relative to the repository).
+DEFAULT_SOURCES = (str(HYDROGEN_KITS), "data/drums")
 #: Kits kept out of the shipped default's training, for evaluation, from four packages: of
 #: hydrogen-drumkits one acoustic multi-layer kit and one electronic kit; every kit of
 #: timgm6mb-soundfont (rendered at four velocities; a soundfont made apart from FluidR3 and
