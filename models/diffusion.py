@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.adp import import_adp
+from models.bf16_guard import guard_bf16_convolutions
 from models.devices import autocast_dtype, resolve, resolve_precision
 from models.drum_data import DEFAULT_VELOCITY
 from models.generator import Cancelled
@@ -664,66 +665,6 @@ def _load_strict(net: nn.Module, weights: Mapping[str, torch.Tensor], source: st
                 f"{tuple(expected[key].shape)}"
             )
     net.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
-
-
-#: A bf16 convolution whose output is further than this from fp32 (relative error power) is a
-#: broken kernel, not rounding: honest bf16 rounding of these layers measures -50 dB.
-BF16_CONV_TOLERANCE_DB = -30.0
-
-
-class _Fp32Conv(nn.Module):
-    """Runs the wrapped convolution in fp32 even under bf16 autocast."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):
-            return self.conv(x.float())
-
-
-#: Convolutions this narrow run in fp32 under bf16 (see guard_bf16_convolutions).
-BF16_FP32_CHANNELS = 8
-
-
-def guard_bf16_convolutions(net: nn.Module, length: int) -> list[str]:
-    """Put every convolution whose CPU bf16 kernel is wrong back in fp32; returns their names.
-
-    Why: torch 2.13's oneDNN bf16 Conv1d on this CPU returns garbage for some shapes where the
-    stride equals the kernel (16 -> 32 channels, kernel 4, stride 4: error 0 dB, i.e. noise; 32
-    -> 64 with the same kernel: -50 dB). The default model has such a layer, which made its
-    whole bf16 output wrong (-13 dB from fp32 on one network evaluation). Each convolution is
-    tried once on random input at load; only the broken ones pay for fp32.
-
-    Convolutions with at most :data:`BF16_FP32_CHANNELS` channels in or out (a full-rate first
-    level, the output layer) stay fp32 too: bf16's 8-bit mantissa on those few channels was the
-    largest error of the default model's whole bf16 step (-24 dB from fp32 at t = 0.9; -34 dB
-    with them in fp32), and at 8 channels they cost little.
-    """
-    guarded: list[str] = []
-    gen = torch.Generator().manual_seed(0)
-    for parent_name, parent in list(net.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            if not isinstance(child, (nn.Conv1d, nn.ConvTranspose1d)):
-                continue
-            if min(child.in_channels, child.out_channels) <= BF16_FP32_CHANNELS:
-                setattr(parent, child_name, _Fp32Conv(child))
-                guarded.append(f"{parent_name}.{child_name}".lstrip("."))
-                continue
-            probe = torch.randn((1, child.in_channels, max(64, min(length, 2048))), generator=gen)
-            with torch.inference_mode():
-                ref = child(probe)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    low = child(probe).float()
-            err = float(((ref - low) ** 2).mean() / ((ref**2).mean() + 1e-30))
-            if 10 * math.log10(err + 1e-30) > BF16_CONV_TOLERANCE_DB:
-                setattr(parent, child_name, _Fp32Conv(child))
-                guarded.append(f"{parent_name}.{child_name}".lstrip("."))
-    if guarded:
-        log.info("bf16: %d convolution(s) run in fp32 (this CPU's bf16 kernel is wrong for them): %s",
-                 len(guarded), ", ".join(guarded))
-    return guarded
 
 
 def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str, weights: str,

@@ -29,14 +29,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.devices import NATIVE_BF16_FLAGS, native_bf16
+from models.bf16_guard import guard_training_convolutions
+from models.devices import NATIVE_BF16_FLAGS, cpu_flags, cpu_name, native_bf16
 from models.diffusion import (
     CLASS_EMBEDDING_KEY,
     VELOCITY_EMBEDDING_KEY,
@@ -466,6 +467,11 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     weights = weights if settings.balance > 0 else None  # 0: uniform draws, as runs before it drew
     model.to(device)
     settings.machine = describe_machine(settings, device)
+    if settings.bf16 and device.type == "cpu":  # the wrong bf16 kernels are oneDNN's (CPU) ones
+        in_fp32 = guard_training_convolutions(model, example_forward(model, arch, settings.batch, classes))
+        if in_fp32:
+            settings.machine += (f" ({len(in_fp32)} convolution(s) in fp32, this CPU's bf16 kernel is wrong "
+                                 f"for them: {', '.join(in_fp32)})")
     if device.type == "cuda":
         log.info("training on %s (%s)", device, torch.cuda.get_device_name(device))
     ema = _ema_model(model, settings.ema_decay)
@@ -600,12 +606,28 @@ def _on_cpu(model: ConditionedUNet) -> ConditionedUNet:
     return copy.deepcopy(model).cpu() if any(p.device.type != "cpu" for p in model.parameters()) else model
 
 
+def example_forward(model: ConditionedUNet, arch: UNetArch, batch: int,
+                     classes: Sequence[str] | None) -> Callable[[], object]:
+    """One network evaluation on random input of the shape training feeds the model, drawn from
+    a private generator (guard_training_convolutions tries each convolution at its shape)."""
+    gen = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
+    x = torch.randn((batch, arch.in_channels, arch.length), generator=gen).to(device)
+    sigma = torch.rand(batch, generator=gen).to(device)
+    labels = torch.zeros(batch, dtype=torch.long, device=device) if classes else None
+    if labels is not None and model.velocity_embedding is not None:
+        velocity = torch.full((batch,), 0.5, device=device)
+        return lambda: model(x, sigma, labels, velocity)
+    return lambda: model(x, sigma, labels)
+
+
 def describe_machine(settings: TrainSettings, device: torch.device) -> str:
     """Where a run trains, for its card (kept in the checkpoint, so a snapshot taken on another
     machine still names the one that trained)."""
     where = (f"{torch.cuda.get_device_name(device)} GPU" if device.type == "cuda"
              else f"{settings.threads or min(4, os.cpu_count() or 1)} threads")
-    return (f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {where}, "
+    cpu = cpu_name() + (" (AMX)" if "amx_bf16" in cpu_flags() else "")
+    return (f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {where}, "
             f"{'bf16 autocast' if settings.bf16 else 'fp32'}")
 
 
