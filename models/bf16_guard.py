@@ -9,9 +9,10 @@ try each convolution once, fp32 beside bf16, and run only the broken ones in fp3
 
 Training must try more than sampling does. Its backward pass has kernels of its own (the input
 gradient and the weight gradient), and oneDNN's blocking, and so a blocking bug, depends on the
-shape, so a network being trained is tried at the shapes it trains at. Without this a run trained
-through a broken layer on one CPU and came out a different model from the same recipe on
-another (models/default/MODEL_CARD.md, the rebuild of 2026-12-03).
+shape, so a network being trained is tried at the shapes it trains at. Without this, a run on a
+CPU with such a kernel trains through a layer that returns noise; that is the likeliest reason the
+same recipe gave another model on another VM (models/default/MODEL_CARD.md, the rebuild of
+2026-12-03).
 
 A guarded convolution keeps its parameters and their names (its class is swapped for an fp32
 subclass, not wrapped), so checkpoints, EMA copies and model folders are unchanged by it.
@@ -55,13 +56,27 @@ class Fp32ConvTranspose1d(nn.ConvTranspose1d):
 _FP32_CLASS: dict[type, type] = {nn.Conv1d: Fp32Conv1d, nn.ConvTranspose1d: Fp32ConvTranspose1d}
 
 
+def _fp32_class(cls: type) -> type:
+    """The fp32 twin of a convolution class; a subclass of torch's gets one made on first use, so
+    its own forward still runs (with autocast off)."""
+    if cls not in _FP32_CLASS:
+        def forward(self: nn.Module, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+            with torch.autocast("cpu", enabled=False):
+                return cls.forward(self, x.float(), *args, **kwargs)
+        _FP32_CLASS[cls] = type(f"Fp32{cls.__name__}", (cls,), {"forward": forward, "__module__": __name__})
+    return _FP32_CLASS[cls]
+
+
+def _in_fp32(conv: nn.Module) -> bool:
+    return type(conv) in _FP32_CLASS.values()
+
+
 def run_in_fp32(conv: nn.Module) -> None:
-    """Make ``conv`` (a Conv1d or ConvTranspose1d) run in fp32 under bf16 autocast, in place."""
-    if type(conv) in _FP32_CLASS.values():
-        return
-    if type(conv) not in _FP32_CLASS:  # a subclass's own forward would be lost by the swap
-        raise TypeError(f"run_in_fp32 takes torch's Conv1d or ConvTranspose1d, not {type(conv).__name__}")
-    conv.__class__ = _FP32_CLASS[type(conv)]
+    """Make ``conv`` (a 1-d convolution) run in fp32 under bf16 autocast, in place."""
+    if not isinstance(conv, (nn.Conv1d, nn.ConvTranspose1d)):
+        raise TypeError(f"run_in_fp32 takes a 1-d convolution, not {type(conv).__name__}")
+    if not _in_fp32(conv):
+        conv.__class__ = _fp32_class(type(conv))
 
 
 def _convolutions(net: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -155,7 +170,7 @@ def guard_training_convolutions(net: nn.Module, forward: Callable[[], object]) -
     """
     guarded: list[str] = []
     for name, conv, shape in convolution_inputs(net, forward):
-        if type(conv) in _FP32_CLASS.values():
+        if _in_fp32(conv):
             continue
         errors = bf16_training_errors(conv, shape)
         if max(errors) > BF16_CONV_TOLERANCE_DB:

@@ -467,11 +467,6 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
     weights = weights if settings.balance > 0 else None  # 0: uniform draws, as runs before it drew
     model.to(device)
     settings.machine = describe_machine(settings, device)
-    if settings.bf16 and device.type == "cpu":  # the wrong bf16 kernels are oneDNN's (CPU) ones
-        in_fp32 = guard_training_convolutions(model, example_forward(model, arch, settings.batch, classes))
-        if in_fp32:
-            settings.machine += (f" ({len(in_fp32)} convolution(s) in fp32, this CPU's bf16 kernel is wrong "
-                                 f"for them: {', '.join(in_fp32)})")
     if device.type == "cuda":
         log.info("training on %s (%s)", device, torch.cuda.get_device_name(device))
     ema = _ema_model(model, settings.ema_decay)
@@ -507,6 +502,13 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
                            step=step, wall_s=elapsed, final_loss=final)
         return TrainResult(Path(snapshot_to), step, final, elapsed, step)
 
+    # After the snapshot return (a snapshot trains nothing); the EMA copy made above only averages
+    # weights, so only the network that trains needs the guard.
+    if settings.bf16 and device.type == "cpu":  # the wrong bf16 kernels are oneDNN's (CPU) ones
+        in_fp32 = guard_training_convolutions(model, example_forward(model, arch, settings.batch, classes))
+        if in_fp32:
+            settings.machine += (f" ({len(in_fp32)} convolution(s) in fp32, this CPU's bf16 kernel is wrong "
+                                 f"for them: {', '.join(in_fp32)})")
     if resume is not None:
         settings.data_scale = resume["settings"].get("data_scale") or settings.data_scale
     if settings.data_scale is None:  # a model being fine-tuned keeps the scale it was trained at

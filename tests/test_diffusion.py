@@ -98,9 +98,9 @@ def test_missing_and_broken_models_are_clear_errors(tmp_path: Path) -> None:
 
 
 def test_bf16_stays_close_to_fp32_on_the_shipped_default() -> None:
-    """precision = "bf16" must sound like fp32: torch 2.13's CPU bf16 kernel for one of the
-    default model's convolutions (16 -> 32 channels, kernel 4, stride 4) returns noise, which
-    made one network evaluation -13 dB from fp32; guarded, it is -45 dB here (the current
+    """precision = "bf16" must sound like fp32: on one VM torch 2.13's CPU bf16 kernel for one of
+    the default model's convolutions (16 -> 32 channels, kernel 4, stride 4) returned noise, which
+    made one network evaluation -13 dB from fp32; guarded, it was -45 dB there (the current
     default's narrow full-rate first level also runs in fp32: -34 dB at t = 0.9)."""
     fp32 = load_generator(REPO / "models" / "default", name="fp32")
     bf16 = load_generator(REPO / "models" / "default", name="bf16", precision="bf16")
