@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -37,28 +38,12 @@ BF16_CONV_TOLERANCE_DB = -30.0
 BF16_FP32_CHANNELS = 8
 
 
-class Fp32Conv1d(nn.Conv1d):
-    """A Conv1d that runs in fp32 even under CPU bf16 autocast."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):
-            return super().forward(x.float())
-
-
-class Fp32ConvTranspose1d(nn.ConvTranspose1d):
-    """A ConvTranspose1d that runs in fp32 even under CPU bf16 autocast."""
-
-    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        with torch.autocast("cpu", enabled=False):
-            return super().forward(x.float(), output_size)
-
-
-_FP32_CLASS: dict[type, type] = {nn.Conv1d: Fp32Conv1d, nn.ConvTranspose1d: Fp32ConvTranspose1d}
+_FP32_CLASS: dict[type, type] = {}
 
 
 def _fp32_class(cls: type) -> type:
-    """The fp32 twin of a convolution class; a subclass of torch's gets one made on first use, so
-    its own forward still runs (with autocast off)."""
+    """The fp32 twin of a convolution class (made on first use and kept): the class's own
+    forward, run with CPU autocast off on fp32 input."""
     if cls not in _FP32_CLASS:
         def forward(self: nn.Module, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
             with torch.autocast("cpu", enabled=False):
@@ -83,7 +68,8 @@ def _convolutions(net: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in net.named_modules() if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d))]
 
 
-def _error_db(ref: torch.Tensor, low: torch.Tensor) -> float:
+def error_db(ref: torch.Tensor, low: torch.Tensor) -> float:
+    """How far ``low`` is from ``ref``: dB of relative error power."""
     err = float(((ref.float() - low.float()) ** 2).mean() / ((ref.float() ** 2).mean() + 1e-30))
     return 10 * math.log10(err + 1e-30)
 
@@ -108,7 +94,7 @@ def guard_bf16_convolutions(net: nn.Module, length: int) -> list[str]:
                 ref = conv(probe)
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     low = conv(probe)
-            if _error_db(ref, low) <= BF16_CONV_TOLERANCE_DB:
+            if error_db(ref, low) <= BF16_CONV_TOLERANCE_DB:
                 continue
         run_in_fp32(conv)
         guarded.append(name)
@@ -133,7 +119,7 @@ def bf16_training_errors(conv: nn.Module, shape: tuple[int, ...], seed: int = 0)
         (out.float() * upstream).sum().backward()
         results.append((out.detach(), xi.grad.detach(), conv.weight.grad.detach()))
     conv.zero_grad(set_to_none=True)
-    fwd, dgrad, wgrad = (_error_db(a, b) for a, b in zip(*results))
+    fwd, dgrad, wgrad = (error_db(a, b) for a, b in zip(*results))
     return fwd, dgrad, wgrad
 
 
@@ -158,26 +144,45 @@ def convolution_inputs(net: nn.Module, forward: Callable[[], object]) -> list[tu
     return [(name, conv, shapes[name]) for name, conv in convs if name in shapes]
 
 
+@dataclass
+class ConvolutionTry:
+    """One convolution tried in bf16 at its training shape (:func:`try_training_convolutions`)."""
+
+    name: str
+    conv: nn.Module
+    shape: tuple[int, ...]
+    forward_db: float
+    dgrad_db: float
+    wgrad_db: float
+
+    @property
+    def wrong(self) -> bool:
+        return max(self.forward_db, self.dgrad_db, self.wgrad_db) > BF16_CONV_TOLERANCE_DB
+
+
+def try_training_convolutions(net: nn.Module, forward: Callable[[], object]) -> list[ConvolutionTry]:
+    """Every convolution of ``net`` not already in fp32, tried at the input shape ``forward``
+    gives it (:func:`convolution_inputs`): forward, input gradient and weight gradient in bf16
+    against fp32 (:func:`bf16_training_errors`)."""
+    return [ConvolutionTry(name, conv, shape, *bf16_training_errors(conv, shape))
+            for name, conv, shape in convolution_inputs(net, forward) if not _in_fp32(conv)]
+
+
 def guard_training_convolutions(net: nn.Module, forward: Callable[[], object]) -> list[str]:
     """For training in bf16 on a CPU: run every convolution whose bf16 forward, input gradient or
     weight gradient is wrong on this CPU in fp32; returns their names.
 
     ``forward`` runs the network once on a batch of the shape training feeds it; each convolution
-    is tried at the input shape it saw there (:func:`convolution_inputs`). Narrow convolutions
-    are not moved to fp32 here: trained with honest bf16 rounding they learn as the shipped
-    default did; only a wrong kernel is taken out. Random draws come from private generators, so
-    a run's own random state, and so its result, does not depend on the guard.
+    is tried at the input shape it saw there (:func:`try_training_convolutions`). Narrow
+    convolutions are not moved to fp32 here: trained with honest bf16 rounding they learn as the
+    shipped default did; only a wrong kernel is taken out. Random draws come from private
+    generators, so a run's own random state, and so its result, does not depend on the guard.
     """
-    guarded: list[str] = []
-    for name, conv, shape in convolution_inputs(net, forward):
-        if _in_fp32(conv):
-            continue
-        errors = bf16_training_errors(conv, shape)
-        if max(errors) > BF16_CONV_TOLERANCE_DB:
-            log.warning("bf16: %s (%d -> %d channels, kernel %d, stride %d, input %s) is wrong on this CPU "
-                        "(forward %.0f dB, input gradient %.0f dB, weight gradient %.0f dB from fp32): "
-                        "it trains in fp32", name, conv.in_channels, conv.out_channels, conv.kernel_size[0],
-                        conv.stride[0], shape, *errors)
-            run_in_fp32(conv)
-            guarded.append(name)
-    return guarded
+    wrong = [t for t in try_training_convolutions(net, forward) if t.wrong]
+    for t in wrong:
+        log.warning("bf16: %s (%d -> %d channels, kernel %d, stride %d, input %s) is wrong on this CPU "
+                    "(forward %.0f dB, input gradient %.0f dB, weight gradient %.0f dB from fp32): "
+                    "it trains in fp32", t.name, t.conv.in_channels, t.conv.out_channels, t.conv.kernel_size[0],
+                    t.conv.stride[0], t.shape, t.forward_db, t.dgrad_db, t.wgrad_db)
+        run_in_fp32(t.conv)
+    return [t.name for t in wrong]
