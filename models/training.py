@@ -510,6 +510,7 @@ def train(settings: TrainSettings, progress: bool | None = None, snapshot_to: Pa
             settings.machine += (f" ({len(in_fp32)} convolution(s) in fp32, this CPU's bf16 kernel is wrong "
                                  f"for them: {', '.join(in_fp32)})")
     if resume is not None:
+        settings.machine = machine_history(resume["settings"].get("machine", ""), settings.machine, step)
         settings.data_scale = resume["settings"].get("data_scale") or settings.data_scale
     if settings.data_scale is None:  # a model being fine-tuned keeps the scale it was trained at
         from_init = init_info.data_scale if init_info else None
@@ -631,6 +632,21 @@ def describe_machine(settings: TrainSettings, device: torch.device) -> str:
     cpu = cpu_name() + (" (AMX)" if "amx_bf16" in cpu_flags() else "")
     return (f"{platform.machine()}, {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {where}, "
             f"{'bf16 autocast' if settings.bf16 else 'fp32'}")
+
+
+#: Between machines in a resumed run's machine line: "A | from step 3000: B".
+RESUMED_ON = " | from step "
+
+
+def machine_history(before: str, now: str, step: int) -> str:
+    """The machine line of a run resumed at ``step``: every machine it trained on, in order, so a
+    card whose run moved from one CPU to another (whose bf16 kernels may differ) says so. A
+    resume on the machine it last ran on adds nothing."""
+    if not before:
+        return now
+    last = before.rsplit(RESUMED_ON, 1)
+    last_machine = last[1].split(": ", 1)[1] if len(last) == 2 else before
+    return before if last_machine == now else f"{before}{RESUMED_ON}{step}: {now}"
 
 
 def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, classes: Sequence[str] | None,

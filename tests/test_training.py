@@ -20,6 +20,7 @@ from drum_samples import write_hydrogen_kit, write_sample_folder
 from helpers import GENBRIDGE, REPO, assert_valid_clip
 from test_checkpoints import build_tiny_audio_diffusion_ckpt
 
+from models.devices import native_bf16
 from models.diffusion import ConditionedUNet, load_generator
 from models.drum_data import (
     DEFAULT_VELOCITY,
@@ -29,7 +30,15 @@ from models.drum_data import (
     load_drum_set,
     split_held_out,
 )
-from models.training import VELOCITY_KNOTS, TrainSettings, augment, clip_weights, emphasised_mse, train
+from models.training import (
+    VELOCITY_KNOTS,
+    TrainSettings,
+    augment,
+    clip_weights,
+    describe_machine,
+    emphasised_mse,
+    train,
+)
 
 
 def test_instrument_names_from_hydrogen_kits_and_file_names() -> None:
@@ -415,3 +424,28 @@ def test_emphasis_weighs_high_frequency_error_more_and_a_bad_weight_is_refused(t
     with pytest.raises(ValueError, match="emphasis must be 0-100"):
         train(TrainSettings(data=[str(data)], out=str(tmp_path / "bad"), arch=arch, steps=1, batch=2,
                             held_out=[], threads=1, emphasis=-1.0), progress=False)
+
+
+def test_a_run_resumed_on_another_machine_names_both_on_its_card(tmp_path: Path) -> None:
+    """bf16 kernels differ between CPUs (models/bf16_guard.py), so a card must not hide that a
+    run moved: the machine line lists each machine from the step it took over."""
+    data = write_sample_folder(tmp_path / "samples")
+    arch = json.loads(_arch_file(tmp_path).read_text())
+    settings = dict(data=[str(data)], out=str(tmp_path / "run"), arch=arch, batch=2, held_out=[], threads=1)
+    train(TrainSettings(steps=2, **settings), progress=False)
+    ckpt_path = tmp_path / "run" / "checkpoint.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    ckpt["settings"]["machine"] = "riscv64, a CPU of another VM, 64 cores"  # as if it began elsewhere
+    torch.save(ckpt, ckpt_path)
+    cpu = torch.device("cpu")
+    here = describe_machine(TrainSettings(**settings, bf16=native_bf16(cpu)), cpu)
+
+    def machine_line() -> str:
+        card = (tmp_path / "run" / "model" / "MODEL_CARD.md").read_text()
+        return next(line for line in card.splitlines() if line.startswith("- Machine: "))
+
+    train(TrainSettings(steps=3, **settings), progress=False)
+    expected = f"- Machine: riscv64, a CPU of another VM, 64 cores | from step 2: {here}"
+    assert machine_line().startswith(expected), machine_line()
+    train(TrainSettings(steps=4, **settings), progress=False)  # resumed again, on the same machine
+    assert machine_line().startswith(expected) and machine_line().count(" | from step ") == 1, machine_line()
