@@ -7,6 +7,11 @@ and stride 4 returned noise (0 dB from fp32) where honest bf16 rounding measures
 and training both run the same U-Net under bf16 autocast, so both need the same cure, kept here:
 try each convolution once, fp32 beside bf16, and run only the broken ones in fp32.
 
+The faults known in public depend on the shape too (oneDNN 3.12: brgemm convolutions with a
+stride longer than the kernel, uxlfoundation/oneDNN#5494, fixed in 3.13; an output one sample wide
+with a stride over 1, pytorch/pytorch#169688), so each convolution is tried at the shape the
+network gives it, not at one fixed probe.
+
 Training must try more than sampling does. Its backward pass has kernels of its own (the input
 gradient and the weight gradient), and oneDNN's blocking, and so a blocking bug, depends on the
 shape, so a network being trained is tried at the shapes it trains at. Without this, a run on a
@@ -74,7 +79,7 @@ def error_db(ref: torch.Tensor, low: torch.Tensor) -> float:
     return 10 * math.log10(err + 1e-30)
 
 
-def guard_bf16_convolutions(net: nn.Module, length: int) -> list[str]:
+def guard_bf16_convolutions(net: nn.Module, length: int, forward: Callable[[], object] | None = None) -> list[str]:
     """For sampling in bf16: put every convolution whose CPU bf16 kernel is wrong back in fp32,
     and the narrow ones too; returns their names.
 
@@ -84,12 +89,25 @@ def guard_bf16_convolutions(net: nn.Module, length: int) -> list[str]:
     full-rate first level, the output layer) stay fp32 as well: bf16's 8-bit mantissa on those few
     channels was the largest error of the default model's whole bf16 step (-24 dB from fp32 at
     t = 0.9; -34 dB with them in fp32), and at 8 channels they cost little.
+
+    ``forward`` runs the network once on one clip; each convolution is then tried at the input
+    shape it saw there (batch 1), because oneDNN's blocking, and with it a blocking bug, depends on
+    the length (see the module's docstring).
+    A convolution ``forward`` does not reach, or every one when it is None or fails, is tried at
+    (1, channels, min(``length``, 2048)).
     """
+    shapes: dict[str, tuple[int, ...]] = {}
+    if forward is not None:
+        try:
+            shapes = {name: (1, *shape[1:]) for name, _, shape in convolution_inputs(net, forward)}
+        except Exception as exc:  # a network this forward cannot drive: the fixed probe for all
+            log.info("bf16: convolutions tried at a fixed length, the network's own shapes are not known (%s)", exc)
     guarded: list[str] = []
     gen = torch.Generator().manual_seed(0)
     for name, conv in _convolutions(net):
         if min(conv.in_channels, conv.out_channels) > BF16_FP32_CHANNELS:
-            probe = torch.randn((1, conv.in_channels, max(64, min(length, 2048))), generator=gen)
+            shape = shapes.get(name, (1, conv.in_channels, max(64, min(length, 2048))))
+            probe = torch.randn(shape, generator=gen)
             with torch.inference_mode():
                 ref = conv(probe)
                 with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -667,6 +667,15 @@ def _load_strict(net: nn.Module, weights: Mapping[str, torch.Tensor], source: st
     net.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()}, strict=True)
 
 
+def _one_clip_forward(net: nn.Module, arch: UNetArch) -> Callable[[], object]:
+    """One evaluation of ``net`` on one clip of noise (no conditioning: the features are an
+    optional sum, so every convolution sees its sampling shape without them), drawn from a
+    private generator so loading a model leaves torch's random stream alone."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((1, arch.in_channels, arch.length), generator=gen)
+    return lambda: net(x, torch.full((1,), 0.5))
+
+
 def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str, weights: str,
             trained: bool, default_steps: int, sdpa: bool, precision: str,
             config: Mapping[str, Any] | None = None,
@@ -680,7 +689,7 @@ def _finish(net: nn.Module, arch: UNetArch, *, name: str, source: str, kind: str
         raise ModelLoadError(f"{source}: {exc}") from None
     swapped = swap_attention_to_sdpa(net, arch.attention_heads) if sdpa else 0
     if precision == "bf16" and where.type == "cpu":  # the broken kernels are oneDNN's (CPU) ones
-        guard_bf16_convolutions(net, arch.length)
+        guard_bf16_convolutions(net, arch.length, _one_clip_forward(net, arch))
     config = config or {}
     classes = list(config["classes"]) if config.get("classes") else None
     embedding = (extras or {}).get(CLASS_EMBEDDING_KEY)

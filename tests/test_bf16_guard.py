@@ -39,10 +39,13 @@ class _Kernels:
     """Stands in for oneDNN's bf16 convolutions, so the tests do not depend on the host CPU's own
     kernels: honest bf16 (inputs, weights and output rounded to bf16, summed in fp32) for every
     shape but 16 -> 32 channels, kernel 4, stride 4 (the one a VM of this project got back as
-    noise), which is wrong in its output or in its gradient. ``wrong_calls`` counts its uses."""
+    noise), which is wrong in its output or in its gradient (only on inputs longer than
+    ``longer_than``, when that is set: blocking bugs depend on the length). ``wrong_calls``
+    counts its uses."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, longer_than: int = 0) -> None:
         self.where = where
+        self.longer_than = longer_than
         self.wrong_calls = 0
         self.gen = torch.Generator().manual_seed(2)  # a kernel draws nothing from torch's own stream
 
@@ -53,7 +56,8 @@ class _Kernels:
         with torch.autocast("cpu", enabled=False):
             rounded = [t.to(torch.bfloat16).float() if t is not None else None for t in (x, weight, bias)]
             out = _real_conv_forward(conv, *rounded).to(torch.bfloat16)
-        if (conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0]) != (16, 32, 4, 4):
+        if ((conv.in_channels, conv.out_channels, conv.kernel_size[0], conv.stride[0]) != (16, 32, 4, 4)
+                or x.shape[-1] <= self.longer_than):
             return out
         self.wrong_calls += 1
         if self.where == "forward":
@@ -61,8 +65,8 @@ class _Kernels:
         return _NoiseGradient.apply(out, self.gen)
 
 
-def _install(monkeypatch: pytest.MonkeyPatch, where: str) -> _Kernels:
-    kernels = _Kernels(where)
+def _install(monkeypatch: pytest.MonkeyPatch, where: str, longer_than: int = 0) -> _Kernels:
+    kernels = _Kernels(where, longer_than)
     monkeypatch.setattr(nn.Conv1d, "_conv_forward", lambda conv, x, weight, bias: kernels(conv, x, weight, bias))
     return kernels
 
@@ -134,6 +138,52 @@ def test_sampling_in_bf16_runs_the_wrong_and_the_narrow_convolutions_in_fp32(mon
     assert error_db() > BF16_CONV_TOLERANCE_DB
     assert guard_bf16_convolutions(net, 2048) == ["2", "4"]  # the wrong one, and 32 -> 8 for being narrow
     assert error_db() < BF16_CONV_TOLERANCE_DB
+
+
+def test_sampling_tries_each_convolution_at_the_length_the_network_gives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel wrong only at the length a clip reaches it with is missed by a probe 2048 long and
+    found by trying each convolution at the shape one clip's forward gives it."""
+    _install(monkeypatch, "forward", longer_than=2048)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(16, 32, 4, stride=4), nn.SiLU(), nn.Conv1d(32, 32, 3, padding=1))
+    x = torch.randn(1, 16, 8192, generator=torch.Generator().manual_seed(1))
+
+    def error_db() -> float:
+        with torch.inference_mode():
+            ref = net(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = net(x).float()
+        return 10 * math.log10(float((ref - low).square().mean() / ref.square().mean()))
+
+    assert guard_bf16_convolutions(copy.deepcopy(net), 8192) == []  # the fixed probe: blind to it
+    assert error_db() > BF16_CONV_TOLERANCE_DB
+    rng = torch.get_rng_state()
+    assert guard_bf16_convolutions(net, 8192, lambda: net(x)) == ["0"]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert error_db() < BF16_CONV_TOLERANCE_DB
+
+
+def test_loading_a_model_in_bf16_tries_its_convolutions_at_their_sampling_shapes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon's load path drives the guard with one clip of the model's own length."""
+    from conftest import build_tiny_model
+
+    seen: dict[str, tuple[int, ...]] = {}
+    real_conv = nn.Conv1d._conv_forward
+
+    def recording(conv: nn.Conv1d, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if torch.is_autocast_enabled("cpu"):
+            seen.setdefault(f"{conv.in_channels}->{conv.out_channels}", tuple(x.shape))
+        return real_conv(conv, x, weight, bias)
+
+    model = build_tiny_model(tmp_path / "tiny")
+    monkeypatch.setattr(nn.Conv1d, "_conv_forward", recording)
+    load_generator(model, name="tiny", precision="bf16")
+    # Levels 2 and 3 of the tiny U-Net run at a quarter and a sixteenth of the clip (level 1's 8
+    # channels are narrow, fp32 without a try); the fixed probe tried everything at 2048.
+    lengths = {shape[-1] for shape in seen.values()}
+    assert all(shape[0] == 1 for shape in seen.values()), seen
+    assert lengths == {TINY_LENGTH // 4, TINY_LENGTH // 16}, seen
 
 
 def test_a_training_run_trains_the_wrong_layer_in_fp32_and_its_card_says_so(
