@@ -57,7 +57,11 @@ def test_benchmark_runs_on_a_trained_model_and_writes_its_table(tmp_path: Path) 
     # CopyKit's two kick layers, its snare and its closed hat (its crash is no class of this model).
     assert results["dropped_near_copies"] == {"other": 4}, "a held-out kit's copies of training recordings count not"
     assert kick["held_out_real_clips"] == 2 and kick["held_out_real_accuracy"] == 1.0
-    assert set(kick["features"]) == {"real", "generated", "noise"}
+    assert set(kick["features"]) == {"real", "generated", "noise", "training"}
+    f = kick["features"]  # the training clips' own score on the feature gates, beside the model's
+    assert kick["training_data_ratios"]["decay"] == pytest.approx(
+        f["training"]["decay_ms"]["median"] / f["real"]["decay_ms"]["median"])
+    assert "training clips/real decay / centroid" in run.stdout
     assert set(kick["bands"]) == {"soft", "medium", "hard"} and kick["velocity"]["generated"] is not None
     assert results["oneshots_per_s"]["torch"] > 0
     assert results["instruments"]["kick"]["pass"] is False, "an untrained model cannot pass the gate"
