@@ -309,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         gen_s, gen_n = gen_s + spent, gen_n + len(clips)
     baseline = finished(noise_bursts(args.n, length, rate, channels))
     base_pred = clf.predict(baseline, rate)
+    noise_stats = summarise([drum_features(c, rate) for c in baseline])
 
     results: dict[str, dict] = {}
     feature_rows, rate_rows, band_rows, vel_rows, package_rows = [], [], [], [], []
@@ -320,10 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         # samples are cut short (a 6 MB soundfont's) moves the held-out median on its own.
         by_package: dict[str, dict[str, float]] = {}
         train_idx = np.nonzero(train_set.labels == k)[0]
+        features_of: dict[str, list] = {}  # each clip's features, once, for these rows and the medians below
         for name, data, clips in (("held-out", held_set, real),
                                   ("training", train_set, [train_finished[i] for i in train_idx])):
             idx = np.nonzero(data.labels == k)[0]
-            feats = [drum_features(c, rate) for c in clips]
+            feats = features_of[name] = [drum_features(c, rate) for c in clips]
             for pkg in sorted({data.samples[i].package or "other" for i in idx}):
                 mine = [f for i, f in zip(idx, feats) if (data.samples[i].package or "other") == pkg]
                 by_package[f"{name} {pkg}"] = {"clips": len(mine),
@@ -337,9 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         acc, real_acc = _rate(pred, inst), _rate(real_pred, inst)
         # The training clips themselves: what a model that copied its data exactly would score on
         # the feature gates, so a gap the held-out kits' own sound makes is told from the model's.
-        stats = {name: summarise([drum_features(c, rate) for c in clips])
-                 for name, clips in (("real", real), ("generated", made), ("noise", baseline),
-                                     ("training", [train_finished[i] for i in train_idx]))}
+        stats = {"real": summarise(features_of["held-out"]),
+                 "generated": summarise([drum_features(c, rate) for c in made]),
+                 "noise": noise_stats, "training": summarise(features_of["training"])}
         bands = {}
         real_vel = held_set.velocities[held_set.labels == k]
         for band, lo, hi in BANDS:

@@ -642,11 +642,9 @@ def machine_history(before: str, now: str, step: int) -> str:
     """The machine line of a run resumed at ``step``: every machine it trained on, in order, so a
     card whose run moved from one CPU to another (whose bf16 kernels may differ) says so. A
     resume on the machine it last ran on adds nothing."""
-    if not before:
+    if not before or before == now:
         return now
-    last = before.rsplit(RESUMED_ON, 1)
-    last_machine = last[1].split(": ", 1)[1] if len(last) == 2 else before
-    return before if last_machine == now else f"{before}{RESUMED_ON}{step}: {now}"
+    return before if before.endswith(f": {now}") else f"{before}{RESUMED_ON}{step}: {now}"
 
 
 def write_model_folder(folder: Path, model: ConditionedUNet, arch: UNetArch, classes: Sequence[str] | None,

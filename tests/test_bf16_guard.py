@@ -91,6 +91,15 @@ def _errors(net: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     return db[0], db[1]
 
 
+def _sampling_error_db(net: nn.Module, x: torch.Tensor) -> float:
+    """dB from fp32 of the network's bf16 output, as sampling runs it (no gradients)."""
+    with torch.inference_mode():
+        ref = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(x).float()
+    return 10 * math.log10(float((ref - low).square().mean() / ref.square().mean()))
+
+
 @pytest.mark.parametrize("where", ["forward", "gradient"])
 def test_a_wrong_kernel_is_found_in_its_forward_or_its_gradient_and_trained_in_fp32(
         where: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,16 +137,9 @@ def test_sampling_in_bf16_runs_the_wrong_and_the_narrow_convolutions_in_fp32(mon
                         nn.SiLU(), nn.Conv1d(32, 8, 3, padding=1))
     x = torch.randn(2, 16, 2048, generator=torch.Generator().manual_seed(1))
 
-    def error_db() -> float:
-        with torch.inference_mode():
-            ref = net(x)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = net(x).float()
-        return 10 * math.log10(float((ref - low).square().mean() / ref.square().mean()))
-
-    assert error_db() > BF16_CONV_TOLERANCE_DB
+    assert _sampling_error_db(net, x) > BF16_CONV_TOLERANCE_DB
     assert guard_bf16_convolutions(net, 2048) == ["2", "4"]  # the wrong one, and 32 -> 8 for being narrow
-    assert error_db() < BF16_CONV_TOLERANCE_DB
+    assert _sampling_error_db(net, x) < BF16_CONV_TOLERANCE_DB
 
 
 def test_sampling_tries_each_convolution_at_the_length_the_network_gives_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -148,19 +150,12 @@ def test_sampling_tries_each_convolution_at_the_length_the_network_gives_it(monk
     net = nn.Sequential(nn.Conv1d(16, 32, 4, stride=4), nn.SiLU(), nn.Conv1d(32, 32, 3, padding=1))
     x = torch.randn(1, 16, 8192, generator=torch.Generator().manual_seed(1))
 
-    def error_db() -> float:
-        with torch.inference_mode():
-            ref = net(x)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                low = net(x).float()
-        return 10 * math.log10(float((ref - low).square().mean() / ref.square().mean()))
-
     assert guard_bf16_convolutions(copy.deepcopy(net), 8192) == []  # the fixed probe: blind to it
-    assert error_db() > BF16_CONV_TOLERANCE_DB
+    assert _sampling_error_db(net, x) > BF16_CONV_TOLERANCE_DB
     rng = torch.get_rng_state()
     assert guard_bf16_convolutions(net, 8192, lambda: net(x)) == ["0"]
     assert torch.equal(torch.get_rng_state(), rng)
-    assert error_db() < BF16_CONV_TOLERANCE_DB
+    assert _sampling_error_db(net, x) < BF16_CONV_TOLERANCE_DB
 
 
 def test_loading_a_model_in_bf16_tries_its_convolutions_at_their_sampling_shapes(
