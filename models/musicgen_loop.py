@@ -172,17 +172,21 @@ class _Chunker:
     With ``background`` the EnCodec decode runs on a thread of its own while the token loop goes
     on (the second core of a 2-core machine: the loop's token steps run on one thread), and the
     chunks are handed out from the loop's thread, in order, as their decodes finish (a worker's
-    pipe must be written from one thread)."""
+    pipe must be written from one thread). ``should_stop`` is asked again before each chunk goes
+    out: when the decode thread lags (a loaded machine), several chunks finish between two token
+    steps, and a stream cancelled after the first of them must not play the rest."""
 
     def __init__(self, loaded: Any, codes: list[torch.Tensor], prompt_frames: int, total: int,
                  settings: LoopSettings, on_chunk: Callable[[int, int, np.ndarray], None] | None,
-                 timings: Timings, t0: float, background: bool) -> None:
+                 timings: Timings, t0: float, background: bool,
+                 should_stop: Callable[[], bool] | None = None) -> None:
         self.loaded = loaded
         self.codes = codes
         self.p = prompt_frames
         self.total = total
         self.settings = settings
         self.on_chunk = on_chunk
+        self.should_stop = should_stop
         self.timings = timings
         self.t0 = t0
         self.emitted = 0
@@ -227,6 +231,8 @@ class _Chunker:
     def deliver(self, block: bool) -> None:
         """Hand out the decoded chunks in order: those done (all of them when ``block``)."""
         while self.pending and (block or self.pending[0].done()):
+            if self.should_stop is not None and self.should_stop():
+                raise GenerationCancelled()
             audio = self.pending.popleft().result()
             if self.timings.first_chunk is None:
                 self.timings.first_chunk = time.perf_counter() - self.t0
@@ -307,7 +313,7 @@ def _passes(lm: MusicgenLM, loaded: Any, codes: list[torch.Tensor], p: int, plan
                  None if memory_mask is None else memory_mask.expand(text_rows, -1))
         chunker = _Chunker(loaded, [codes[i] for i in members], p, settings.frames, settings,
                            None if on_chunk is None else (lambda j, index, c, m=members: on_chunk(m[j], index, c)),
-                           timings, t0, settings.background_decode and device.type == "cpu")
+                           timings, t0, settings.background_decode and device.type == "cpu", should_stop)
         try:
             made = _windows(lm, codes, p, plan, members, generators, rows_per_take, settings, chunker, timings,
                             threads, windows if pass_index == 0 else None, bos, fr, pass_index, len(passes),

@@ -65,6 +65,33 @@ def test_cancel_stops_within_one_chunk(loaded) -> None:
     assert steps["n"] < 50 + 2 * 10 + 10, f"stopped within one chunk of token steps ({steps['n']})"
 
 
+def test_chunks_decoded_before_a_stop_are_not_handed_out_after_it(loaded) -> None:
+    """On a loaded machine the decode thread lags and then several chunks finish between two
+    token steps: a stream cancelled after the first of them must not play the others."""
+    from models.musicgen_loop import GenerationCancelled, LoopSettings, Timings, _Chunker
+
+    k = loaded.model.config.decoder.num_codebooks
+    codes = [torch.randint(0, loaded.model.config.audio_encoder.codebook_size, (k, 60))]
+    settings = LoopSettings(frames=60, seeds=[0], chunk_frames=20, first_chunk_frames=20)
+
+    def two_pending(stop_after: int | None) -> tuple[_Chunker, list[int]]:
+        out: list[int] = []
+        stop = None if stop_after is None else (lambda: len(out) >= stop_after)
+        chunker = _Chunker(loaded, codes, 0, 60, settings, lambda take, i, c: out.append(i), Timings(), 0.0,
+                           background=False, should_stop=stop)
+        chunker.emit(20)
+        chunker.emit(40)  # both decoded, neither handed out yet
+        return chunker, out
+
+    chunker, out = two_pending(None)
+    chunker.deliver(block=False)
+    assert out == [0, 1]
+    chunker, out = two_pending(1)  # the stop is asked while the first chunk goes out
+    with pytest.raises(GenerationCancelled):
+        chunker.deliver(block=False)
+    assert out == [0], "nothing after the stop"
+
+
 def test_a_description_without_a_text_encoder_is_a_clear_error(loaded) -> None:
     with pytest.raises(ContinuationError, match="text encoder is not available offline"):
         continue_audio(loaded, _prompt(), 44100, ContinuationSettings(seconds=1.0, description="funky drums"))
