@@ -65,6 +65,7 @@ train-default: setup data
 
 bench: setup system-deps data
 	$(PY) bench/drum_quality.py --sheet bench/results/default_sheet.png
+	$(PY) bench/drum_hiss.py
 	$(PY) bench/drum_classifier.py
 	$(PY) bench/bf16_kernels.py
 	$(PY) bench/trigger_reply.py --backends local,ray

@@ -146,6 +146,31 @@ def drum_features(clip: np.ndarray, sample_rate: int) -> DrumFeatures:
 HIGH_BAND_HZ = 4000.0
 
 
+#: The window :func:`hiss_profile` reads: a kick's body, where real kicks hold their high band
+#: 47-53 dB down and a network's error rides at a constant share (docs/ARCHITECTURE.md).
+HISS_SECONDS = 0.28
+#: Frames this far under a clip's loudest are past the drum's end for :func:`hiss_profile`.
+HISS_FRAME_FLOOR_DB = 60.0
+
+
+def hiss_profile(clip: np.ndarray, sample_rate: int, seconds: float = HISS_SECONDS,
+                 floor_db: float = HISS_FRAME_FLOOR_DB) -> list[float]:
+    """Share of each :data:`N_FFT`-sample frame's energy above :data:`HIGH_BAND_HZ`, in dB, over
+    the clip's first ``seconds`` (frames end to end, Hann window); NaN for a frame more than
+    ``floor_db`` under the loudest one (the drum has ended there: a share of silence is no
+    figure). Why: hiss under a drum's body is a share that stays put frame after frame, a
+    beater's click one that falls after the onset; centroid and tail floor hide it under the
+    body's energy."""
+    mono = (clip.mean(axis=0) if clip.ndim == 2 else clip).astype(np.float64)
+    freqs = np.fft.rfftfreq(N_FFT, 1 / sample_rate)
+    high = freqs > HIGH_BAND_HZ
+    frames = [np.abs(np.fft.rfft(mono[i:i + N_FFT] * np.hanning(N_FFT))) ** 2
+              for i in range(0, min(len(mono), int(seconds * sample_rate)) - N_FFT + 1, N_FFT)]
+    loudest = max((float(f.sum()) for f in frames), default=0.0)
+    return [float(10 * np.log10(f[high].sum() / f.sum() + 1e-12))
+            if f.sum() > loudest * 10 ** (-floor_db / 10) and f.sum() > 0 else float("nan") for f in frames]
+
+
 @dataclass
 class VelocityFeatures:
     """What changes between a soft and a hard hit of one drum, on clips at their kit's level

@@ -13,7 +13,7 @@ from conftest import TINY_LENGTH, TINY_RATE, TINY_UNET
 from drum_samples import synth, write_hydrogen_kit, write_sample_folder
 from helpers import GENBRIDGE, REPO
 
-from models.drum_eval import DrumClassifier, drum_features, noise_bursts
+from models.drum_eval import DrumClassifier, drum_features, hiss_profile, noise_bursts
 from models.training import TrainSettings, train
 
 
@@ -25,6 +25,17 @@ def test_features_tell_a_kick_from_a_hat() -> None:
     silent_tail = np.concatenate([kick, np.zeros((1, 8192), np.float32)], axis=1)
     assert drum_features(silent_tail, TINY_RATE).tail_floor_dbfs <= -119
     assert drum_features(noise_bursts(1, 8192, TINY_RATE)[0] + 0.01, TINY_RATE).tail_floor_dbfs > -45
+
+
+def test_hiss_profile_finds_noise_riding_under_a_kick_body() -> None:
+    rate = 22050
+    t = np.arange(int(0.3 * rate)) / rate
+    body = np.sin(2 * np.pi * 60 * t) * np.exp(-t / 0.08)
+    hissy = body + 0.03 * np.abs(body) * np.random.default_rng(0).standard_normal(len(t))
+    clean, noisy = hiss_profile(body[None].astype(np.float32), rate), hiss_profile(hissy[None].astype(np.float32), rate)
+    assert len(clean) == len(noisy) == int(0.28 * rate) // 1024
+    assert max(clean) < -60, clean
+    assert all(-40 < v < -25 for v in noisy), "noise that rides on the body is a share that stays put"
 
 
 def test_classifier_names_held_out_synthetic_drums() -> None:
@@ -66,6 +77,17 @@ def test_benchmark_runs_on_a_trained_model_and_writes_its_table(tmp_path: Path) 
     assert results["oneshots_per_s"]["torch"] > 0
     assert results["instruments"]["kick"]["pass"] is False, "an untrained model cannot pass the gate"
     assert sheet.is_file() and sheet.stat().st_size > 10_000
+    hiss = subprocess.run([sys.executable, "bench/drum_hiss.py", "--model", f"{result.model_dir},{result.model_dir}",
+                           "--seeds", "2", "--data", str(data), "--hold-out", "HeldKit,CopyKit", "--threads", "1",
+                           "--name", "test_drum_hiss"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert hiss.returncode == 0, hiss.stderr
+    measured = json.loads((REPO / "bench" / "results" / "test_drum_hiss.json").read_text())
+    model = measured["models"][str(result.model_dir)]
+    assert set(model["tail_dbfs"]) == {"kick", "snare", "hat"} and model["kick_centroid_hz"] > 0
+    frames = min(TINY_LENGTH, int(0.28 * TINY_RATE)) // 1024
+    assert len(model["kick_profile_db"]) == frames == len(measured["held_out_real"]["kick_profile_db"])
+    assert measured["held_out_real"]["clips"] == 4, "HeldKit's and CopyKit's kick layers"
+    assert "held-out real kicks (4)" in hiss.stdout
 
 
 def test_cli_render_draws_a_sheet_of_clips(tmp_path: Path) -> None:
