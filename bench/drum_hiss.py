@@ -62,10 +62,11 @@ def measure_model(spec: str, seeds: int, velocity: float) -> dict:
             batch = list(range(start, min(seeds, start + 8)))
             clips += gen.generate_batch(batch, instruments=[inst] * len(batch) if gen.classes else None,
                                         velocities=[velocity] * len(batch) if gen.info.velocity else None)
-        out["tail_dbfs"][inst] = float(np.median([drum_features(c, rate).tail_floor_dbfs for c in clips]))
+        features = [drum_features(c, rate) for c in clips]
+        out["tail_dbfs"][inst] = float(np.median([f.tail_floor_dbfs for f in features]))
         if inst == "kick":
             out["kick_profile_db"], out["kick_cell"] = _profile_cell([hiss_profile(c, rate) for c in clips])
-            out["kick_centroid_hz"] = float(np.median([drum_features(c, rate).centroid_hz for c in clips]))
+            out["kick_centroid_hz"] = float(np.median([f.centroid_hz for f in features]))
     out["rate"], out["length"] = rate, gen.arch.length
     return out
 

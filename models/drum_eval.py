@@ -20,12 +20,12 @@ N_BANDS = 24
 N_SEGMENTS = 4
 
 
-def _stft_power(mono: np.ndarray) -> np.ndarray:
+def _stft_power(mono: np.ndarray, hop: int = HOP) -> np.ndarray:
     """(frames, bins) power spectrogram, Hann window, no padding tricks."""
     if len(mono) < N_FFT:
         mono = np.pad(mono, (0, N_FFT - len(mono)))
-    n = 1 + (len(mono) - N_FFT) // HOP
-    idx = np.arange(N_FFT)[None, :] + HOP * np.arange(n)[:, None]
+    n = 1 + (len(mono) - N_FFT) // hop
+    idx = np.arange(N_FFT)[None, :] + hop * np.arange(n)[:, None]
     frames = mono[idx] * np.hanning(N_FFT)[None, :]
     return np.abs(np.fft.rfft(frames, axis=1)) ** 2
 
@@ -161,14 +161,12 @@ def hiss_profile(clip: np.ndarray, sample_rate: int, seconds: float = HISS_SECON
     figure). Why: hiss under a drum's body is a share that stays put frame after frame, a
     beater's click one that falls after the onset; centroid and tail floor hide it under the
     body's energy."""
-    mono = (clip.mean(axis=0) if clip.ndim == 2 else clip).astype(np.float64)
-    freqs = np.fft.rfftfreq(N_FFT, 1 / sample_rate)
-    high = freqs > HIGH_BAND_HZ
-    frames = [np.abs(np.fft.rfft(mono[i:i + N_FFT] * np.hanning(N_FFT))) ** 2
-              for i in range(0, min(len(mono), int(seconds * sample_rate)) - N_FFT + 1, N_FFT)]
-    loudest = max((float(f.sum()) for f in frames), default=0.0)
-    return [float(10 * np.log10(f[high].sum() / f.sum() + 1e-12))
-            if f.sum() > loudest * 10 ** (-floor_db / 10) and f.sum() > 0 else float("nan") for f in frames]
+    mono = clip.mean(axis=0) if clip.ndim == 2 else clip
+    power = _stft_power(mono[: int(seconds * sample_rate)].astype(np.float64), hop=N_FFT)
+    total = power.sum(axis=1)
+    high = power[:, np.fft.rfftfreq(N_FFT, 1 / sample_rate) > HIGH_BAND_HZ].sum(axis=1)
+    sounding = (total > total.max() * 10 ** (-floor_db / 10)) & (total > 0)
+    return [float(10 * np.log10(h / t + 1e-12)) if keep else float("nan") for h, t, keep in zip(high, total, sounding)]
 
 
 @dataclass
