@@ -432,6 +432,48 @@ def repeats(data: DrumSet, threshold: float = NEAR_COPY_CORRELATION, window: int
     return mask
 
 
+def level_renders(data: DrumSet, threshold: float = NEAR_COPY_CORRELATION, window: int = 4096,
+                  keep_velocity: float = DEFAULT_VELOCITY) -> np.ndarray:
+    """A boolean mask over ``data``: the layers of one group (one drum of one kit) that are
+    another layer's recording at another level (correlation as in :func:`near_copies`), all but
+    the one nearest ``keep_velocity``. Why: a soundfont note without velocity zones, rendered at
+    four velocities, is one recording four times; finished (peak-normalised) the four are one
+    clip, and they gave that drum four votes in every held-out rate and median (TimGM6mb's
+    Electronic kick, named a tom four times, was every miss among the held-out kicks). A layer
+    that is its own recording (Hydrogen's layers, a font's velocity zones) stays."""
+    mask = np.zeros(len(data.labels), dtype=bool)
+    n_fft = 2 * window
+    velocities = data.velocities if data.velocities is not None else np.zeros(len(data.labels))
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(data.samples):
+        if s is not None and s.group:
+            groups.setdefault(s.group, []).append(i)
+    for rows in groups.values():
+        if len(rows) < 2:
+            continue
+        rows = sorted(rows, key=lambda i: (abs(float(velocities[i]) - keep_velocity), -float(velocities[i])))
+        units = _unit_mono(data.audio[rows], window)
+        spectra = np.fft.rfft(units, n_fft)
+        kept: list[int] = []
+        for j in range(len(rows)):
+            if kept and float(_best_correlation(units[j], spectra[kept], n_fft).max()) >= threshold:
+                mask[rows[j]] = True
+            else:
+                kept.append(j)
+    return mask
+
+
+def same_recording(a: np.ndarray, b: np.ndarray, threshold: float = NEAR_COPY_CORRELATION,
+                   window: int = 4096) -> bool:
+    """Whether two clips (channels, frames) are one recording at two levels (correlation as in
+    :func:`near_copies`). Why: a soundfont note rendered soft and hard without velocity zones is
+    not a pair of velocity layers, only one sample at two gains; the velocity benchmark shows such
+    pairs apart from the layers it compares against."""
+    units = _unit_mono(np.stack([a, b]), window)
+    n_fft = 2 * window
+    return float(_best_correlation(units[0], np.fft.rfft(units[1:], n_fft), n_fft).max()) >= threshold
+
+
 def load_drum_set(samples: Sequence[Sample], *, sample_rate: int, channels: int, length: int,
                   classes: Sequence[str] | None = None) -> DrumSet:
     """Prepare ``samples``; only those whose instrument is in ``classes`` (default: all found,

@@ -18,11 +18,14 @@ from models.drum_data import (
     DEFAULT_HELD_OUT,
     DEFAULT_VELOCITY,
     DrumSet,
+    Sample,
     debian_packages,
     find_samples,
+    level_renders,
     load_drum_set,
     near_copies,
     repeats,
+    same_recording,
     split_held_out,
 )
 from models.drum_sources import (
@@ -147,6 +150,29 @@ def test_near_copies_and_repeats_find_one_recording_again_at_another_level_and_l
                     np.zeros(4, dtype=np.int64), classes, [None] * 4, np.array([0.8, 0.8, 0.3, 0.8], np.float32))
     assert repeats(kicks).tolist() == [False, True, False, False], \
         "a recording two kits share counts once per velocity; its other velocities and other drums stay"
+
+
+def test_one_drums_recording_at_several_velocities_counts_once_and_its_own_layers_stay() -> None:
+    """A soundfont note without velocity zones rendered at 40/70/100/127 is one clip four times
+    once finished; a layer that is another recording (a velocity zone) is a sound of its own."""
+    rate, length = 22050, 8192
+
+    def clip(kind: str, variant: int) -> np.ndarray:
+        audio = synth(kind, variant, rate)[:length]
+        return np.pad(audio, (0, length - len(audio)))[None].astype(np.float32)
+
+    def sample(group: str, velocity: float) -> Sample:
+        return Sample(Path("x.wav"), "kick", "Kit", "kick", velocity=velocity, group=group)
+
+    one, zone, other = clip("kick", 1), clip("kick", 4), clip("kick", 2)
+    audio = np.stack([one * 0.3, one * 0.55, one * 0.8, one, zone * 0.4, other, other * 0.5])
+    velocities = np.array([40, 70, 100, 127, 40, 100, 40], np.float32) / 127
+    samples = [sample("Kit/kick", v) for v in velocities[:5]] + [sample("", v) for v in velocities[5:]]
+    kicks = DrumSet(audio, np.zeros(7, dtype=np.int64), ("kick",), samples, velocities)
+    assert level_renders(kicks).tolist() == [True, True, False, True, False, False, False], \
+        "the renders of one recording count once, at velocity 100 (nearest the default); the zone and " \
+        "clips of no group stay"
+    assert same_recording(one * 0.3, np.roll(one, 5, axis=-1)) and not same_recording(one, zone)
 
 
 def test_kits_are_attributed_to_the_debian_package_that_installed_them() -> None:
