@@ -11,7 +11,12 @@
    first and counted by package: hydrogen-data's GMRockKit is hydrogen-drumkits' The Black
    Pearl 1.0, and TimGM6mb's acoustic kick and toms are lmms-common's. A recording that
    several held-out kits share (TimGM6mb's seven kits reuse samples) then counts once per
-   velocity (``repeats``).
+   velocity (``repeats``), and a drum whose layers are one recording at several levels (a
+   soundfont note without velocity zones rendered at four velocities) counts once, at the layer
+   nearest the default velocity (``level_renders``): finished (normalised), those layers are one
+   clip, and counting them four times gave TimGM6mb's few samples four times the weight of a
+   recorded kit's drum. The held-out figures with every level render counted are printed beside
+   the gate's, so the effect of the counting alone can be read.
 2. Features: per instrument, medians [q1..q3] for held-out real clips, generated clips, the
    training clips (what a model that copied its data exactly would score: a gap that the held-out
    kits' own sound makes is told from one the model makes) and the noise-burst baseline:
@@ -24,9 +29,12 @@
    every kit, held out or not (this asks how velocity changes a real drum, not whether the
    model knows a kit), pair by pair: the hit's level, its brightness (centroid of the first
    100 ms) and how long it stays audible (to 42 dB under the pair's hard hit). Real layers at
-   their kit's level, finished; recorded layers (Hydrogen's, sonic-pi's, the AVL fonts') and GM
-   soundfont renders (one sample at several velocities, changed only where the font has velocity
-   zones) are also shown apart. Generated hits as the daemon plays them (finished, at the velocity's playback
+   their kit's level, finished. The reference is the real velocity layers: recorded layers
+   (Hydrogen's, sonic-pi's, the AVL fonts') and soundfont velocity zones, each shown apart too. A
+   soft and a hard layer that are one recording at two gains (``same_recording``: a font note
+   without zones, or a kit that repeats one sample in two layers) say nothing of how a drum
+   sounds when hit softly; they are shown apart and left out of the reference. Generated hits
+   as the daemon plays them (finished, at the velocity's playback
    gain), at the network's own level (finishing's normalisation undone), and unfinished (where
    a clip's length is mostly where its noise floor last rose over the threshold).
 4. Per velocity band (soft / medium / hard), the recognition rates again.
@@ -73,9 +81,11 @@ from models.drum_data import (  # noqa: E402
     NEAR_COPY_CORRELATION,
     DrumSet,
     find_samples,
+    level_renders,
     load_drum_set,
     near_copies,
     repeats,
+    same_recording,
     split_held_out,
 )
 from models.drum_eval import (  # noqa: E402
@@ -267,12 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     repeated = repeats(held_set)
     dropped_repeats = held_set.subset(repeated).per_package()
     held_set = held_set.subset(~repeated)
+    # One drum's layers that are one recording at several levels (a soundfont note without
+    # velocity zones rendered at four velocities) count once, at the layer nearest the default
+    # velocity: finished, they are one clip. The velocity section keeps every layer.
+    layer_set = held_set
+    levels = level_renders(held_set)
+    dropped_levels = held_set.subset(levels).per_package()
+    held_set = held_set.subset(~levels)
     held_kits = sorted({s.kit for s in held_set.samples})
     held_packages = sorted({s.package or "other" for s in held_set.samples})
     print(f"classifier: {len(train_set.labels)} training clips; held out: {len(held_set.labels)} clips of "
           f"{len(held_kits)} kits from {', '.join(held_packages)} ({held_set.per_package()}); dropped as "
           f"copies of training recordings (correlation >= {NEAR_COPY_CORRELATION}): {dropped or 'none'}; as repeats "
-          f"of another held-out clip at its velocity: {dropped_repeats or 'none'}")
+          f"of another held-out clip at its velocity: {dropped_repeats or 'none'}; as one drum's recording again at "
+          f"another velocity: {dropped_levels or 'none'}")
     finishing = FinishingSettings()
 
     def finished(clips: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -312,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     noise_stats = summarise([drum_features(c, rate) for c in baseline])
 
     results: dict[str, dict] = {}
-    feature_rows, rate_rows, band_rows, vel_rows, package_rows = [], [], [], [], []
+    feature_rows, rate_rows, band_rows, vel_rows, package_rows, level_rows = [], [], [], [], [], []
     for inst in wanted:
         k = train_set.classes.index(inst)
         real_raw = list(held_set.audio[held_set.labels == k])
@@ -335,6 +353,14 @@ def main(argv: list[str] | None = None) -> int:
                                      f"{by_package[f'{name} {pkg}']['centroid_hz']:.0f}"])
         made = finished(generated[inst])
         real_pred = clf.predict(real, rate) if real else []
+        # The same held-out drums with every level render counted (as before they counted once):
+        # how far the held-out figures move with the counting alone.
+        every = finished(list(layer_set.audio[layer_set.labels == k]))
+        every_feats = [drum_features(c, rate) for c in every]
+        every_level = {"clips": len(every),
+                       "recognised": _rate(clf.predict(every, rate), inst) if every else float("nan"),
+                       "decay_ms": float(np.median([f.decay_ms for f in every_feats])) if every else float("nan"),
+                       "centroid_hz": float(np.median([f.centroid_hz for f in every_feats])) if every else float("nan")}
         pred = clf.predict(made, rate)
         acc, real_acc = _rate(pred, inst), _rate(real_pred, inst)
         # The training clips themselves: what a model that copied its data exactly would score on
@@ -363,18 +389,23 @@ def main(argv: list[str] | None = None) -> int:
             exponent = AudioConfig().velocity_exponent
             soft_gain, hard_gain = (np.float32(velocity_gain(v, exponent)) for v in (SOFT, HARD))
             g = _pair_ratios([(s_ * soft_gain, h * hard_gain) for (s_, _), (h, _) in zip(soft_f, hard_f)], rate)
-            recorded_pairs = _layer_pairs(held_set, k, False) + _layer_pairs(train_set, k, False)
-            rendered_pairs = _layer_pairs(held_set, k, True) + _layer_pairs(train_set, k, True)
-            recorded = [tuple(at_level([a, b])) for a, b in recorded_pairs]
-            rendered = [tuple(at_level([a, b])) for a, b in rendered_pairs]
-            reference = _pair_ratios(recorded + rendered, rate)
+            # A soft and a hard "layer" that are one recording at two gains are not velocity
+            # layers (a font note without velocity zones): shown apart, left out of the reference.
+            sorted_pairs: dict[str, list] = {"recorded": [], "zones": [], "one_sample": []}
+            for rendered_kind in (False, True):
+                for a, b in _layer_pairs(layer_set, k, rendered_kind) + _layer_pairs(train_set, k, rendered_kind):
+                    kind = "one_sample" if same_recording(a, b) else ("zones" if rendered_kind else "recorded")
+                    sorted_pairs[kind].append(tuple(at_level([a, b])))
+            reference = _pair_ratios(sorted_pairs["recorded"] + sorted_pairs["zones"], rate)
             velocity = {"generated": g, "generated_own_level": g_own, "generated_unfinished": g_raw,
-                        "recorded_layers": _pair_ratios(recorded, rate),
-                        "soundfont_renders": _pair_ratios(rendered, rate), "real_layers": reference}
+                        "recorded_layers": _pair_ratios(sorted_pairs["recorded"], rate),
+                        "soundfont_zones": _pair_ratios(sorted_pairs["zones"], rate),
+                        "one_sample_two_levels": _pair_ratios(sorted_pairs["one_sample"], rate),
+                        "real_layers": reference}
             velocity["pass"] = _velocity_pass(g, g_own, reference)
             vel_rows.append([inst, _velocity_cell(g), _velocity_cell(g_own), _velocity_cell(g_raw),
-                             _velocity_cell(velocity["recorded_layers"]),
-                             _velocity_cell(velocity["soundfont_renders"]), _velocity_cell(reference),
+                             _velocity_cell(velocity["recorded_layers"]), _velocity_cell(velocity["soundfont_zones"]),
+                             _velocity_cell(velocity["one_sample_two_levels"]), _velocity_cell(reference),
                              "PASS" if velocity["pass"] else "FAIL"])
         # What finishing takes off a generated decay (tail trim at the noise floor): ms before -> after.
         raw_decay = float(np.median([drum_features(c, rate).decay_ms for c in generated[inst]]))
@@ -396,9 +427,13 @@ def main(argv: list[str] | None = None) -> int:
             "predicted": {c: pred.count(c) for c in sorted(set(pred))},
             "features": stats, "generated_raw_decay_ms": raw_decay, "decay_ratio": decay_ratio,
             "centroid_ratio": centroid_ratio, "training_data_ratios": training_ratios, "real_by_package": by_package,
-            "bands": bands, "velocity": velocity, "gated": inst in GATED, "checks": checks,
+            "bands": bands, "velocity": velocity, "held_out_every_level": every_level, "gated": inst in GATED,
+            "checks": checks,
             "pass": all(checks.values()),
         }
+        level_rows.append([inst, f"{real_acc:.0%} of {len(real)}", f"{every_level['recognised']:.0%} of {len(every)}",
+                           f"{stats['real']['decay_ms']['median']:.0f} / {every_level['decay_ms']:.0f}",
+                           f"{stats['real']['centroid_hz']['median']:.0f} / {every_level['centroid_hz']:.0f}"])
         for feat in ("centroid_hz", "attack_ms", "decay_ms", "tail_floor_dbfs"):
             feature_rows.append([inst, feat, _fmt(stats["real"][feat]), _fmt(stats["generated"][feat]),
                                  _fmt(stats["training"][feat]), _fmt(stats["noise"][feat])])
@@ -420,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     print("real clips' medians by package (finished):")
     print(table(["instrument", "kits", "package", "clips", "decay ms", "centroid Hz"], package_rows))
     print()
+    print("held-out real clips, each drum once against every level render counted (the gate uses the first):")
+    print(table(["instrument", "recognised once / every level", "", "decay ms", "centroid Hz"], level_rows))
+    print()
     print(table(["instrument", "velocity band", "generated recognised", "held-out real recognised"], band_rows))
     if vel_rows:
         print()
@@ -431,8 +469,8 @@ def main(argv: list[str] | None = None) -> int:
               f"their kit's level. The gate: as played, both ratios within x{VELOCITY_RATIO_SLACK} of all real "
               "layers', darker / shorter where those clearly are, and shorter at the network's own level:")
         print(table(["instrument", "generated, played", "generated, own level", "generated, unfinished",
-                     "recorded layers (all kits)",
-                     "soundfont renders (all kits)", "all real layers", "velocity"], vel_rows))
+                     "recorded layers (all kits)", "soundfont velocity zones (all kits)",
+                     "one sample at two levels (not layers)", "all real layers", "velocity"], vel_rows))
     base_counts = {c: base_pred.count(c) for c in sorted(set(base_pred))}
     print(f"\nnoise bursts classified as: {base_counts}")
     print(f"generation: {gen_s:.1f} s for {gen_n} clips ({gen_s / max(gen_n, 1):.3f} s per clip, batch {args.batch}, "
@@ -451,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     path = save(args.name, {"model": args.model, "steps": steps, "sampler": sampler, "n": args.n,
                             "info": gen.info.to_json(), "held_out_kits": held_kits, "held_out_packages": held_packages,
                             "held_out_clips_by_package": held_set.per_package(), "dropped_near_copies": dropped,
-                            "dropped_repeats": dropped_repeats,
+                            "dropped_repeats": dropped_repeats, "dropped_level_renders": dropped_levels,
                             "instruments": results, "noise_classified": base_counts,
                             "generation_s_per_clip": gen_s / max(gen_n, 1), "oneshots_per_s": speed})
     print(f"results: {path}")
