@@ -416,20 +416,26 @@ def repeats(data: DrumSet, threshold: float = NEAR_COPY_CORRELATION, window: int
     its package seven votes in every held-out median. Different velocities of one note are not
     repeats: they are what the velocity measurements compare."""
     mask = np.zeros(len(data.labels), dtype=bool)
-    n_fft = 2 * window
     velocities = data.velocities if data.velocities is not None else np.zeros(len(data.labels))
     for k in range(len(data.classes)):
         for v in np.unique(velocities[data.labels == k]):
-            rows = np.nonzero((data.labels == k) & (velocities == v))[0]
-            units = _unit_mono(data.audio[rows], window)
-            spectra = np.fft.rfft(units, n_fft)
-            kept: list[int] = []
-            for j in range(len(rows)):
-                if kept and float(_best_correlation(units[j], spectra[kept], n_fft).max()) >= threshold:
-                    mask[rows[j]] = True
-                else:
-                    kept.append(j)
+            _mark_later_copies(data, list(np.nonzero((data.labels == k) & (velocities == v))[0]), mask,
+                               threshold, window)
     return mask
+
+
+def _mark_later_copies(data: DrumSet, rows: list[int], mask: np.ndarray, threshold: float, window: int) -> None:
+    """Set ``mask`` on each of ``rows`` (in their order) that correlates >= ``threshold`` with an
+    earlier row left unmarked: the first of a set of copies is kept, the rest are marked."""
+    n_fft = 2 * window
+    units = _unit_mono(data.audio[rows], window)
+    spectra = np.fft.rfft(units, n_fft)
+    kept: list[int] = []
+    for j in range(len(rows)):
+        if kept and float(_best_correlation(units[j], spectra[kept], n_fft).max()) >= threshold:
+            mask[rows[j]] = True
+        else:
+            kept.append(j)
 
 
 def level_renders(data: DrumSet, threshold: float = NEAR_COPY_CORRELATION, window: int = 4096,
@@ -442,7 +448,6 @@ def level_renders(data: DrumSet, threshold: float = NEAR_COPY_CORRELATION, windo
     Electronic kick, named a tom four times, was every miss among the held-out kicks). A layer
     that is its own recording (Hydrogen's layers, a font's velocity zones) stays."""
     mask = np.zeros(len(data.labels), dtype=bool)
-    n_fft = 2 * window
     velocities = data.velocities if data.velocities is not None else np.zeros(len(data.labels))
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(data.samples):
@@ -452,14 +457,7 @@ def level_renders(data: DrumSet, threshold: float = NEAR_COPY_CORRELATION, windo
         if len(rows) < 2:
             continue
         rows = sorted(rows, key=lambda i: (abs(float(velocities[i]) - keep_velocity), -float(velocities[i])))
-        units = _unit_mono(data.audio[rows], window)
-        spectra = np.fft.rfft(units, n_fft)
-        kept: list[int] = []
-        for j in range(len(rows)):
-            if kept and float(_best_correlation(units[j], spectra[kept], n_fft).max()) >= threshold:
-                mask[rows[j]] = True
-            else:
-                kept.append(j)
+        _mark_later_copies(data, rows, mask, threshold, window)
     return mask
 
 
